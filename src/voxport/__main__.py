@@ -1,0 +1,5 @@
+import sys
+
+from voxport.cli import main
+
+sys.exit(main())

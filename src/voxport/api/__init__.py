@@ -1,0 +1,1 @@
+"""The HTTP surface: routers, request models, the OpenAI error envelope."""

@@ -1,0 +1,119 @@
+"""`voxport serve | dummy-model`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import ValidationError
+
+from voxport import __version__
+from voxport.config import Settings
+
+
+def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """argparse options for a Settings field type."""
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        return _flag_type(inner[0])
+    if origin is typing.Annotated:
+        return _flag_type(get_args(annotation)[0])
+    if origin is Literal:
+        return str, {"choices": list(get_args(annotation))}
+    if annotation is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    if origin is list:
+        return str, {"metavar": "A,B,..."}
+    if annotation in (int, float):
+        return annotation, {}
+    return str, {}
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        kind, extra = _flag_type(field.annotation)
+        options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, **extra}
+        if kind is not None:
+            options["type"] = kind
+        env = f"VOXPORT_{name.upper()}"
+        options["help"] = f"{field.description} [env {env}]"
+        parser.add_argument(f"--{name.replace('_', '-')}", **options)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"voxport serve: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    from voxport.checkpoint import CheckpointUnavailable, resolve_checkpoint
+
+    try:
+        checkpoint = resolve_checkpoint(settings.model)
+    except CheckpointUnavailable as exc:
+        print(f"voxport serve: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from voxport.app import create_app
+
+    app = create_app(settings, checkpoint_dir=checkpoint)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    return 0
+
+
+def _dummy_model(args: argparse.Namespace) -> int:
+    from voxport.engine.dummy import build_checkpoint
+
+    summary = build_checkpoint(args.dir, size=args.size, seed=args.seed)
+    print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxport", description="OpenAI-compatible speech server for VoxCPM2."
+    )
+    parser.add_argument("--version", action="version", version=f"voxport {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="Start the HTTP server.")
+    _add_settings_flags(serve)
+    serve.set_defaults(run=_serve)
+
+    dummy = commands.add_parser(
+        "dummy-model",
+        help="Write a random-weight VoxCPM2 checkpoint (real architecture) for tests and benchmarks.",
+    )
+    dummy.add_argument("dir", help="Output directory.")
+    dummy.add_argument(
+        "--size", choices=["tiny", "full"], default="tiny", help="tiny: seconds to build; full: real dims."
+    )
+    dummy.add_argument("--seed", type=int, default=0, help="Seed for the random weights.")
+    dummy.set_defaults(run=_dummy_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The one Settings object. Every field is a `voxport serve --flag` and a `VOXPORT_FLAG` variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "voxport"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXPORT_", extra="ignore")
+
+    model: str = Field(
+        "openbmb/VoxCPM2",
+        description="Hugging Face model id, or a local checkpoint directory (used as is).",
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    engine: Literal["auto", "reference", "nanovllm"] = Field(
+        "auto",
+        description="Inference engine: 'nanovllm' (continuous batching, CUDA), 'reference' (voxcpm "
+        "package, one generation at a time) or 'auto' (nanovllm when usable, else reference).",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Torch device for the reference engine ('auto': cuda, then mps, then cpu)."
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where voxport keeps its state (voices, audio cache).",
+    )
+    served_model_id: str = Field("voxcpm2", description="Model id reported by /v1/models.")
+    model_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"],
+        description="Comma-separated extra model ids accepted in requests.",
+    )
+    max_input_chars: int = Field(4096, ge=1, description="Longest accepted `input`, in characters.")
+    max_length: int = Field(
+        2048,
+        ge=1,
+        le=2048,
+        description="Default and upper bound of a request's `max_length` (steps of 0.16 s of audio).",
+    )
+    default_voice: str = Field("alloy", description="Voice used when a request names none.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="Torch CPU threads for the reference engine (default: torch's choice)."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level."
+    )
+    log_request_text: bool = Field(
+        False, description="Log request text (off by default: inputs are never logged otherwise)."
+    )
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _split_aliases(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def model_ids(self) -> list[str]:
+        """Every model id a request may name: the served id first, then the aliases."""
+        ids = [self.served_model_id]
+        ids += [alias for alias in self.model_aliases if alias != self.served_model_id]
+        return ids

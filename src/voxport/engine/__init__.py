@@ -1,0 +1,44 @@
+"""Engine selection: the single place that knows which runtimes exist."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from voxport.config import Settings
+from voxport.engine.base import Engine, EngineError
+
+log = logging.getLogger("voxport.engine")
+
+
+def _cuda_usable() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken torch install reads as "no CUDA" here; loading will say more
+        return False
+
+
+def nanovllm_usable() -> tuple[bool, str]:
+    """Whether the nano-vllm engine could run here, and why not if it cannot."""
+    if not _cuda_usable():
+        return False, "CUDA is not available"
+    if importlib.util.find_spec("nanovllm_voxcpm") is None:
+        return False, "the nano-vllm-voxcpm package is not installed (GPU extra)"
+    return False, "the nano-vllm engine is not part of this build yet"
+
+
+def create_engine(settings: Settings, model_dir: str) -> Engine:
+    """Pick and construct the engine the settings ask for; `start()` loads it."""
+    choice = settings.engine
+    if choice in ("auto", "nanovllm"):
+        usable, why = nanovllm_usable()
+        if usable:  # pragma: no cover - wired up with the nano-vllm engine
+            raise EngineError("nano-vllm engine selected but not available in this build")
+        if choice == "nanovllm":
+            raise EngineError(f"--engine nanovllm cannot run here: {why}")
+        log.info("engine auto: using the reference engine (nano-vllm not usable: %s)", why)
+    from voxport.engine.reference import ReferenceEngine
+
+    return ReferenceEngine(model_dir, device=settings.device, cpu_threads=settings.cpu_threads)

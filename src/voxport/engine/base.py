@@ -1,0 +1,92 @@
+"""The one boundary between the server and model code.
+
+Everything above this module speaks in `SynthesisRequest`, `VoicePrompt` and float32 numpy chunks;
+everything model-specific (voxcpm, nano-vllm-voxcpm) lives in the modules that implement `Engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """The engine failed while serving a request (a server-side problem)."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine is not loaded, was closed, or died: requests must fail fast."""
+
+
+class EngineInputError(ValueError):
+    """A request the engine cannot serve as asked (for example, too long for one window).
+
+    `param` names the request field to blame so that the API layer can answer 400.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class VoicePrompt:
+    """An encoded voice, ready to be reused by every request that asks for it.
+
+    `key` is the content hash the voice was encoded from; `handle` is engine-specific (a prompt
+    cache, a prompt id) and only the engine that made it may read it.
+    """
+
+    key: str
+    mode: str  # "reference" | "continuation" | "ref_continuation"
+    positions: int  # LM positions the prompt occupies in front of each generation
+    handle: Any = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    text: str
+    voice: VoicePrompt | None = None
+    cfg_value: float = 2.0
+    inference_timesteps: int = 10
+    max_length: int = 2048  # upper bound on generated steps (0.16 s each)
+    seed: int | None = None
+    normalize: bool = False
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str  # "reference" | "nanovllm"
+    model: str  # checkpoint directory
+    device: str
+    dtype: str
+    sample_rate: int  # of the chunks `generate` yields
+    samples_per_step: int  # samples per chunk; one LM step
+    max_model_len: int  # LM positions available to prompt + text + generated audio
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the speech service needs from a model runtime.
+
+    `generate` returns an async iterator of mono float32 chunks in [-1, 1] at `info.sample_rate`.
+    Leaving the iteration early (break, exception, `aclose`) must stop the generation within one
+    step and free its capacity.
+    """
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    def generate(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]: ...
+
+    async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt: ...
+
+    async def close(self) -> None: ...

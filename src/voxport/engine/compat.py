@@ -1,0 +1,50 @@
+"""Compatibility shims for importing the `voxcpm` package on CPU-only torch installs."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+import types
+
+
+def install_torchaudio_placeholder() -> bool:
+    """Make `import torchaudio` succeed where the real one cannot load.
+
+    `voxcpm` imports torchaudio at top level (for its V1 model), but VoxCPM2 never calls it: it
+    loads audio with librosa. The registry's torchaudio wheels are CUDA builds that fail to load
+    beside a CPU-only torch, and there is no CPU build, so a placeholder module is registered
+    instead. It raises on any use, so a code path that really needs torchaudio fails loudly.
+    Returns True when the placeholder was installed.
+    """
+    try:
+        import torchaudio  # noqa: F401
+
+        return bool(getattr(sys.modules["torchaudio"], "__voxport_placeholder__", False))
+    except Exception:
+        pass
+    for name in [n for n in sys.modules if n == "torchaudio" or n.startswith("torchaudio.")]:
+        del sys.modules[name]
+
+    def unavailable(*_args, **_kwargs):
+        raise RuntimeError("torchaudio is not usable in this environment; VoxCPM2 inference does not need it")
+
+    def placeholder(name: str) -> types.ModuleType:
+        module = types.ModuleType(name)
+        # transformers calls importlib.util.find_spec("torchaudio"): it needs a real spec.
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+
+        def attribute(attr: str):
+            if attr.startswith("__"):  # introspection (inspect, pickle) must see a plain module
+                raise AttributeError(attr)
+            return unavailable
+
+        module.__getattr__ = attribute  # type: ignore[method-assign]
+        return module
+
+    root = placeholder("torchaudio")
+    root.__voxport_placeholder__ = True  # type: ignore[attr-defined]
+    functional = placeholder("torchaudio.functional")
+    root.functional = functional  # type: ignore[attr-defined]
+    sys.modules["torchaudio"] = root
+    sys.modules["torchaudio.functional"] = functional
+    return True

@@ -1,0 +1,306 @@
+"""The reference engine: the `voxcpm` package, one generation at a time, on CPU, MPS or CUDA.
+
+One voxcpm model object holds a batch-1 static KV cache and patches modules while it streams, so
+it can serve exactly one generation at a time. Every model call (load, voice encoding, generation)
+therefore runs as a job on one dedicated worker thread, taken FIFO; the event loop only waits on
+asyncio queues fed from that thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+
+from voxport.engine.base import (
+    EngineError,
+    EngineInfo,
+    EngineInputError,
+    EngineUnavailable,
+    SynthesisRequest,
+    VoicePrompt,
+)
+
+log = logging.getLogger("voxport.engine.reference")
+
+# voxcpm wraps every generation in a tqdm progress bar on stderr; a server has no use for it.
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_WHITESPACE = re.compile(r"\s+")
+_STOP = object()
+
+
+class _Job:
+    __slots__ = ("run", "cancelled", "fail")
+
+    def __init__(self, run: Callable[[], None], fail: Callable[[BaseException], None]):
+        self.run = run
+        self.fail = fail
+        self.cancelled = threading.Event()
+
+
+def _steps_cap(text_tokens: int, max_length: int) -> int:
+    """How many steps voxcpm will generate at most: it caps at 6 steps per text token + 10."""
+    return min(int(text_tokens * 6 + 10), max_length)
+
+
+class ReferenceEngine:
+    def __init__(self, model_dir: str, device: str = "auto", cpu_threads: int | None = None):
+        self._model_dir = model_dir
+        self._device = None if device == "auto" else device
+        self._cpu_threads = cpu_threads
+        self._jobs: queue.Queue[_Job | object] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="voxport-reference-engine", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._model: Any = None
+        self._normalizer: Any = None
+        self._info: EngineInfo | None = None
+        self._ready = False
+        self._closed = False
+        self.steps_generated = 0  # LM steps run since start, for tests and metrics
+
+    # -- Engine protocol -------------------------------------------------------------------------
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._info is None:
+            raise EngineUnavailable("the engine is not loaded")
+        return self._info
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self._closed and self._thread.is_alive()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
+        await self._call(self._load)
+        await self._call(self._warm_up)
+        self._ready = True
+
+    def generate(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
+        return self._stream(request)
+
+    async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
+        return await self._call(lambda: self._encode(wav_path, transcript, key))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._ready = False
+        self._jobs.put(_STOP)
+        if self._thread.is_alive():
+            # A generation in progress notices its cancelled flag within one step.
+            await asyncio.to_thread(self._thread.join, 30)
+
+    # -- event-loop side -------------------------------------------------------------------------
+
+    def _submit(self, job: _Job) -> None:
+        if self._closed or not self._thread.is_alive():
+            raise EngineUnavailable("the engine is closed")
+        self._jobs.put(job)
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Hand a result from the worker thread to the event loop."""
+        assert self._loop is not None
+        # A closed loop (shutdown) raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the worker thread, in FIFO order with generations, and await its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def settle(setter: Callable[[Any], None], value: Any) -> None:
+            if not future.done():
+                setter(value)
+
+        def run() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+                self._post(settle, future.set_exception, exc)
+            else:
+                self._post(settle, future.set_result, result)
+
+        self._submit(_Job(run, lambda exc: self._post(settle, future.set_exception, exc)))
+        return await future
+
+    async def _stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
+        chunks: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def emit(kind: str, payload: Any = None) -> None:
+            self._post(chunks.put_nowait, (kind, payload))
+
+        job = _Job(lambda: None, lambda exc: emit("error", exc))
+        job.run = lambda: self._generate(request, job.cancelled, emit)
+        self._submit(job)
+        try:
+            while True:
+                kind, payload = await chunks.get()
+                if kind == "chunk":
+                    yield payload
+                elif kind == "done":
+                    return
+                else:
+                    raise payload
+        finally:
+            # The consumer is done (finished, failed or went away): stop the worker at the next step.
+            job.cancelled.set()
+
+    # -- worker-thread side ----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                break
+            assert isinstance(job, _Job)
+            if job.cancelled.is_set():
+                continue
+            try:
+                job.run()
+            except BaseException as exc:  # noqa: BLE001 - the worker must outlive any one job
+                if not isinstance(exc, EngineInputError):
+                    log.exception("reference engine job failed")
+                job.fail(exc)
+        # Whatever is still queued will never run: fail it so that no caller waits forever.
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(job, _Job):
+                job.fail(EngineUnavailable("the engine was closed"))
+
+    def _load(self) -> None:
+        from voxport.engine.compat import install_torchaudio_placeholder
+
+        if install_torchaudio_placeholder():
+            log.info("torchaudio cannot load here; using a placeholder (VoxCPM2 does not need it)")
+        import torch
+
+        if self._cpu_threads:
+            torch.set_num_threads(self._cpu_threads)
+        from voxcpm import VoxCPM
+
+        started = time.perf_counter()
+        tts = VoxCPM.from_pretrained(
+            self._model_dir, load_denoiser=False, optimize=False, device=self._device
+        )
+        model = tts.tts_model
+        self._model = model
+        self._info = EngineInfo(
+            name="reference",
+            model=self._model_dir,
+            device=str(model.device),
+            dtype=str(model.config.dtype),
+            sample_rate=int(model.sample_rate),
+            samples_per_step=int(model.patch_size * model._decode_chunk_size),
+            max_model_len=int(model.config.max_length),
+        )
+        log.info(
+            "reference engine loaded %s on %s (%s) in %.2fs",
+            self._model_dir,
+            self._info.device,
+            self._info.dtype,
+            time.perf_counter() - started,
+        )
+
+    def _warm_up(self) -> None:
+        """One short generation so that lazy initialisation is not paid by the first request."""
+        gen = self._model.generate_with_prompt_cache_streaming(
+            target_text="Warm up.", prompt_cache=None, min_len=1, max_len=2, retry_badcase=False
+        )
+        try:
+            for _ in gen:
+                pass
+        finally:
+            gen.close()
+
+    def _tokens(self, text: str) -> int:
+        return len(self._model.text_tokenizer(text))
+
+    def _encode(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
+        model = self._model
+        if transcript:
+            cache = model.build_prompt_cache(prompt_text=transcript, prompt_wav_path=wav_path)
+            positions = int(cache["audio_feat"].shape[0]) + self._tokens(transcript)
+        else:
+            cache = model.build_prompt_cache(reference_wav_path=wav_path)
+            positions = int(cache["ref_audio_feat"].shape[0]) + 2  # ref start / end tokens
+        return VoicePrompt(key=key, mode=cache["mode"], positions=positions, handle=cache)
+
+    def _prepare_text(self, request: SynthesisRequest) -> str:
+        text = _WHITESPACE.sub(" ", request.text).strip()
+        if request.normalize:
+            if self._normalizer is None:
+                from voxcpm.utils.text_normalize import TextNormalizer
+
+                self._normalizer = TextNormalizer()
+            text = self._normalizer.normalize(text)
+        if not text:
+            raise EngineInputError("input is empty after whitespace normalisation", param="input")
+        return text
+
+    def _generate(
+        self,
+        request: SynthesisRequest,
+        cancelled: threading.Event,
+        emit: Callable[..., None],
+    ) -> None:
+        import torch
+
+        text = self._prepare_text(request)
+        text_tokens = self._tokens(text)
+        steps = _steps_cap(text_tokens, request.max_length)
+        prompt_positions = request.voice.positions if request.voice else 0
+        needed = prompt_positions + text_tokens + 1 + steps
+        if needed > self.info.max_model_len:
+            raise EngineInputError(
+                f"input is too long for one generation: {text_tokens} text tokens and up to {steps} "
+                f"audio steps need {needed} positions, the model has {self.info.max_model_len}; "
+                "shorten `input` or lower `max_length`",
+                param="input",
+            )
+        if request.seed is None:
+            torch.seed()
+        else:
+            torch.manual_seed(request.seed)
+        stream = self._model.generate_with_prompt_cache_streaming(
+            target_text=text,
+            prompt_cache=request.voice.handle if request.voice else None,
+            min_len=2,
+            max_len=request.max_length,
+            inference_timesteps=request.inference_timesteps,
+            cfg_value=request.cfg_value,
+            retry_badcase=False,
+        )
+        try:
+            # The generator computes one step per `next`: checking the flag before each one
+            # stops an abandoned generation within one step.
+            while not cancelled.is_set():
+                try:
+                    wav, _, _ = next(stream)
+                except StopIteration:
+                    break
+                self.steps_generated += 1
+                emit("chunk", wav.squeeze(0).to(torch.float32).cpu().numpy())
+        except EngineInputError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"generation failed: {exc}") from exc
+        finally:
+            stream.close()
+        emit("done")

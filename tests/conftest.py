@@ -1,0 +1,127 @@
+"""Shared fixtures: one tiny random-weight checkpoint per run, the app in-process, and a real server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from voxport.app import create_app
+from voxport.config import Settings
+from voxport.engine.dummy import build_checkpoint
+
+# Every test request runs to this many 0.16 s steps at most: the tiny checkpoint never stops by itself.
+TEST_MAX_LENGTH = 12
+STEP_SECONDS = 0.16
+SERVER_START_TIMEOUT = 120
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-voxcpm2")
+    build_checkpoint(out, size="tiny", seed=0)
+    return out
+
+
+def make_settings(model: Path, data_dir: Path, **overrides) -> Settings:
+    return Settings(model=str(model), data_dir=data_dir, max_length=TEST_MAX_LENGTH, **overrides)
+
+
+@pytest.fixture(scope="session")
+async def app(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    application = create_app(make_settings(tiny_model, tmp_path_factory.mktemp("data")))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def http(app) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://voxport.test") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def aclient(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        api_key="unused", base_url="http://voxport.test/v1", http_client=http, max_retries=0
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """A real `voxport serve` subprocess on a free loopback port."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "voxport",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                output = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                raise RuntimeError(f"voxport serve exited with {self.proc.returncode}:\n{output}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).json().get("ready"):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("voxport serve did not become ready")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out.decode(errors="replace") if out else ""
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data = tmp_path_factory.mktemp("server-data")
+    proc = ServerProcess(
+        ["--model", str(tiny_model), "--data-dir", str(data), "--max-length", str(TEST_MAX_LENGTH)]
+    )
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(api_key="unused", base_url=f"{server.base_url}/v1", max_retries=0)

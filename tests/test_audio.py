@@ -1,0 +1,51 @@
+"""The encoder's building blocks, against independent decoding."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import pytest
+
+from tests.audio_check import decode
+from voxport.audio import FORMATS, atempo_factors, encode, wav_header
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.3, 0.5, 0.75, 1.0, 1.7, 2.0, 3.0, 4.0])
+def test_atempo_factors_multiply_to_speed_within_filter_range(speed: float) -> None:
+    factors = atempo_factors(speed)
+    assert all(0.5 <= f <= 2.0 for f in factors)
+    assert math.prod(factors) == pytest.approx(speed)
+
+
+def test_wav_header_sizes() -> None:
+    header = wav_header(24000, 1000)
+    assert len(header) == 44
+    assert struct.unpack("<I", header[4:8])[0] == 1036
+    assert struct.unpack("<I", header[40:44])[0] == 1000
+    assert struct.unpack("<I", header[24:28])[0] == 24000
+    streaming = wav_header(48000, None)
+    assert struct.unpack("<I", streaming[4:8])[0] == 0xFFFFFFFF
+    assert struct.unpack("<I", streaming[40:44])[0] == 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_sine_round_trip_keeps_pitch_and_length(fmt: str) -> None:
+    rate = 48000
+    t = np.arange(rate) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    out_rate = FORMATS[fmt].default_rate
+    audio = decode(encode(tone, rate, fmt, out_rate, speed=2.0), fmt, pcm_rate=out_rate)
+    # Codec framing adds a little (mp3: encoder delay and frame padding, at most ~60 ms).
+    assert audio.duration == pytest.approx(0.5, abs=0.06)
+    # Pitch is kept: the dominant frequency is still 440 Hz.
+    spectrum = np.abs(np.fft.rfft(audio.samples))
+    peak = np.argmax(spectrum) * audio.sample_rate / len(audio.samples)
+    assert peak == pytest.approx(440, abs=10)
+
+
+def test_clipping_instead_of_wrapping() -> None:
+    loud = np.array([2.0, -2.0, 0.0], dtype=np.float32)
+    pcm = np.frombuffer(encode(loud, 48000, "pcm", 48000), dtype="<i2")
+    assert pcm.tolist() == [32767, -32767, 0]
