@@ -16,6 +16,7 @@ from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
 from voxport.speech import SpeechService
+from voxport.voices import VoicesFileError, load_voices
 
 log = logging.getLogger("voxport")
 
@@ -25,6 +26,9 @@ def create_app(
 ) -> FastAPI:
     """Build the app. `checkpoint_dir` is the resolved local model directory (default: settings.model)."""
     model_dir = checkpoint_dir or settings.model
+    voices = load_voices(settings.voices_file)
+    if settings.default_voice not in voices:
+        raise VoicesFileError(f"default voice {settings.default_voice!r} is not in {settings.voices_file}")
     engine = engine or create_engine(settings, model_dir)
 
     @asynccontextmanager
@@ -40,7 +44,7 @@ def create_app(
 
     app = FastAPI(title="voxport", version=__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.state.speech = SpeechService(settings, engine)
+    app.state.speech = SpeechService(settings, engine, voices)
     # The directory name only: server paths are never shown to clients.
     app.state.checkpoint_name = Path(model_dir).name if Path(model_dir).is_dir() else settings.model
     install_error_handlers(app)

@@ -72,8 +72,13 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from voxport.app import create_app
+    from voxport.voices import VoicesFileError
 
-    app = create_app(settings, checkpoint_dir=checkpoint)
+    try:
+        app = create_app(settings, checkpoint_dir=checkpoint)
+    except VoicesFileError as exc:
+        print(f"voxport serve: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
     return 0
 

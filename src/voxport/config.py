@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from voxport.voices import DEFAULT_VOICES_FILE
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -47,6 +49,10 @@ class Settings(BaseSettings):
         ge=1,
         le=2048,
         description="Default and upper bound of a request's `max_length` (steps of 0.16 s of audio).",
+    )
+    voices_file: Path = Field(
+        DEFAULT_VOICES_FILE,
+        description="The voice registry file (default: the repository's voices.json).",
     )
     default_voice: str = Field("alloy", description="Voice used when a request names none.")
     cpu_threads: int | None = Field(

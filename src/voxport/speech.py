@@ -19,7 +19,7 @@ from voxport.engine.base import (
     EngineUnavailable,
     SynthesisRequest,
 )
-from voxport.voices import BUILTIN_DESIGNS, design_prefix
+from voxport.voices import DesignedVoice, design_prefix
 
 log = logging.getLogger("voxport.speech")
 
@@ -43,9 +43,10 @@ class PreparedSpeech:
 
 
 class SpeechService:
-    def __init__(self, settings: Settings, engine: Engine):
+    def __init__(self, settings: Settings, engine: Engine, voices: dict[str, DesignedVoice]):
         self.settings = settings
         self.engine = engine
+        self.voices = voices
         self.in_flight = 0
 
     def prepare(self, params: SpeechCreateParams) -> PreparedSpeech:
@@ -70,10 +71,10 @@ class SpeechService:
             raise invalid(
                 "stream_format 'sse' is not supported yet; use 'audio'.", "stream_format", "unsupported"
             )
-        voice = params.voice_id or settings.default_voice
-        if voice not in BUILTIN_DESIGNS:
+        voice = self.voices.get(params.voice_id or settings.default_voice)
+        if voice is None:
             raise invalid(
-                f"Unknown voice '{voice}'. Available: {', '.join(BUILTIN_DESIGNS)}.",
+                f"Unknown voice '{params.voice_id}'. Available: {', '.join(self.voices)}.",
                 "voice",
                 "voice_not_found",
             )
@@ -90,14 +91,16 @@ class SpeechService:
             raise invalid(
                 f"max_length {max_length} exceeds this server's limit of {settings.max_length}.", "max_length"
             )
-        text = design_prefix(BUILTIN_DESIGNS[voice], params.instructions) + params.input
+        text = design_prefix(voice.description, params.instructions) + params.input
         synthesis = SynthesisRequest(
             text=text,
             voice=None,
             cfg_value=params.cfg_value,
             inference_timesteps=params.inference_timesteps,
             max_length=max_length,
-            seed=params.seed,
+            # A designed voice keeps its seed unless the request asks for another: the same voice
+            # then sounds the same from request to request.
+            seed=voice.seed if params.seed is None else params.seed,
             normalize=params.normalize,
         )
         return PreparedSpeech(synthesis, params.response_format, rate, params.speed)
@@ -126,11 +129,12 @@ class SpeechService:
             self.in_flight -= 1
         duration = len(audio) / engine_rate / prepared.speed
         log.info(
-            "request %s: %s, %.2fs audio in %.2fs",
+            "request %s: %s, %.2fs audio in %.2fs%s",
             request_id,
             prepared.response_format,
             duration,
             time.perf_counter() - started,
+            f", text {prepared.synthesis.text!r}" if self.settings.log_request_text else "",
         )
         return SpeechResult(
             data, FORMATS[prepared.response_format].content_type, prepared.sample_rate, duration

@@ -1,0 +1,33 @@
+"""The documentation stays true to the code: every setting is documented with its flag and variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voxport.cli import build_parser
+from voxport.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list(Settings.model_fields))
+def test_every_setting_is_documented(name: str) -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert f"`--{name.replace('_', '-')}" in text
+    assert f"`VOXPORT_{name.upper()}`" in text
+
+
+def test_every_setting_is_a_flag() -> None:
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flags = {opt for action in serve._actions for opt in action.option_strings}
+    assert {f"--{n.replace('_', '-')}" for n in Settings.model_fields} <= flags
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["scripts/dev serve", "scripts/dev test"]
+    assert "scripts/dev test" in (ROOT / ".ci" / "run").read_text()
