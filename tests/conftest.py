@@ -32,7 +32,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(model: Path, data_dir: Path, **overrides) -> Settings:
-    return Settings(model=str(model), data_dir=data_dir, max_length=TEST_MAX_LENGTH, **overrides)
+    return Settings(**{"model": str(model), "data_dir": data_dir, "max_length": TEST_MAX_LENGTH, **overrides})
 
 
 @pytest.fixture(scope="session")

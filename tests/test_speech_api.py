@@ -127,7 +127,6 @@ BAD_REQUESTS = [
     ({"model": "tts-1", "input": TEXT, "speed": 0.1}, "speed"),
     ({"model": "tts-1", "input": TEXT, "speed": 4.5}, "speed"),
     ({"model": "tts-1", "input": TEXT, "speed": "fast"}, "speed"),
-    ({"model": "tts-1", "input": TEXT, "stream_format": "sse"}, "stream_format"),
     ({"model": "tts-1", "input": TEXT, "stream_format": "video"}, "stream_format"),
     ({"model": "tts-1", "input": TEXT, "cfg_value": -0.5}, "cfg_value"),
     ({"model": "tts-1", "input": TEXT, "cfg_value": 10.5}, "cfg_value"),

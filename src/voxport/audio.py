@@ -1,21 +1,25 @@
 """Audio post-processing: speed, resampling and encoding to the response formats, through ffmpeg.
 
 The ffmpeg binary comes from PATH, else from the `imageio-ffmpeg` wheel, so a pip install alone
-gives a working server. Every function here is synchronous and CPU-bound: callers run them in a
-worker thread, never on the event loop.
+gives a working server. `encode` is synchronous (callers run it in a worker thread);
+`encode_stream` drives one ffmpeg subprocess per stream with asyncio pipes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import shutil
 import struct
+import subprocess
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import ffmpeg
 import numpy as np
 
 ENGINE_CHANNELS = 1
+_READ_SIZE = 1 << 16
 _COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
@@ -92,43 +96,116 @@ def wav_header(sample_rate: int, data_bytes: int | None, channels: int = ENGINE_
     )
 
 
-def _run_ffmpeg(samples: np.ndarray, in_rate: int, out_rate: int, speed: float, output_kwargs: dict) -> bytes:
+def ffmpeg_command(fmt: str, in_rate: int, out_rate: int, speed: float, streaming: bool = False) -> list[str]:
+    """The ffmpeg command line that turns mono f32le at `in_rate` on stdin into `fmt` on stdout.
+
+    wav and pcm come out as raw s16le (voxport writes the WAV header itself). With `streaming`,
+    muxers flush every packet so that encoded audio leaves as soon as it exists.
+    """
+    spec = FORMATS[fmt]
     stream = ffmpeg.input("pipe:", format="f32le", ar=in_rate, ac=ENGINE_CHANNELS)
     if speed != 1.0:
         for factor in atempo_factors(speed):
             stream = stream.filter("atempo", f"{factor:.6f}")
     if out_rate != in_rate:
         stream = stream.filter("aresample", out_rate)
-    stream = stream.output("pipe:", ac=ENGINE_CHANNELS, ar=out_rate, **output_kwargs)
-    try:
-        out, _ = stream.global_args("-hide_banner", "-loglevel", "error", "-nostats").run(
-            cmd=ffmpeg_binary(),
-            input=np.ascontiguousarray(samples, dtype="<f4").tobytes(),
-            capture_stdout=True,
-            capture_stderr=True,
-        )
-    except ffmpeg.Error as exc:
-        detail = (exc.stderr or b"").decode("utf-8", "replace").strip()[-500:]
-        raise AudioEncodingError(f"ffmpeg failed: {detail}") from exc
-    return out
+    if spec.muxer is None:
+        kwargs: dict = {"format": "s16le", "acodec": "pcm_s16le"}
+    else:
+        kwargs = {"format": spec.muxer, "acodec": spec.codec}
+        if spec.bitrate:
+            kwargs["audio_bitrate"] = spec.bitrate
+        if spec.codec == "flac":
+            kwargs["sample_fmt"] = "s16"
+        if spec.muxer == "mp3":
+            kwargs["write_xing"] = 0  # a pipe cannot be seeked back to fill in the Xing header
+        if streaming:
+            kwargs["flush_packets"] = 1
+            if spec.muxer == "ogg":
+                kwargs["page_duration"] = 20000  # µs: one Ogg page per 20 ms Opus packet
+    stream = stream.output("pipe:", ac=ENGINE_CHANNELS, ar=out_rate, **kwargs)
+    args = stream.global_args("-hide_banner", "-loglevel", "error", "-nostats").compile(cmd=ffmpeg_binary())
+    return args
+
+
+def _needs_ffmpeg(fmt: str, in_rate: int, out_rate: int, speed: float) -> bool:
+    return FORMATS[fmt].muxer is not None or speed != 1.0 or out_rate != in_rate
 
 
 def encode(samples: np.ndarray, in_rate: int, fmt: str, out_rate: int, speed: float = 1.0) -> bytes:
     """Encode mono float32 `samples` at `in_rate` to `fmt` at `out_rate`, played `speed` times faster.
 
     Speed uses atempo (pitch kept, duration scaled by 1/speed). wav and pcm are s16le mono; wav
-    carries exact sizes in its header.
+    carries exact sizes in its header. Synchronous: run it in a worker thread.
     """
-    spec = FORMATS[fmt]
-    if spec.muxer is None:  # raw s16le, wrapped in a header for wav
-        if speed == 1.0 and out_rate == in_rate:
-            pcm = to_s16le(samples)
-        else:
-            pcm = _run_ffmpeg(samples, in_rate, out_rate, speed, {"format": "s16le", "acodec": "pcm_s16le"})
-        return wav_header(out_rate, len(pcm)) + pcm if fmt == "wav" else pcm
-    kwargs: dict = {"format": spec.muxer, "acodec": spec.codec}
-    if spec.bitrate:
-        kwargs["audio_bitrate"] = spec.bitrate
-    if spec.muxer == "mp3":
-        kwargs["write_xing"] = 0  # a pipe cannot be seeked back to fill in the Xing header
-    return _run_ffmpeg(samples, in_rate, out_rate, speed, kwargs)
+    if _needs_ffmpeg(fmt, in_rate, out_rate, speed):
+        proc = subprocess.run(
+            ffmpeg_command(fmt, in_rate, out_rate, speed),
+            input=np.ascontiguousarray(samples, dtype="<f4").tobytes(),
+            capture_output=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            detail = proc.stderr.decode("utf-8", "replace").strip()[-500:]
+            raise AudioEncodingError(f"ffmpeg exited with {proc.returncode}: {detail}")
+        body = proc.stdout
+    else:
+        body = to_s16le(samples)
+    return wav_header(out_rate, len(body)) + body if fmt == "wav" else body
+
+
+async def encode_stream(
+    chunks: AsyncIterator[np.ndarray], in_rate: int, fmt: str, out_rate: int, speed: float = 1.0
+) -> AsyncIterator[bytes]:
+    """Encode an async stream of float32 chunks, yielding encoded bytes as soon as they exist.
+
+    One encoder process lives for the whole stream, so the concatenated output is one valid file
+    (one header, no gaps at chunk joins). wav starts with a header of unknown length (0xFFFFFFFF).
+    Leaving the iteration early stops the encoder and the upstream chunks.
+    """
+    if fmt == "wav":
+        yield wav_header(out_rate, None)
+    if not _needs_ffmpeg(fmt, in_rate, out_rate, speed):
+        async for chunk in chunks:
+            yield to_s16le(chunk)
+        return
+
+    proc = await asyncio.create_subprocess_exec(
+        *ffmpeg_command(fmt, in_rate, out_rate, speed, streaming=True),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+
+    async def feed() -> None:
+        try:
+            async for chunk in chunks:
+                stdin.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
+                await stdin.drain()
+        finally:
+            stdin.close()
+
+    feeder = asyncio.create_task(feed())
+    errors = asyncio.create_task(stderr.read())
+    try:
+        while data := await stdout.read(_READ_SIZE):
+            yield data
+        await feeder  # re-raises an upstream failure
+        code = await proc.wait()
+        if code != 0:
+            detail = (await errors).decode("utf-8", "replace").strip()[-500:]
+            raise AudioEncodingError(f"ffmpeg exited with {code}: {detail}")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        for task in (feeder, errors):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(feeder, errors, return_exceptions=True)
+        if proc.returncode is None:
+            await proc.wait()
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

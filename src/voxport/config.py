@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         DEFAULT_VOICES_FILE,
         description="The voice registry file (default: the repository's voices.json).",
     )
+    segment_max_chars: int = Field(
+        300,
+        ge=20,
+        le=4096,
+        description="Longest text segment synthesised in one generation when long input is split.",
+    )
     default_voice: str = Field("alloy", description="Voice used when a request names none.")
     cpu_threads: int | None = Field(
         None, ge=1, description="Torch CPU threads for the reference engine (default: torch's choice)."

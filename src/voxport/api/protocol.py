@@ -27,6 +27,7 @@ class SpeechCreateParams(BaseModel):
     response_format: ResponseFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: StreamFormat = "audio"
+    stream: bool = False  # voxport: stream /v1/audio/speech as it is generated
 
     cfg_value: float = Field(2.0, ge=0.0, le=10.0)
     inference_timesteps: int = Field(10, ge=1, le=100)
@@ -38,3 +39,8 @@ class SpeechCreateParams(BaseModel):
     @property
     def voice_id(self) -> str | None:
         return self.voice.id if isinstance(self.voice, VoiceID) else self.voice
+
+
+class SpeechCancelParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=128)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import json
+import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from voxport import __version__
 from voxport.api.errors import APIError, parse_json_body
-from voxport.api.protocol import SpeechCreateParams
+from voxport.api.protocol import SpeechCancelParams, SpeechCreateParams
+from voxport.audio import FORMATS
 from voxport.config import Settings
-from voxport.speech import SpeechService
+from voxport.speech import RequestCancelled, SpeechJob, SpeechService
 
+log = logging.getLogger("voxport.api")
 router = APIRouter()
 _STARTED = int(time.time())
 
@@ -30,29 +38,128 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 SpeechDep = Annotated[SpeechService, Depends(_speech)]
 
 
+_SPEECH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": SpeechCreateParams.model_json_schema()}},
+    }
+}
+_AUDIO_RESPONSES = {200: {"content": {"audio/mpeg": {}, "text/event-stream": {}}, "description": "Audio."}}
+
+
+@contextlib.asynccontextmanager
+async def _cancel_on_disconnect(request: Request, job: SpeechJob) -> AsyncIterator[None]:
+    """While the body is open, a client that disconnects cancels its job (and so its generation)."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _sse(job: SpeechJob, audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """OpenAI's speech SSE events: speech.audio.delta per encoded block, then speech.audio.done."""
+
+    def event(payload: dict) -> bytes:
+        return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for data in audio:
+                yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+        except Exception as exc:  # the stream has begun: report in-band, then close
+            log.exception("request %s failed mid-stream", job.request_id)
+            message = "Internal error while streaming." if not isinstance(exc, APIError) else exc.message
+            yield event(
+                {"type": "error", "error": {"message": message, "type": "server_error", "code": None}}
+            )
+            return
+        if job.cancel.is_set():
+            yield event(
+                {
+                    "type": "error",
+                    "error": {
+                        "message": "The request was cancelled.",
+                        "type": "invalid_request_error",
+                        "code": "request_cancelled",
+                    },
+                }
+            )
+            return
+        yield event({"type": "speech.audio.done", "usage": job.usage})
+
+    return events()
+
+
+async def _speak(request: Request, speech: SpeechService, stream: bool) -> Response:
+    params: SpeechCreateParams = await parse_json_body(request, SpeechCreateParams)
+    prepared = speech.prepare(params, stream=stream)
+    async with contextlib.AsyncExitStack() as stack:
+        job = await stack.enter_async_context(speech.track(request.state.request_id))
+        content_type = FORMATS[prepared.response_format].content_type
+        headers = {"X-Sample-Rate": str(prepared.sample_rate)}
+        if not prepared.stream:
+            try:
+                async with _cancel_on_disconnect(request, job):
+                    result = await speech.synthesize(prepared, job)
+            except RequestCancelled:
+                raise APIError(499, "The request was cancelled.", code="request_cancelled") from None
+            headers["X-Audio-Duration"] = f"{result.duration:.3f}"
+            return Response(content=result.audio, media_type=content_type, headers=headers)
+
+        try:
+            async with _cancel_on_disconnect(request, job):
+                audio = await speech.stream(prepared, job)
+        except RequestCancelled:
+            raise APIError(499, "The request was cancelled.", code="request_cancelled") from None
+        # From here the response owns the job: it stays registered until the body is done.
+        release = stack.pop_all()
+
+        async def body() -> AsyncIterator[bytes]:
+            async with release:
+                source = _sse(job, audio) if prepared.sse else audio
+                async for data in source:
+                    yield data
+
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        media_type = "text/event-stream" if prepared.sse else content_type
+        return StreamingResponse(body(), media_type=media_type, headers=headers)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @router.post(
-    "/v1/audio/speech",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": SpeechCreateParams.model_json_schema()}},
-        }
-    },
-    response_class=Response,
-    responses={200: {"content": {"audio/mpeg": {}, "audio/wav": {}}, "description": "The encoded audio."}},
+    "/v1/audio/speech", openapi_extra=_SPEECH_BODY, response_class=Response, responses=_AUDIO_RESPONSES
 )
 async def create_speech(request: Request, speech: SpeechDep) -> Response:
-    params: SpeechCreateParams = await parse_json_body(request, SpeechCreateParams)
-    prepared = speech.prepare(params)
-    result = await speech.synthesize(prepared, request.state.request_id)
-    return Response(
-        content=result.audio,
-        media_type=result.content_type,
-        headers={
-            "X-Sample-Rate": str(result.sample_rate),
-            "X-Audio-Duration": f"{result.duration:.3f}",
-        },
-    )
+    return await _speak(request, speech, stream=False)
+
+
+@router.post(
+    "/v1/audio/speech/stream", openapi_extra=_SPEECH_BODY, response_class=Response, responses=_AUDIO_RESPONSES
+)
+async def stream_speech(request: Request, speech: SpeechDep) -> Response:
+    return await _speak(request, speech, stream=True)
+
+
+@router.post("/v1/audio/speech/cancel")
+async def cancel_speech(request: Request, speech: SpeechDep) -> dict:
+    params: SpeechCancelParams = await parse_json_body(request, SpeechCancelParams)
+    if not speech.cancel(params.request_id):
+        raise APIError(
+            404,
+            f"No request '{params.request_id}' is in flight.",
+            param="request_id",
+            code="request_not_found",
+        )
+    return {"request_id": params.request_id, "cancelled": True}
 
 
 def _model_card(model_id: str) -> dict:
@@ -89,5 +196,6 @@ async def health(request: Request, settings: SettingsDep, speech: SpeechDep) -> 
         "device": device,
         "ready": ready,
         "requests_in_flight": speech.in_flight,
+        "requests_cancelled": speech.cancelled_total,
     }
     return JSONResponse(body)

@@ -57,6 +57,14 @@ class SynthesisRequest:
     normalize: bool = False
 
 
+@dataclass
+class GenerationStats:
+    """Filled in by the engine while a generation runs (read it once the iteration is over)."""
+
+    input_tokens: int = 0  # text tokens the model read, voice-design prefix included
+    steps: int = 0  # audio steps generated (0.16 s each)
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     name: str  # "reference" | "nanovllm"
@@ -85,7 +93,13 @@ class Engine(Protocol):
 
     async def start(self) -> None: ...
 
-    def generate(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]: ...
+    def generate(
+        self, request: SynthesisRequest, stats: GenerationStats | None = None
+    ) -> AsyncIterator[np.ndarray]: ...
+
+    def count_tokens(self, text: str) -> int:
+        """Text tokens `text` costs (cheap enough to call on the event loop)."""
+        ...
 
     async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt: ...
 

@@ -48,3 +48,17 @@ def install_torchaudio_placeholder() -> bool:
     sys.modules["torchaudio"] = root
     sys.modules["torchaudio.functional"] = functional
     return True
+
+
+def silence_progress_bars() -> None:
+    """voxcpm wraps every generation loop in a tqdm bar on stderr; a server has no use for it.
+
+    TQDM_DISABLE only works if set before tqdm is imported, which other packages do first, so the
+    name voxcpm's model module looks up is replaced with a pass-through.
+    """
+    import voxcpm.model.voxcpm2 as voxcpm2
+
+    def passthrough(iterable=None, *_args, **_kwargs):
+        return iterable
+
+    voxcpm2.tqdm = passthrough  # type: ignore[attr-defined]

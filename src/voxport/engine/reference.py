@@ -26,14 +26,13 @@ from voxport.engine.base import (
     EngineInfo,
     EngineInputError,
     EngineUnavailable,
+    GenerationStats,
     SynthesisRequest,
     VoicePrompt,
 )
 
 log = logging.getLogger("voxport.engine.reference")
 
-# voxcpm wraps every generation in a tqdm progress bar on stderr; a server has no use for it.
-os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _WHITESPACE = re.compile(r"\s+")
@@ -88,8 +87,16 @@ class ReferenceEngine:
         await self._call(self._warm_up)
         self._ready = True
 
-    def generate(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
-        return self._stream(request)
+    def generate(
+        self, request: SynthesisRequest, stats: GenerationStats | None = None
+    ) -> AsyncIterator[np.ndarray]:
+        return self._stream(request, stats if stats is not None else GenerationStats())
+
+    def count_tokens(self, text: str) -> int:
+        if self._model is None:
+            raise EngineUnavailable("the engine is not loaded")
+        # The fast tokenizer is thread-safe and takes well under a millisecond for a sentence.
+        return self._tokens(_WHITESPACE.sub(" ", text).strip())
 
     async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
         return await self._call(lambda: self._encode(wav_path, transcript, key))
@@ -137,14 +144,14 @@ class ReferenceEngine:
         self._submit(_Job(run, lambda exc: self._post(settle, future.set_exception, exc)))
         return await future
 
-    async def _stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
+    async def _stream(self, request: SynthesisRequest, stats: GenerationStats) -> AsyncIterator[np.ndarray]:
         chunks: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
         def emit(kind: str, payload: Any = None) -> None:
             self._post(chunks.put_nowait, (kind, payload))
 
         job = _Job(lambda: None, lambda exc: emit("error", exc))
-        job.run = lambda: self._generate(request, job.cancelled, emit)
+        job.run = lambda: self._generate(request, stats, job.cancelled, emit)
         self._submit(job)
         try:
             while True:
@@ -185,7 +192,7 @@ class ReferenceEngine:
                 job.fail(EngineUnavailable("the engine was closed"))
 
     def _load(self) -> None:
-        from voxport.engine.compat import install_torchaudio_placeholder
+        from voxport.engine.compat import install_torchaudio_placeholder, silence_progress_bars
 
         if install_torchaudio_placeholder():
             log.info("torchaudio cannot load here; using a placeholder (VoxCPM2 does not need it)")
@@ -195,6 +202,7 @@ class ReferenceEngine:
             torch.set_num_threads(self._cpu_threads)
         from voxcpm import VoxCPM
 
+        silence_progress_bars()
         started = time.perf_counter()
         tts = VoxCPM.from_pretrained(
             self._model_dir, load_denoiser=False, optimize=False, device=self._device
@@ -257,6 +265,7 @@ class ReferenceEngine:
     def _generate(
         self,
         request: SynthesisRequest,
+        stats: GenerationStats,
         cancelled: threading.Event,
         emit: Callable[..., None],
     ) -> None:
@@ -264,6 +273,7 @@ class ReferenceEngine:
 
         text = self._prepare_text(request)
         text_tokens = self._tokens(text)
+        stats.input_tokens = text_tokens
         steps = _steps_cap(text_tokens, request.max_length)
         prompt_positions = request.voice.positions if request.voice else 0
         needed = prompt_positions + text_tokens + 1 + steps
@@ -296,6 +306,7 @@ class ReferenceEngine:
                 except StopIteration:
                     break
                 self.steps_generated += 1
+                stats.steps += 1
                 emit("chunk", wav.squeeze(0).to(torch.float32).cpu().numpy())
         except EngineInputError:
             raise
