@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from voxport import __version__
 from voxport.api.errors import install_error_handlers
-from voxport.api.middleware import RequestContextMiddleware
+from voxport.api.middleware import AccessPolicy, RequestContextMiddleware
 from voxport.api.routes import router
+from voxport.cache import AudioCache, checkpoint_fingerprint
 from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
+from voxport.metrics import Metrics
 from voxport.speech import SpeechService
 from voxport.voices import VoicesFileError, load_voices
 
@@ -30,24 +35,66 @@ def create_app(
     if settings.default_voice not in voices:
         raise VoicesFileError(f"default voice {settings.default_voice!r} is not in {settings.voices_file}")
     engine = engine or create_engine(settings, model_dir)
+    metrics = Metrics()
+    cache = AudioCache(
+        settings.data_dir / "cache",
+        ttl_seconds=settings.cache_ttl_minutes * 60,
+        max_bytes=int(settings.cache_max_mb * 2**20),
+    )
+    cache.on_evict = metrics.cache_evictions.inc
+    speech = SpeechService(settings, engine, voices, cache, metrics)
+    metrics.bind(
+        queue_depth=lambda: speech.queued,
+        in_flight=lambda: speech.in_flight,
+        engine_ready=lambda: float(speech.accepts_requests),
+        cache_bytes=lambda: cache.bytes,
+        cache_entries=lambda: cache.entries,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
+        if Path(model_dir).is_dir():
+            speech.weights_fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
+        sweeper = None
+        if cache.enabled:
+            await asyncio.to_thread(cache.load_index)
+            sweeper = asyncio.create_task(cache.run_sweeper(settings.cache_sweep_s))
         log.info(
             "voxport %s ready: model %s, engine %s", __version__, settings.served_model_id, engine.info.name
         )
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             await engine.close()
 
     app = FastAPI(title="voxport", version=__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.state.speech = SpeechService(settings, engine, voices)
+    app.state.speech = speech
+    app.state.metrics = metrics
     # The directory name only: server paths are never shown to clients.
     app.state.checkpoint_name = Path(model_dir).name if Path(model_dir).is_dir() else settings.model
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    policy = AccessPolicy(
+        api_keys=tuple(settings.all_api_keys()),
+        admin_key=settings.admin_api_key,
+        metrics_require_key=settings.metrics_require_key,
+        log_request_text=settings.log_request_text,
+    )
+    app.add_middleware(RequestContextMiddleware, policy=policy, metrics=metrics)
+    if settings.cors_allow_origins:
+        # Outermost, so that preflights are answered before auth and errors carry CORS headers too.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_credentials="*" not in settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "DELETE", "HEAD", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-Id", "X-Sample-Rate", "X-Audio-Duration", "X-Cache", "X-Route"],
+        )
     app.include_router(router)
     return app

@@ -79,7 +79,16 @@ def _serve(args: argparse.Namespace) -> int:
     except VoicesFileError as exc:
         print(f"voxport serve: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish within the grace period, then
+    # runs the lifespan shutdown, which stops the engine.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
     return 0
 
 

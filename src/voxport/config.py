@@ -61,6 +61,40 @@ class Settings(BaseSettings):
         description="Longest text segment synthesised in one generation when long input is split.",
     )
     default_voice: str = Field("alloy", description="Voice used when a request names none.")
+    cache_ttl_minutes: float = Field(
+        1440, description="How long a cached response is served; 0 or less disables the audio cache."
+    )
+    cache_max_mb: float = Field(1024, gt=0, description="Size cap of the audio cache, in MiB (LRU eviction).")
+    cache_sweep_s: float = Field(60, gt=0, description="Seconds between cache sweeps (TTL and size cap).")
+    max_concurrent: int = Field(8, ge=1, description="Requests generating at once; more wait in the queue.")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for a generation slot; beyond: 429.")
+    request_timeout_s: float = Field(
+        300, gt=0, description="Deadline of a request (to its first audio, when streaming); past it: 504."
+    )
+    engine_stall_s: float = Field(
+        60,
+        gt=0,
+        description="Seconds without any engine progress while work waits before the engine "
+        "counts as stalled: requests then fail with 503 and /ready turns false.",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, `Authorization: Bearer KEY` is required.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one API key per line (added to api_keys)."
+    )
+    admin_api_key: str | None = Field(
+        None,
+        description="Key for /admin/* and voice deletion; unset: those are reachable from loopback only.",
+    )
+    metrics_require_key: bool = Field(False, description="Require an API key for /metrics too.")
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS ('*' for any); empty: off."
+    )
+    shutdown_grace_s: float = Field(
+        30, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
+    )
     cpu_threads: int | None = Field(
         None, ge=1, description="Torch CPU threads for the reference engine (default: torch's choice)."
     )
@@ -71,12 +105,22 @@ class Settings(BaseSettings):
         False, description="Log request text (off by default: inputs are never logged otherwise)."
     )
 
-    @field_validator("model_aliases", mode="before")
+    @field_validator("model_aliases", "api_keys", "cors_allow_origins", mode="before")
     @classmethod
     def _split_aliases(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def all_api_keys(self) -> list[str]:
+        """api_keys plus the keys in api_keys_file (blank lines and # comments skipped)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return keys
 
     @property
     def model_ids(self) -> list[str]:

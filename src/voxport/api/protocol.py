@@ -28,6 +28,7 @@ class SpeechCreateParams(BaseModel):
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: StreamFormat = "audio"
     stream: bool = False  # voxport: stream /v1/audio/speech as it is generated
+    cache: bool = True  # voxport: false = nothing about this request is read from or written to the cache
 
     cfg_value: float = Field(2.0, ge=0.0, le=10.0)
     inference_timesteps: int = Field(10, ge=1, le=100)

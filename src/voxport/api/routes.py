@@ -7,12 +7,14 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voxport import __version__
 from voxport.api.errors import APIError, parse_json_body
@@ -99,25 +101,37 @@ def _sse(job: SpeechJob, audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return events()
 
 
+def _no_cache(request: Request, params: SpeechCreateParams) -> bool:
+    directives = request.headers.get("cache-control", "").lower()
+    return not params.cache or "no-cache" in directives or "no-store" in directives
+
+
+def _cache_headers(job: SpeechJob) -> dict[str, str]:
+    return {"X-Cache": job.cache, "X-Route": "CACHE" if job.cache == "HIT" else "HOT"}
+
+
 async def _speak(request: Request, speech: SpeechService, stream: bool) -> Response:
     params: SpeechCreateParams = await parse_json_body(request, SpeechCreateParams)
     prepared = speech.prepare(params, stream=stream)
+    no_cache = _no_cache(request, params)
     async with contextlib.AsyncExitStack() as stack:
-        job = await stack.enter_async_context(speech.track(request.state.request_id))
+        job = await stack.enter_async_context(speech.track(request.state.request_id, prepared))
+        request.state.speech_job = job
         content_type = FORMATS[prepared.response_format].content_type
         headers = {"X-Sample-Rate": str(prepared.sample_rate)}
         if not prepared.stream:
             try:
                 async with _cancel_on_disconnect(request, job):
-                    result = await speech.synthesize(prepared, job)
+                    result = await speech.respond(prepared, job, no_cache)
             except RequestCancelled:
                 raise APIError(499, "The request was cancelled.", code="request_cancelled") from None
             headers["X-Audio-Duration"] = f"{result.duration:.3f}"
+            headers.update(_cache_headers(job))
             return Response(content=result.audio, media_type=content_type, headers=headers)
 
         try:
             async with _cancel_on_disconnect(request, job):
-                audio = await speech.stream(prepared, job)
+                audio = await speech.stream(prepared, job, no_cache)
         except RequestCancelled:
             raise APIError(499, "The request was cancelled.", code="request_cancelled") from None
         # From here the response owns the job: it stays registered until the body is done.
@@ -129,7 +143,7 @@ async def _speak(request: Request, speech: SpeechService, stream: bool) -> Respo
                 async for data in source:
                     yield data
 
-        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_cache_headers(job)})
         media_type = "text/event-stream" if prepared.sse else content_type
         return StreamingResponse(body(), media_type=media_type, headers=headers)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -178,24 +192,70 @@ async def retrieve_model(model_id: str, settings: SettingsDep) -> dict:
     return _model_card(model_id)
 
 
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request, settings: SettingsDep, speech: SpeechDep) -> JSONResponse:
     engine = speech.engine
-    ready = engine.ready
     try:
         info = engine.info
         engine_name, device = info.name, info.device
     except Exception:  # not loaded
         engine_name, device = None, None
+    if speech.watch.stalled:
+        state = "stalled"
+    elif engine.ready:
+        state = "ready"
+    else:
+        state = "unavailable"
+    cache = speech.cache
     body = {
-        "status": "ok" if ready else "unavailable",
+        "status": "ok" if state == "ready" else "unavailable",
         "version": __version__,
         "model": settings.served_model_id,
         "checkpoint": request.app.state.checkpoint_name,
         "engine": engine_name,
+        "engine_state": state,
         "device": device,
-        "ready": ready,
+        "ready": speech.accepts_requests,
         "requests_in_flight": speech.in_flight,
+        "requests_generating": speech.generating,
+        "requests_queued": speech.queued,
         "requests_cancelled": speech.cancelled_total,
+        "cache": {
+            "enabled": cache.enabled,
+            "entries": cache.entries,
+            "bytes": cache.bytes,
+            "hits": cache.stats.hits,
+            "misses": cache.stats.misses,
+            "evictions": cache.stats.evictions,
+        },
+        "routing": {"load_score": speech.load_score, "accepts_requests": speech.accepts_requests},
+        "rss_bytes": _rss_bytes(),
     }
     return JSONResponse(body)
+
+
+@router.get("/ready")
+async def ready(speech: SpeechDep) -> dict:
+    if not speech.accepts_requests:
+        raise APIError(503, "The speech engine is not ready.", type="server_error", code="not_ready")
+    return {"ready": True}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/admin/cache/clear")
+async def clear_cache(speech: SpeechDep) -> dict:
+    removed = await asyncio.to_thread(speech.cache.clear)
+    return {"removed": removed}

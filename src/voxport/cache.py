@@ -1,0 +1,271 @@
+"""The disk audio cache: MD5-keyed, atomic, self-checking, TTL- and size-bounded, single-flight.
+
+An entry is one file, `<dir>/<key[:2]>/<key>.audio`:
+
+    magic (8 bytes) | header length (4, little-endian) | header JSON | payload
+
+The header holds the payload's length and MD5 and what the response needs (content type, rate,
+duration, usage). A read that finds anything inconsistent deletes the file and reports a miss, so a
+truncated or corrupt entry is never served. Writes go to a temp file in the cache directory and are
+renamed into place, so readers see a whole entry or none. File I/O runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("voxport.cache")
+
+MAGIC = b"VXPCACH1"
+_SUFFIX = ".audio"
+_TEMP_PREFIX = ".tmp-"
+
+
+def cache_key(fields: dict[str, Any]) -> str:
+    """MD5 of a canonical serialisation (sorted keys, no whitespace) of everything that changes the bytes."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.md5(canonical.encode("utf-8")).hexdigest()
+
+
+def checkpoint_fingerprint(model_dir: str | os.PathLike[str]) -> str:
+    """A cheap fingerprint of a checkpoint: config and tokenizer files whole, and for each weight file
+    its size and four 1 MiB samples (its start, which holds the safetensors header, and three more).
+    Different weights of the same shape differ in every sample, so this changes with the weights without
+    reading gigabytes at start-up."""
+    digest = hashlib.md5()
+    root = Path(model_dir)
+    for path in sorted(p for p in root.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with path.open("rb") as handle:
+            if path.suffix in (".json", ".txt", ".model"):
+                digest.update(handle.read())
+                continue
+            for fraction in (0.0, 0.33, 0.66, 0.99):
+                handle.seek(int(size * fraction))
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
+
+
+@dataclass
+class CachedAudio:
+    payload: bytes
+    meta: dict[str, Any]
+
+
+@dataclass
+class _Entry:
+    size: int
+    created: float
+    used: float
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    evictions: int = 0
+    corrupt: int = 0
+
+
+@dataclass
+class AudioCache:
+    directory: Path
+    ttl_seconds: float
+    max_bytes: int
+    stats: CacheStats = field(default_factory=CacheStats)
+
+    def __post_init__(self) -> None:
+        self._index: dict[str, _Entry] = {}
+        self._lock = threading.Lock()  # the index is touched from worker threads
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self.on_evict: Callable[[int], None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_seconds > 0
+
+    @property
+    def entries(self) -> int:
+        return len(self._index)
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return sum(e.size for e in self._index.values())
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}{_SUFFIX}"
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        """Scan the directory (in a worker thread): index entries, remove temp files left by a crash."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        index: dict[str, _Entry] = {}
+        for path in self.directory.glob("*/*"):
+            if path.name.startswith(_TEMP_PREFIX):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            elif path.suffix == _SUFFIX:
+                stat = path.stat()
+                index[path.stem] = _Entry(stat.st_size, stat.st_mtime, stat.st_atime)
+        with self._lock:
+            self._index = index
+
+    # -- reading and writing (worker threads) ---------------------------------------------------
+
+    def _read(self, key: str) -> CachedAudio | None:
+        path = self._path(key)
+        with self._lock:
+            entry = self._index.get(key)
+        if entry is None:
+            return None
+        if time.time() - entry.created > self.ttl_seconds:
+            self._remove(key)
+            return None
+        try:
+            data = path.read_bytes()
+            if data[:8] != MAGIC:
+                raise ValueError("bad magic")
+            (header_len,) = struct.unpack("<I", data[8:12])
+            meta = json.loads(data[12 : 12 + header_len])
+            payload = data[12 + header_len :]
+            if len(payload) != meta["length"] or hashlib.md5(payload).hexdigest() != meta["md5"]:
+                raise ValueError("payload does not match its header")
+        except FileNotFoundError:
+            self._forget(key)
+            return None
+        except (ValueError, KeyError, struct.error, UnicodeDecodeError) as exc:
+            log.warning("cache entry %s is corrupt (%s): discarded", key, exc)
+            self.stats.corrupt += 1
+            self._remove(key)
+            return None
+        now = time.time()
+        with self._lock:
+            entry.used = now
+        with contextlib.suppress(OSError):
+            os.utime(path, (now, entry.created))  # atime = recency, mtime = creation
+        return CachedAudio(payload, meta)
+
+    def _write(self, key: str, payload: bytes, meta: dict[str, Any]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = json.dumps(
+            {**meta, "length": len(payload), "md5": hashlib.md5(payload).hexdigest()}, separators=(",", ":")
+        ).encode()
+        fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(MAGIC + struct.pack("<I", len(header)) + header)
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        now = time.time()
+        with self._lock:
+            self._index[key] = _Entry(path.stat().st_size, now, now)
+        self.stats.writes += 1
+        if self.bytes > self.max_bytes:
+            self.sweep()
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._index.pop(key, None)
+
+    def _remove(self, key: str) -> None:
+        self._forget(key)
+        with contextlib.suppress(OSError):
+            self._path(key).unlink()
+
+    def sweep(self) -> int:
+        """Drop expired entries, then the least recently used until under the size cap."""
+        now = time.time()
+        with self._lock:
+            expired = [k for k, e in self._index.items() if now - e.created > self.ttl_seconds]
+            by_recency = sorted((e.used, k) for k, e in self._index.items() if k not in expired)
+            total = sum(e.size for k, e in self._index.items() if k not in expired)
+        victims = list(expired)
+        for _, key in by_recency:
+            if total <= self.max_bytes:
+                break
+            with self._lock:
+                total -= self._index[key].size if key in self._index else 0
+            victims.append(key)
+        for key in victims:
+            self._remove(key)
+        if victims:
+            self.stats.evictions += len(victims)
+            if self.on_evict:
+                self.on_evict(len(victims))
+        return len(victims)
+
+    def clear(self) -> int:
+        with self._lock:
+            keys = list(self._index)
+        for key in keys:
+            self._remove(key)
+        return len(keys)
+
+    # -- async API --------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> CachedAudio | None:
+        found = await asyncio.to_thread(self._read, key)
+        if found is None:
+            self.stats.misses += 1
+        else:
+            self.stats.hits += 1
+        return found
+
+    async def put(self, key: str, payload: bytes, meta: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self._write, key, payload, meta)
+        except OSError as exc:  # a full disk costs the cache, never the request
+            log.warning("cache write failed: %s", exc)
+
+    async def single_flight(self, key: str, produce: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]:
+        """Run `produce` once per key at a time: concurrent callers with the same key await the
+        first caller's result. Returns (result, True if this caller produced it)."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending), False
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await produce()
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(
+                    exc if isinstance(exc, Exception) else RuntimeError("leader was cancelled")
+                )
+                future.exception()  # retrieved: followers re-raise it, nobody else needs to
+            raise
+        else:
+            future.set_result(result)
+            return result, True
+        finally:
+            self._inflight.pop(key, None)
+
+    async def run_sweeper(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(self.sweep)
