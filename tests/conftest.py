@@ -32,7 +32,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(model: Path, data_dir: Path, **overrides) -> Settings:
-    return Settings(**{"model": str(model), "data_dir": data_dir, "max_length": TEST_MAX_LENGTH, **overrides})
+    defaults = {
+        "model": str(model),
+        "data_dir": data_dir,
+        "max_length": TEST_MAX_LENGTH,
+        "design_clip_seconds": 1.0,
+    }
+    return Settings(**{**defaults, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +119,16 @@ class ServerProcess:
 def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data = tmp_path_factory.mktemp("server-data")
     proc = ServerProcess(
-        ["--model", str(tiny_model), "--data-dir", str(data), "--max-length", str(TEST_MAX_LENGTH)]
+        [
+            "--model",
+            str(tiny_model),
+            "--data-dir",
+            str(data),
+            "--max-length",
+            str(TEST_MAX_LENGTH),
+            "--design-clip-seconds",
+            "1",
+        ]
     )
     try:
         proc.wait_ready()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from voxport.voices import DEFAULT_VOICES_FILE, VoicesFileError, load_voices
+from voxport.config import DEFAULT_VOICES_DIR, DEFAULT_VOICES_FILE
+from voxport.voices import VoicesFileError, load_voices_file
 
 OPENAI_VOICES = {
     "alloy",
@@ -29,7 +30,7 @@ OPENAI_VOICES = {
 
 
 def test_shipped_file_has_openai_voices_with_distinct_designs() -> None:
-    voices = load_voices(DEFAULT_VOICES_FILE)
+    voices = load_voices_file(DEFAULT_VOICES_FILE, DEFAULT_VOICES_DIR)
     assert set(voices) == OPENAI_VOICES
     assert len({v.description for v in voices.values()}) == len(voices)
     assert len({v.seed for v in voices.values()}) == len(voices)
@@ -67,7 +68,7 @@ def _write(tmp_path: Path, data) -> Path:
 )
 def test_invalid_files_are_named(tmp_path: Path, data, expected: str) -> None:
     with pytest.raises(VoicesFileError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        load_voices(_write(tmp_path, data))
+        load_voices_file(_write(tmp_path, data), tmp_path)
 
 
 def test_serve_refuses_to_start_on_a_bad_voices_file(tiny_model: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from voxport.engine import create_engine
 from voxport.engine.base import Engine
 from voxport.metrics import Metrics
 from voxport.speech import SpeechService
-from voxport.voices import VoicesFileError, load_voices
+from voxport.voices import VoiceRegistry
 
 log = logging.getLogger("voxport")
 
@@ -31,10 +31,18 @@ def create_app(
 ) -> FastAPI:
     """Build the app. `checkpoint_dir` is the resolved local model directory (default: settings.model)."""
     model_dir = checkpoint_dir or settings.model
-    voices = load_voices(settings.voices_file)
-    if settings.default_voice not in voices:
-        raise VoicesFileError(f"default voice {settings.default_voice!r} is not in {settings.voices_file}")
     engine = engine or create_engine(settings, model_dir)
+    voices = VoiceRegistry(
+        engine,
+        settings.voices_file,
+        settings.voices_dir,
+        settings.data_dir,
+        settings.default_voice,
+        max_user_voices=settings.max_user_voices,
+        max_user_bytes=int(settings.max_user_voices_mb * 2**20),
+        design_clip_seconds=settings.design_clip_seconds,
+    )
+    voices.validate_file()  # a bad voices.json stops start-up before anything is loaded
     metrics = Metrics()
     cache = AudioCache(
         settings.data_dir / "cache",
@@ -56,6 +64,7 @@ def create_app(
         await engine.start()
         if Path(model_dir).is_dir():
             speech.weights_fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
+        await voices.load(speech.weights_fingerprint)
         sweeper = None
         if cache.enabled:
             await asyncio.to_thread(cache.load_index)

@@ -209,3 +209,28 @@ async def encode_stream(
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class AudioDecodeError(ValueError):
+    """An upload that is not audio ffmpeg can decode."""
+
+
+def decode_file(path: str, rate: int, max_seconds: float) -> np.ndarray:
+    """Decode any audio file ffmpeg reads to mono float32 at `rate` (stereo is mixed down), reading at
+    most `max_seconds` plus a little, so that an overlong upload is recognised without decoding it all.
+    Synchronous: run it in a worker thread."""
+    proc = subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", path,
+         "-t", f"{max_seconds + 0.5:.3f}", "-vn", "-ac", "1", "-ar", str(rate), "-f", "f32le", "pipe:"],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+    if proc.returncode != 0 or not proc.stdout:
+        raise AudioDecodeError("the file is not audio that can be decoded")
+    return np.frombuffer(proc.stdout, dtype="<f4").copy()
+
+
+def write_wav(path: str, samples: np.ndarray, rate: int) -> None:
+    pcm = to_s16le(samples)
+    with open(path, "wb") as handle:
+        handle.write(wav_header(rate, len(pcm)) + pcm)

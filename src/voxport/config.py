@@ -9,7 +9,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from voxport.voices import DEFAULT_VOICES_FILE
+_REPO = Path(__file__).resolve().parents[2]
+# The repository's voices.json and recordings (editable installs and the Docker image have them).
+DEFAULT_VOICES_FILE = _REPO / "voices.json"
+DEFAULT_VOICES_DIR = _REPO / "assets" / "voices"
 
 
 def _default_data_dir() -> Path:
@@ -60,7 +63,20 @@ class Settings(BaseSettings):
         le=4096,
         description="Longest text segment synthesised in one generation when long input is split.",
     )
+    voices_dir: Path = Field(
+        DEFAULT_VOICES_DIR,
+        description="Root of the recordings voices.json names (default: the repository's assets/voices).",
+    )
     default_voice: str = Field("alloy", description="Voice used when a request names none.")
+    design_clip_seconds: float = Field(
+        6.0, ge=1.0, le=30.0, description="Length of the reference clip made once for each designed voice."
+    )
+    allowed_prompt_dir: Path | None = Field(
+        None, description="Directory POST /v1/voices may read recordings from; unset: that route answers 403."
+    )
+    max_upload_mb: float = Field(10, gt=0, description="Largest accepted audio upload, in MiB (beyond: 413).")
+    max_user_voices: int = Field(100, ge=0, description="Most voices the user library holds.")
+    max_user_voices_mb: float = Field(500, gt=0, description="Most MiB of recordings the user library holds.")
     cache_ttl_minutes: float = Field(
         1440, description="How long a cached response is served; 0 or less disables the audio cache."
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -27,10 +26,11 @@ from voxport.engine.base import (
     EngineUnavailable,
     GenerationStats,
     SynthesisRequest,
+    VoicePrompt,
 )
 from voxport.metrics import Metrics
 from voxport.text import segment
-from voxport.voices import DesignedVoice, design_prefix
+from voxport.voices import VoiceRegistry, design_prefix
 
 log = logging.getLogger("voxport.speech")
 
@@ -151,7 +151,7 @@ class SpeechService:
         self,
         settings: Settings,
         engine: Engine,
-        voices: dict[str, DesignedVoice],
+        voices: VoiceRegistry,
         cache: AudioCache,
         metrics: Metrics,
     ):
@@ -174,7 +174,7 @@ class SpeechService:
 
     @property
     def accepts_requests(self) -> bool:
-        return self.engine.ready and not self.watch.stalled
+        return self.engine.ready and not self.watch.stalled and self.voices.loaded
 
     @property
     def load_score(self) -> float:
@@ -184,8 +184,11 @@ class SpeechService:
 
     # -- validation ------------------------------------------------------------------------------
 
-    def prepare(self, params: SpeechCreateParams, stream: bool = False) -> PreparedSpeech:
-        """Validate what pydantic cannot (server limits, names, per-format rates); raise 4xx."""
+    async def prepare(
+        self, params: SpeechCreateParams, stream: bool = False, adhoc: VoicePrompt | None = None
+    ) -> PreparedSpeech:
+        """Validate what pydantic cannot (server limits, names, per-format rates) and resolve the voice's
+        prompt (`adhoc`: one uploaded with the request); raise 4xx."""
         settings = self.settings
         if params.model not in settings.model_ids:
             raise APIError(
@@ -202,13 +205,6 @@ class SpeechService:
                 "input",
                 "string_too_long",
             )
-        voice = self.voices.get(params.voice_id or settings.default_voice)
-        if voice is None:
-            raise invalid(
-                f"Unknown voice '{params.voice_id}'. Available: {', '.join(self.voices)}.",
-                "voice",
-                "voice_not_found",
-            )
         spec = FORMATS[params.response_format]
         rate = params.sample_rate or spec.default_rate
         if spec.rates is not None and rate not in spec.rates:
@@ -222,17 +218,33 @@ class SpeechService:
             raise invalid(
                 f"max_length {max_length} exceeds this server's limit of {settings.max_length}.", "max_length"
             )
+        seed = params.seed
+        if adhoc is not None:
+            prompt, voice_kind, voice_key = adhoc, "adhoc", adhoc.key
+        else:
+            voice = self.voices.get(params.voice_id)
+            if voice is None:
+                raise invalid(
+                    f"Unknown voice '{params.voice_id}'. See GET /v1/audio/voices for the voices available.",
+                    "voice",
+                    "voice_not_found",
+                )
+            try:
+                # Shielded: a designed voice's first clip is shared by every request that waits for it.
+                prompt = await self.with_deadline(asyncio.shield(self.voices.prompt(voice)))
+            except EngineUnavailable as exc:
+                raise unavailable(str(exc)) from None
+            voice_kind, voice_key = voice.kind, voice.key
+            if seed is None and voice.seed is not None:
+                seed = voice.seed  # a designed voice keeps its seed: it sounds the same every time
         sse = params.stream_format == "sse"
         stream = stream or sse or params.stream
-        prefix = design_prefix(voice.description, params.instructions)
-        texts = self._segments(params.input, prefix, max_length, stream)
-        # A designed voice keeps its seed unless the request asks for another: the same voice then
-        # sounds the same from request to request, and segment to segment.
-        seed = voice.seed if params.seed is None else params.seed
+        prefix = design_prefix(None, params.instructions)
+        texts = self._segments(params.input, prefix, max_length, stream, prompt.positions)
         segments = tuple(
             SynthesisRequest(
                 text=prefix + text,
-                voice=None,
+                voice=prompt,
                 cfg_value=params.cfg_value,
                 inference_timesteps=params.inference_timesteps,
                 max_length=max_length,
@@ -241,11 +253,10 @@ class SpeechService:
             )
             for text in texts
         )
-        voice_hash = hashlib.md5(f"{voice.description}\0{voice.seed}".encode()).hexdigest()
         cache_fields = {
             "model": settings.served_model_id,
             "weights": self.weights_fingerprint,
-            "voice": voice_hash,
+            "voice": voice_key,
             "input": params.input,
             "instructions": params.instructions,
             "format": params.response_format,
@@ -266,24 +277,28 @@ class SpeechService:
             params.speed,
             stream,
             sse,
-            "designed",
+            voice_kind,
             len(params.input),
             cache_fields,
         )
 
-    def _segments(self, text: str, prefix: str, max_length: int, stream: bool) -> list[str]:
+    def _segments(
+        self, text: str, prefix: str, max_length: int, stream: bool, prompt_positions: int
+    ) -> list[str]:
         """Streaming: one segment per sentence, for the earliest first audio. Otherwise one segment,
         unless the text cannot fit one generation window; then sentences packed up to the cap."""
         cap = self.settings.segment_max_chars
         if stream:
             return segment(text, cap, pack=False)
         tokens = self.engine.count_tokens(prefix + text)
-        if tokens + 1 + min(6 * tokens + 10, max_length) <= self.engine.info.max_model_len:
+        if prompt_positions + tokens + 1 + min(6 * tokens + 10, max_length) <= self.engine.info.max_model_len:
             return [text]
         return segment(text, cap, pack=True)
 
-    def cache_state(self, no_cache: bool) -> str:
+    def cache_state(self, no_cache: bool, voice_kind: str = "") -> str:
         """USE, or why the cache is not used for this request (the X-Cache value)."""
+        if voice_kind == "adhoc":
+            return "ADHOC"  # an uploaded voice is used once and never kept, its audio neither
         if not self.cache.enabled:
             return "DISABLED"
         if no_cache:
@@ -475,7 +490,7 @@ class SpeechService:
 
     async def respond(self, prepared: PreparedSpeech, job: SpeechJob, no_cache: bool) -> SpeechResult:
         """A buffered response, through the cache: a hit, or one synthesis shared by identical requests."""
-        state = self.cache_state(no_cache)
+        state = self.cache_state(no_cache, prepared.voice_kind)
         if state != "USE":
             job.cache = state
             self.metrics.cache_lookups.labels(state).inc()
@@ -521,7 +536,7 @@ class SpeechService:
         The first audio chunk is awaited before this returns, so that a request that fails early still
         gets a proper 4xx/5xx before any byte is sent. The generation slot is held until the stream ends.
         """
-        state = self.cache_state(no_cache)
+        state = self.cache_state(no_cache, prepared.voice_kind)
         key = cache_key(prepared.cache_fields) if state == "USE" else None
         if key is not None:
             hit = await self.cache.get(key)

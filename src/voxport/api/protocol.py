@@ -45,3 +45,11 @@ class SpeechCreateParams(BaseModel):
 class SpeechCancelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_id: str = Field(min_length=1, max_length=128)
+
+
+class VoiceFromPathParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    voice_name: str = Field(min_length=1, max_length=100)
+    prompt_wav_path: str = Field(min_length=1, max_length=1024)
+    prompt_text: str | None = Field(None, max_length=1000)
+    replace: bool = False

@@ -12,16 +12,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
 from voxport import __version__
-from voxport.api.errors import APIError, parse_json_body
-from voxport.api.protocol import SpeechCancelParams, SpeechCreateParams
+from voxport.api.errors import APIError, invalid, parse_json_body, validation_error
+from voxport.api.protocol import SpeechCancelParams, SpeechCreateParams, VoiceFromPathParams
 from voxport.audio import FORMATS
 from voxport.config import Settings
+from voxport.engine.base import VoicePrompt
 from voxport.speech import RequestCancelled, SpeechJob, SpeechService
+from voxport.voices import VoiceError, VoicesFileError
 
 log = logging.getLogger("voxport.api")
 router = APIRouter()
@@ -107,12 +110,90 @@ def _no_cache(request: Request, params: SpeechCreateParams) -> bool:
 
 
 def _cache_headers(job: SpeechJob) -> dict[str, str]:
-    return {"X-Cache": job.cache, "X-Route": "CACHE" if job.cache == "HIT" else "HOT"}
+    route = "CACHE" if job.cache == "HIT" else "ADHOC" if job.voice_kind == "adhoc" else "HOT"
+    return {"X-Cache": job.cache, "X-Route": route}
+
+
+def _is_form(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "")
+    return content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
+
+
+def _voice_error(exc: VoiceError) -> APIError:
+    return APIError(exc.status, str(exc), param=exc.param, code=exc.code)
+
+
+def _upload_cap(request: Request, settings: Settings) -> int:
+    """The upload size cap in bytes; a declared body far beyond it is refused before it is read."""
+    cap = int(settings.max_upload_mb * 2**20)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap + 2**20:
+        raise APIError(413, f"The request body exceeds the {settings.max_upload_mb:g} MiB upload limit.",
+                       code="file_too_large")  # fmt: skip
+    return cap
+
+
+async def _read_file(upload: UploadFile, cap: int, param: str, settings: Settings) -> bytes:
+    data = await upload.read(cap + 1)
+    if len(data) > cap:
+        message = f"'{param}' exceeds the {settings.max_upload_mb:g} MiB upload limit."
+        raise APIError(413, message, param=param,
+                       code="file_too_large")  # fmt: skip
+    if not data:
+        raise invalid(f"'{param}' is empty.", param, "invalid_audio")
+    return data
+
+
+async def _form(request: Request, settings: Settings) -> tuple[dict[str, str], dict[str, UploadFile], int]:
+    cap = _upload_cap(request, settings)
+    try:
+        form = await request.form(max_files=4, max_fields=40)
+    except Exception as exc:  # malformed multipart
+        raise invalid(f"The multipart body cannot be parsed: {exc}.", None, "invalid_body") from None
+    fields: dict[str, str] = {}
+    files: dict[str, UploadFile] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile) or hasattr(value, "read"):
+            files[name] = value  # type: ignore[assignment]
+        else:
+            fields[name] = value
+    return fields, files, cap
+
+
+async def _speech_params(
+    request: Request, speech: SpeechService
+) -> tuple[SpeechCreateParams, VoicePrompt | None]:
+    """JSON body, or a form (multipart, or urlencoded) with the same fields plus an optional recording to
+    clone for this request."""
+    if not _is_form(request):
+        return await parse_json_body(request, SpeechCreateParams), None
+    fields, files, cap = await _form(request, speech.settings)
+    transcript = fields.pop("prompt_text", None) or None
+    names = [n for n in ("custom_voice_file", "speaker_wav") if n in files]  # the first one wins
+    unknown = set(files) - {"custom_voice_file", "speaker_wav"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise invalid(f"Unrecognized file field '{name}'.", name, "unknown_parameter")
+    try:
+        params = SpeechCreateParams.model_validate(fields)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    if not names:
+        if transcript:
+            raise invalid("'prompt_text' needs a recording in 'custom_voice_file'.", "prompt_text")
+        return params, None
+    param = names[0]
+    data = await _read_file(files[param], cap, param, speech.settings)
+    try:
+        upload = await speech.voices.read_upload(data, transcript, param)
+        return params, await speech.voices.adhoc_prompt(upload, transcript)
+    except VoiceError as exc:
+        raise _voice_error(exc) from None
 
 
 async def _speak(request: Request, speech: SpeechService, stream: bool) -> Response:
-    params: SpeechCreateParams = await parse_json_body(request, SpeechCreateParams)
-    prepared = speech.prepare(params, stream=stream)
+    params, adhoc = await _speech_params(request, speech)
+    prepared = await speech.prepare(params, stream=stream, adhoc=adhoc)
     no_cache = _no_cache(request, params)
     async with contextlib.AsyncExitStack() as stack:
         job = await stack.enter_async_context(speech.track(request.state.request_id, prepared))
@@ -253,6 +334,101 @@ async def ready(speech: SpeechDep) -> dict:
 async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/audio/voices")
+async def list_audio_voices(speech: SpeechDep) -> dict:
+    return {"voices": [{"id": v.id, "name": v.name or v.id} for v in speech.voices.all()]}
+
+
+@router.get("/v1/voices")
+async def list_voices(speech: SpeechDep) -> dict:
+    default = speech.voices.default_voice
+    return {"object": "list", "data": [v.public(default) for v in speech.voices.all()]}
+
+
+_TRUTHY = {"1", "true", "yes", "on", "y", "t"}
+
+
+@router.post("/v1/audio/voices", status_code=201)
+async def create_voice(request: Request, speech: SpeechDep) -> dict:
+    """Multipart: name, audio_sample (or file), optional prompt_text, consent (required, truthy)."""
+    if not _is_form(request):
+        raise invalid(
+            "Send multipart/form-data with 'name', 'audio_sample' and 'consent'.", None, "invalid_body"
+        )
+    fields, files, cap = await _form(request, speech.settings)
+    name = fields.get("name", "").strip()
+    if not name or len(name) > 100:
+        raise invalid("'name' is required (1 to 100 characters).", "name")
+    if fields.get("consent", "").strip().lower() not in _TRUTHY:
+        raise invalid(
+            "'consent' must be true: confirm you have the speaker's permission.",
+            "consent",
+            "consent_required",
+        )
+    param = next((n for n in ("audio_sample", "file") if n in files), None)
+    if param is None:
+        raise invalid("Missing required file: 'audio_sample'.", "audio_sample", "missing_required_parameter")
+    transcript = fields.get("prompt_text", "").strip() or None
+    data = await _read_file(files[param], cap, param, speech.settings)
+    try:
+        upload = await speech.voices.read_upload(data, transcript, param)
+        voice = await speech.voices.create(name, upload, transcript)
+    except VoiceError as exc:
+        raise _voice_error(exc) from None
+    return voice.public(speech.voices.default_voice)
+
+
+@router.delete("/v1/audio/voices/{voice_id}")
+async def delete_voice(voice_id: str, speech: SpeechDep) -> dict:
+    try:
+        await asyncio.to_thread(speech.voices.delete, voice_id)
+    except VoiceError as exc:
+        raise _voice_error(exc) from None
+    return {"id": voice_id, "deleted": True}
+
+
+@router.post("/v1/voices", status_code=201)
+async def create_voice_from_path(request: Request, speech: SpeechDep, settings: SettingsDep) -> dict:
+    """JSON {voice_name, prompt_wav_path, prompt_text, replace}; the file inside allowed_prompt_dir."""
+    params: VoiceFromPathParams = await parse_json_body(request, VoiceFromPathParams)
+    root = settings.allowed_prompt_dir
+    if root is None:
+        raise APIError(
+            403, "Reading recordings from server paths is off (no allowed_prompt_dir).", code="forbidden"
+        )
+    path = (root / params.prompt_wav_path).resolve()
+    try:
+        path.relative_to(root.resolve())
+    except ValueError:
+        raise APIError(403, "'prompt_wav_path' is outside the allowed directory.", param="prompt_wav_path",
+                       code="forbidden") from None  # fmt: skip
+    if not path.is_file():
+        raise invalid("'prompt_wav_path' does not name a file in the allowed directory.", "prompt_wav_path")
+    existing = speech.voices.find_user(params.voice_name)
+    if existing is not None and not params.replace:
+        raise APIError(409, f"A voice named '{params.voice_name}' exists; pass \"replace\": true.",
+                       param="voice_name", code="voice_exists")  # fmt: skip
+    data = await asyncio.to_thread(path.read_bytes)
+    try:
+        upload = await speech.voices.read_upload(data, params.prompt_text, "prompt_wav_path")
+        voice = await speech.voices.create(
+            params.voice_name, upload, params.prompt_text, replace_id=existing.id if existing else None
+        )
+    except VoiceError as exc:
+        raise _voice_error(exc) from None
+    return voice.public(speech.voices.default_voice)
+
+
+@router.post("/admin/reload-voices")
+async def reload_voices(speech: SpeechDep) -> dict:
+    try:
+        return await speech.voices.reload()
+    except VoicesFileError as exc:
+        raise invalid(
+            f"voices.json was not reloaded, the previous voices stay: {exc}", None, "invalid_voices_file"
+        ) from None
 
 
 @router.post("/admin/cache/clear")

@@ -1,0 +1,350 @@
+"""The voice layer: built-in voices, recordings, the user library, adhoc cloning, uploads, reload."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+from tests.audio_check import decode
+from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, make_settings
+from voxport.app import create_app
+from voxport.audio import encode
+from voxport.config import DEFAULT_VOICES_FILE
+
+OPENAI_VOICES = [
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
+]
+ENGINE_SECONDS = TEST_MAX_LENGTH * STEP_SECONDS
+
+
+def tone(seconds: float, rate: int = 44100, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    mono = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    return np.stack([mono] * channels, axis=1) if channels > 1 else mono
+
+
+def audio_file(fmt: str, seconds: float = 2.0, channels: int = 1) -> bytes:
+    samples = tone(seconds, channels=channels)
+    if fmt == "mp3":
+        return encode(samples if channels == 1 else samples.mean(axis=1), 44100, "mp3", 44100)
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, 44100, format=fmt.upper())
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def voices_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "assets-voices"
+    (root / "standard").mkdir(parents=True)
+    (root / "elite").mkdir()
+    sf.write(root / "standard" / "ann.wav", tone(2.0, 16000), 16000)
+    sf.write(root / "elite" / "bob.flac", tone(3.0, 24000, channels=2), 24000)
+    return root
+
+
+def voices_file(tmp_path: Path, entries: list[dict]) -> Path:
+    path = tmp_path / "voices.json"
+    path.write_text(json.dumps({"voices": entries}))
+    return path
+
+
+@asynccontextmanager
+async def running(tiny_model: Path, data_dir: Path, client=("127.0.0.1", 40000), **overrides):
+    app = create_app(make_settings(tiny_model, data_dir, **overrides))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=client)
+        async with httpx.AsyncClient(transport=transport, base_url="http://voxport.test", timeout=60) as http:
+            yield app, http
+
+
+def sdk(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        api_key="unused", base_url="http://voxport.test/v1", http_client=http, max_retries=0
+    )
+
+
+# -- built-in voices ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("voice", OPENAI_VOICES)
+async def test_every_builtin_voice_synthesises(aclient: openai.AsyncOpenAI, voice: str) -> None:
+    response = await aclient.audio.speech.create(
+        model="tts-1", voice=voice, input="Hello there.", response_format="wav"
+    )
+    audio = decode(response.content, "wav")
+    assert audio.duration == pytest.approx(ENGINE_SECONDS, abs=1e-3) and audio.rms > 1e-4
+
+
+async def test_voice_lists(http: httpx.AsyncClient) -> None:
+    listed = (await http.get("/v1/audio/voices")).json()["voices"]
+    assert [v["id"] for v in listed] == OPENAI_VOICES
+    assert all(v["name"] for v in listed)
+    rich = (await http.get("/v1/voices")).json()
+    alloy = next(v for v in rich["data"] if v["id"] == "alloy")
+    assert alloy == {"id": "alloy", "name": "alloy", "kind": "designed", "source": "built-in",
+                     "has_transcript": False, "duration": None, "default": True}  # fmt: skip
+    assert "/" not in json.dumps(rich)  # server paths are never shown
+
+
+async def test_designed_clip_is_made_once_and_reused_after_restart(tiny_model: Path, tmp_path: Path) -> None:
+    async with running(tiny_model, tmp_path) as (app, http):
+        first = await http.post(
+            "/v1/audio/speech", json={"model": "tts-1", "voice": "nova", "input": "One.", "cache": False}
+        )
+    (clip,) = (tmp_path / "voices" / "designed").glob("nova-*.wav")
+    made = clip.stat().st_mtime_ns
+    async with running(tiny_model, tmp_path) as (app, http):
+        steps = app.state.speech.engine.steps_generated
+        again = await http.post(
+            "/v1/audio/speech", json={"model": "tts-1", "voice": "nova", "input": "One.", "cache": False}
+        )
+        assert app.state.speech.engine.steps_generated - steps == TEST_MAX_LENGTH  # no new clip
+    assert clip.stat().st_mtime_ns == made
+    assert again.content == first.content  # same voice, same seed: the same audio across restarts
+
+
+async def test_recordings_from_voices_json(tiny_model: Path, tmp_path: Path, voices_dir: Path) -> None:
+    path = voices_file(
+        tmp_path,
+        [
+            {"id": "ann", "wav": "standard/ann.wav", "text": "A steady tone for two seconds."},
+            {"id": "bob", "wav": "elite/bob.flac"},
+            {"id": "alloy", "description": "calm", "seed": 3},
+        ],
+    )
+    async with running(tiny_model, tmp_path / "data", voices_file=path, voices_dir=voices_dir) as (_, http):
+        rich = {v["id"]: v for v in (await http.get("/v1/voices")).json()["data"]}
+        assert (rich["ann"]["kind"], rich["ann"]["has_transcript"]) == ("recording", True)
+        assert (rich["bob"]["kind"], rich["bob"]["has_transcript"]) == ("recording", False)
+        for voice in ("ann", "bob"):
+            response = await sdk(http).audio.speech.create(
+                model="tts-1", voice=voice, input="Cloned.", response_format="wav"
+            )
+            assert decode(response.content, "wav").duration == pytest.approx(ENGINE_SECONDS, abs=1e-3)
+
+
+@pytest.mark.parametrize("wav", ["../outside.wav", "/etc/hostname", "standard/../../outside.wav"])
+def test_recording_paths_must_stay_inside_the_voices_dir(
+    tiny_model: Path, tmp_path: Path, voices_dir: Path, wav: str
+) -> None:
+    (voices_dir.parent / "outside.wav").write_bytes(audio_file("wav"))
+    path = voices_file(tmp_path, [{"id": "alloy", "wav": wav}])
+    from voxport.voices import VoicesFileError
+
+    with pytest.raises(VoicesFileError, match="must stay inside"):
+        create_app(make_settings(tiny_model, tmp_path / "data", voices_file=path, voices_dir=voices_dir))
+
+
+# -- adhoc cloning ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "transcript"), [("wav", None), ("flac", "A steady tone."), ("mp3", None), ("mp3", "Tone.")]
+)
+async def test_adhoc_cloning_from_an_upload(
+    tiny_model: Path, tmp_path: Path, fmt: str, transcript: str | None
+) -> None:
+    async with running(tiny_model, tmp_path) as (_, http):
+        data = {"model": "tts-1", "input": "Say it in my voice.", "response_format": "wav"}
+        if transcript:
+            data["prompt_text"] = transcript
+        files = {"custom_voice_file": (f"me.{fmt}", audio_file(fmt, channels=2 if fmt == "flac" else 1))}
+        response = await http.post("/v1/audio/speech", data=data, files=files)
+        assert response.status_code == 200, response.text
+        assert (response.headers["x-cache"], response.headers["x-route"]) == ("ADHOC", "ADHOC")
+        assert decode(response.content, "wav").duration == pytest.approx(ENGINE_SECONDS, abs=1e-3)
+        streamed = await http.post(
+            "/v1/audio/speech/stream", data=data, files={"speaker_wav": files["custom_voice_file"]}
+        )
+        assert streamed.status_code == 200 and streamed.headers["x-cache"] == "ADHOC"
+    # Used for that request only: nothing about it is on disk.
+    assert not (tmp_path / "voices" / "library").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not (tmp_path / "cache").exists() or not [
+        p for p in (tmp_path / "cache").rglob("*") if p.is_file()
+    ]
+
+
+async def test_custom_voice_file_wins_over_speaker_wav(http: httpx.AsyncClient) -> None:
+    files = {"custom_voice_file": ("a.wav", audio_file("wav")), "speaker_wav": ("b.txt", b"not audio")}
+    response = await http.post("/v1/audio/speech", data={"model": "tts-1", "input": "Hi."}, files=files)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("upload", "status", "code"),
+    [
+        (b"definitely not audio", 400, "invalid_audio"),
+        ("short", 400, "invalid_audio_duration"),
+        ("long", 400, "invalid_audio_duration"),
+        ("huge", 413, "file_too_large"),
+    ],
+)
+async def test_bad_uploads(tiny_model: Path, tmp_path: Path, upload, status: int, code: str) -> None:
+    content = {"short": lambda: audio_file("wav", 0.5), "long": lambda: audio_file("flac", 31.0),
+               "huge": lambda: audio_file("wav", 20.0)}.get(upload, lambda: upload)()  # fmt: skip
+    async with running(tiny_model, tmp_path, max_upload_mb=1) as (_, http):
+        for route, form in [
+            ("/v1/audio/speech", {"model": "tts-1", "input": "Hi."}),
+            ("/v1/audio/voices", {"name": "me", "consent": "true"}),
+        ]:
+            field = "custom_voice_file" if route.endswith("speech") else "audio_sample"
+            response = await http.post(route, data=form, files={field: ("x.wav", content)})
+            assert response.status_code == status, response.text
+            error = response.json()["error"]
+            assert (error["code"], error["param"]) == (code, field)
+        ok = await http.post("/v1/audio/speech", json={"model": "tts-1", "input": "Still serving."})
+        assert ok.status_code == 200
+    assert list((tmp_path / "tmp").iterdir()) == []  # no upload left behind
+
+
+async def test_multipart_fields_are_validated_like_json(http: httpx.AsyncClient) -> None:
+    bad = await http.post("/v1/audio/speech", data={"model": "tts-1", "input": "Hi.", "speed": "fast"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "speed"
+    orphan = await http.post(
+        "/v1/audio/speech", data={"model": "tts-1", "input": "Hi.", "prompt_text": "words"}
+    )
+    assert orphan.status_code == 400 and orphan.json()["error"]["param"] == "prompt_text"
+    form = {"model": "tts-1", "input": "Hi.", "speed": "2", "cache": "off", "response_format": "pcm"}
+    good = await http.post("/v1/audio/speech", data=form)
+    assert good.status_code == 200 and good.headers["x-cache"] == "BYPASS"
+
+
+# -- the voice library -------------------------------------------------------------------------------------
+
+
+async def test_upload_list_synthesise_restart_delete(tiny_model: Path, tmp_path: Path) -> None:
+    async with running(tiny_model, tmp_path) as (_, http):
+        created = await http.post(
+            "/v1/audio/voices",
+            data={"name": "My voice", "consent": "yes", "prompt_text": "A steady tone."},
+            files={"audio_sample": ("../../evil name.wav", audio_file("wav", 3.0))},
+        )
+        assert created.status_code == 201, created.text
+        voice = created.json()
+        assert voice["id"].startswith("voice_") and voice["name"] == "My voice"
+        assert (voice["kind"], voice["source"], voice["has_transcript"]) == ("uploaded", "user", True)
+        assert voice["duration"] == pytest.approx(3.0, abs=0.01)
+        assert voice["id"] in [v["id"] for v in (await http.get("/v1/audio/voices")).json()["voices"]]
+        first = await sdk(http).audio.speech.create(
+            model="tts-1", voice=voice["id"], input="Mine.", response_format="pcm", extra_body={"seed": 5}
+        )
+    assert not list(tmp_path.rglob("*evil*"))  # the client's file name never reaches the disk
+    async with running(tiny_model, tmp_path) as (_, http):
+        again = await sdk(http).audio.speech.create(
+            model="tts-1",
+            voice={"id": voice["id"]},
+            input="Mine.",
+            response_format="pcm",
+            extra_body={"cache": False, "seed": 5},
+        )
+        assert again.content == first.content
+        deleted = await http.delete(f"/v1/audio/voices/{voice['id']}")
+        assert deleted.json() == {"id": voice["id"], "deleted": True}
+        gone = await http.post(
+            "/v1/audio/speech", json={"model": "tts-1", "voice": voice["id"], "input": "Mine."}
+        )
+        assert gone.status_code == 400 and gone.json()["error"]["code"] == "voice_not_found"
+        assert (await http.delete(f"/v1/audio/voices/{voice['id']}")).status_code == 404
+        assert (await http.delete("/v1/audio/voices/alloy")).status_code == 403
+    async with running(tiny_model, tmp_path) as (_, http):
+        assert voice["id"] not in [v["id"] for v in (await http.get("/v1/audio/voices")).json()["voices"]]
+
+
+@pytest.mark.parametrize(
+    ("form", "files", "param"),
+    [
+        ({"name": "x"}, {"audio_sample": ("a.wav", "WAV")}, "consent"),
+        ({"name": "x", "consent": "false"}, {"audio_sample": ("a.wav", "WAV")}, "consent"),
+        ({"consent": "true"}, {"audio_sample": ("a.wav", "WAV")}, "name"),
+        ({"name": "x", "consent": "true"}, {}, "audio_sample"),
+    ],
+)
+async def test_library_creation_needs_name_consent_and_audio(
+    http: httpx.AsyncClient, form, files, param
+) -> None:
+    files = {k: (n, audio_file("wav")) for k, (n, _) in files.items()}
+    response = await http.post("/v1/audio/voices", data=form, files=files or None)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+async def test_library_caps(tiny_model: Path, tmp_path: Path) -> None:
+    async with running(tiny_model, tmp_path, max_user_voices=1) as (_, http):
+        form, files = {"name": "one", "consent": "true"}, {"audio_sample": ("a.wav", audio_file("wav"))}
+        assert (await http.post("/v1/audio/voices", data=form, files=files)).status_code == 201
+        full = await http.post("/v1/audio/voices", data={**form, "name": "two"}, files=files)
+        assert full.status_code == 409 and full.json()["error"]["code"] == "library_full"
+
+
+async def test_json_voice_from_an_allowed_directory(tiny_model: Path, tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "me.wav").write_bytes(audio_file("wav"))
+    (tmp_path / "secret.wav").write_bytes(audio_file("wav"))
+    body = {"voice_name": "me", "prompt_wav_path": "me.wav", "prompt_text": "A tone."}
+    async with running(tiny_model, tmp_path / "a") as (_, http):
+        assert (await http.post("/v1/voices", json=body)).status_code == 403  # off by default
+    async with running(tiny_model, tmp_path / "b", allowed_prompt_dir=allowed) as (_, http):
+        created = await http.post("/v1/voices", json=body)
+        assert created.status_code == 201
+        assert (await http.post("/v1/voices", json=body)).status_code == 409
+        replaced = await http.post("/v1/voices", json={**body, "replace": True})
+        assert replaced.status_code == 201 and replaced.json()["id"] == created.json()["id"]
+        for escape in ("../secret.wav", str(tmp_path / "secret.wav"), "sub/../../secret.wav"):
+            refused = await http.post("/v1/voices", json={**body, "prompt_wav_path": escape})
+            assert refused.status_code == 403 and refused.json()["error"]["param"] == "prompt_wav_path"
+        missing = await http.post("/v1/voices", json={**body, "prompt_wav_path": "nope.wav"})
+        assert missing.status_code == 400
+
+
+# -- reload ----------------------------------------------------------------------------------------------
+
+
+async def test_reload_voices(tiny_model: Path, tmp_path: Path, voices_dir: Path) -> None:
+    path = voices_file(
+        tmp_path,
+        [{"id": "alloy", "description": "calm", "seed": 1}, {"id": "ann", "wav": "standard/ann.wav"}],
+    )
+    async with running(tiny_model, tmp_path / "data", voices_file=path, voices_dir=voices_dir) as (_, http):
+        path.write_text("{ broken")
+        refused = await http.post("/admin/reload-voices")
+        assert refused.status_code == 400 and "previous voices stay" in refused.json()["error"]["message"]
+        assert (
+            await http.post("/v1/audio/speech", json={"model": "tts-1", "voice": "ann", "input": "Hi."})
+        ).status_code == 200
+        path.write_text(json.dumps({"voices": [
+            {"id": "alloy", "description": "calm", "seed": 2},
+            {"id": "bob", "wav": "elite/bob.flac", "text": "A tone."},
+        ]}))  # fmt: skip
+        diff = (await http.post("/admin/reload-voices")).json()
+        assert diff == {"added": ["bob"], "changed": ["alloy"], "removed": ["ann"]}
+        gone = await http.post("/v1/audio/speech", json={"model": "tts-1", "voice": "ann", "input": "Hi."})
+        assert gone.status_code == 400
+        assert (
+            await http.post("/v1/audio/speech", json={"model": "tts-1", "voice": "bob", "input": "Hi."})
+        ).status_code == 200
+
+
+def test_shipped_registry_is_all_designed_voices() -> None:
+    data = json.loads(DEFAULT_VOICES_FILE.read_text())
+    assert [v["id"] for v in data["voices"]] == OPENAI_VOICES
