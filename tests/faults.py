@@ -42,6 +42,9 @@ class FaultInjectingEngine:
     async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
         return await self.inner.encode_voice(wav_path, transcript, key)
 
+    async def release_voice(self, voice: VoicePrompt) -> None:
+        await self.inner.release_voice(voice)
+
     def kill(self) -> None:
         self.killed = True
 

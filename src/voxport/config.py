@@ -37,6 +37,22 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="Torch device for the reference engine ('auto': cuda, then mps, then cpu)."
     )
+    max_num_seqs: int = Field(256, ge=1, description="nanovllm: most sequences generated in one batch.")
+    max_model_len: int = Field(
+        4096, ge=64, description="nanovllm: LM positions per sequence (prompt + text + audio steps)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="nanovllm: share of GPU memory for weights, activations and KV cache."
+    )
+    enforce_eager: bool = Field(False, description="nanovllm: no CUDA graphs (slower; for debugging).")
+    inference_timesteps: int = Field(
+        10, ge=1, le=100, description="nanovllm: diffusion timesteps for every request (set server-wide)."
+    )
+    attention: Literal["auto", "flash-attn", "sdpa"] = Field(
+        "auto",
+        description="nanovllm: attention kernels: flash-attn, torch SDPA (a drop-in used when flash-attn is "
+        "not installed), or auto.",
+    )
     data_dir: Path = Field(
         default_factory=_default_data_dir,
         description="Where voxport keeps its state (voices, audio cache).",

@@ -219,6 +219,8 @@ class SpeechService:
                 f"max_length {max_length} exceeds this server's limit of {settings.max_length}.", "max_length"
             )
         seed = params.seed
+        # An engine may fix timesteps server-wide (nano-vllm): it refuses a request asking for others.
+        timesteps = params.inference_timesteps or self.engine.info.inference_timesteps or 10
         if adhoc is not None:
             prompt, voice_kind, voice_key = adhoc, "adhoc", adhoc.key
         else:
@@ -246,7 +248,7 @@ class SpeechService:
                 text=prefix + text,
                 voice=prompt,
                 cfg_value=params.cfg_value,
-                inference_timesteps=params.inference_timesteps,
+                inference_timesteps=timesteps,
                 max_length=max_length,
                 seed=seed,
                 normalize=params.normalize,
@@ -265,7 +267,7 @@ class SpeechService:
             "speed": params.speed,
             "sample_rate": rate,
             "cfg": params.cfg_value,
-            "timesteps": params.inference_timesteps,
+            "timesteps": timesteps,
             "seed": seed,
             "max_length": max_length,
             "normalize": params.normalize,

@@ -302,10 +302,13 @@ class VoiceRegistry:
             "removed": sorted(set(old) - set(fresh)),
         }
         self.builtin = fresh
-        live = {v.key for v in [*fresh.values(), *self.user.values()]}
-        for key in [k for k in self._prompts if k not in live]:
-            del self._prompts[key]
+        await self._release_unused()
         return diff
+
+    async def _release_unused(self) -> None:
+        live = {v.key for v in self.all()}
+        for key in [k for k in self._prompts if k not in live]:
+            await self.engine.release_voice(self._prompts.pop(key))
 
     # -- lookup -----------------------------------------------------------------------------------
 

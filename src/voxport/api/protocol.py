@@ -31,7 +31,7 @@ class SpeechCreateParams(BaseModel):
     cache: bool = True  # voxport: false = nothing about this request is read from or written to the cache
 
     cfg_value: float = Field(2.0, ge=0.0, le=10.0)
-    inference_timesteps: int = Field(10, ge=1, le=100)
+    inference_timesteps: int | None = Field(None, ge=1, le=100)
     max_length: int | None = Field(None, ge=1, le=2048)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     normalize: bool = False

@@ -286,9 +286,9 @@ async def health(request: Request, settings: SettingsDep, speech: SpeechDep) -> 
     engine = speech.engine
     try:
         info = engine.info
-        engine_name, device = info.name, info.device
+        engine_name, device, attention = info.name, info.device, info.attention
     except Exception:  # not loaded
-        engine_name, device = None, None
+        engine_name, device, attention = None, None, None
     if speech.watch.stalled:
         state = "stalled"
     elif engine.ready:
@@ -303,6 +303,7 @@ async def health(request: Request, settings: SettingsDep, speech: SpeechDep) -> 
         "checkpoint": request.app.state.checkpoint_name,
         "engine": engine_name,
         "engine_state": state,
+        "attention": attention,
         "device": device,
         "ready": speech.accepts_requests,
         "requests_in_flight": speech.in_flight,
@@ -383,7 +384,7 @@ async def create_voice(request: Request, speech: SpeechDep) -> dict:
 @router.delete("/v1/audio/voices/{voice_id}")
 async def delete_voice(voice_id: str, speech: SpeechDep) -> dict:
     try:
-        await asyncio.to_thread(speech.voices.delete, voice_id)
+        await speech.voices.delete(voice_id)
     except VoiceError as exc:
         raise _voice_error(exc) from None
     return {"id": voice_id, "deleted": True}

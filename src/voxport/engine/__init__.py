@@ -26,7 +26,7 @@ def nanovllm_usable() -> tuple[bool, str]:
         return False, "CUDA is not available"
     if importlib.util.find_spec("nanovllm_voxcpm") is None:
         return False, "the nano-vllm-voxcpm package is not installed (GPU extra)"
-    return False, "the nano-vllm engine is not part of this build yet"
+    return True, ""
 
 
 def create_engine(settings: Settings, model_dir: str) -> Engine:
@@ -34,11 +34,22 @@ def create_engine(settings: Settings, model_dir: str) -> Engine:
     choice = settings.engine
     if choice in ("auto", "nanovllm"):
         usable, why = nanovllm_usable()
-        if usable:  # pragma: no cover - wired up with the nano-vllm engine
-            raise EngineError("nano-vllm engine selected but not available in this build")
+        if usable:
+            from voxport.engine.nanovllm import NanoVllmEngine
+
+            log.info("engine %s: using nano-vllm (CUDA and nano-vllm-voxcpm available)", choice)
+            return NanoVllmEngine(
+                model_dir,
+                inference_timesteps=settings.inference_timesteps,
+                max_num_seqs=settings.max_num_seqs,
+                max_model_len=settings.max_model_len,
+                gpu_memory_utilization=settings.gpu_memory_utilization,
+                enforce_eager=settings.enforce_eager,
+                attention=settings.attention,
+            )
         if choice == "nanovllm":
             raise EngineError(f"--engine nanovllm cannot run here: {why}")
-        log.info("engine auto: using the reference engine (nano-vllm not usable: %s)", why)
+        log.info("engine auto: nano-vllm is not usable (%s); using the reference engine", why)
     from voxport.engine.reference import ReferenceEngine
 
     return ReferenceEngine(model_dir, device=settings.device, cpu_threads=settings.cpu_threads)

@@ -74,6 +74,8 @@ class EngineInfo:
     sample_rate: int  # of the chunks `generate` yields
     samples_per_step: int  # samples per chunk; one LM step
     max_model_len: int  # LM positions available to prompt + text + generated audio
+    attention: str | None = None  # attention implementation, where the engine has a choice
+    inference_timesteps: int | None = None  # set when the engine fixes it server-wide
 
 
 @runtime_checkable
@@ -102,5 +104,9 @@ class Engine(Protocol):
         ...
 
     async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt: ...
+
+    async def release_voice(self, voice: VoicePrompt) -> None:
+        """Forget an encoded voice the registry no longer uses (engines that hold prompts server-side)."""
+        ...
 
     async def close(self) -> None: ...

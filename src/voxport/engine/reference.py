@@ -101,6 +101,9 @@ class ReferenceEngine:
     async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
         return await self._call(lambda: self._encode(wav_path, transcript, key))
 
+    async def release_voice(self, voice: VoicePrompt) -> None:
+        """Nothing to do: the prompt cache is an ordinary object, dropped with its last reference."""
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -1,0 +1,235 @@
+"""The production engine: nano-vllm-voxcpm, continuous batching of many generations on one GPU.
+
+The package runs the model in a worker process (spawned: the server's entry point must be spawn-safe,
+which `voxport serve` is) and talks to it through an asyncio server pool. This module adapts that pool
+to voxport's Engine protocol: voices become registered prompts (continuation) or reference latents,
+the generation length is chosen here (the package has no stop-length guard of its own and rejects a
+request that could overrun `max_model_len`), and closing a generation's iterator cancels it in the
+worker.
+
+Not exercised by CI (it needs CUDA); see docs/benchmarks.md for where it has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxport.engine.base import (
+    EngineError,
+    EngineInfo,
+    EngineInputError,
+    EngineUnavailable,
+    GenerationStats,
+    SynthesisRequest,
+    VoicePrompt,
+)
+
+log = logging.getLogger("voxport.engine.nanovllm")
+
+# VoxCPM2 framing: one LM step is one patch of 4 latent frames, 7680 samples at 48 kHz.
+_SAMPLES_PER_STEP = 7680
+
+
+def generation_length(text_tokens: int, max_length: int, prompt_positions: int, max_model_len: int) -> int:
+    """Steps to allow a generation: VoxCPM2's own cap (6 per text token + 10), the request's
+    `max_length`, and what is left of the window after the prompt (text, audio start, voice prompt).
+    0 means the request cannot fit at all."""
+    room = max_model_len - prompt_positions
+    return max(0, min(int(text_tokens * 6 + 10), max_length, room))
+
+
+class NanoVllmEngine:
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        inference_timesteps: int = 10,
+        max_num_seqs: int = 256,
+        max_model_len: int = 4096,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
+        attention: str = "auto",
+    ):
+        self._model_dir = model_dir
+        self._timesteps = inference_timesteps
+        self._max_num_seqs = max_num_seqs
+        self._max_model_len = max_model_len
+        self._gpu_memory_utilization = gpu_memory_utilization
+        self._enforce_eager = enforce_eager
+        self._attention = attention
+        self._pool: Any = None
+        self._tokenizer: Any = None
+        self._normalizer: Any = None
+        self._info: EngineInfo | None = None
+        self._closed = False
+        self.steps_generated = 0
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._info is None:
+            raise EngineUnavailable("the engine is not loaded")
+        return self._info
+
+    @property
+    def ready(self) -> bool:
+        if self._pool is None or self._closed:
+            return False
+        links = [getattr(server, "_link", None) for server in getattr(self._pool, "servers", [])]
+        return not any(getattr(link, "dead", False) for link in links)
+
+    async def start(self) -> None:
+        from voxport.engine.sdpa_attention import install_as_flash_attn
+
+        attention = install_as_flash_attn(force=self._attention == "sdpa")
+        if self._attention == "flash-attn" and attention != "flash-attn":
+            raise EngineError("--attention flash-attn was asked for, but flash_attn is not importable")
+        from nanovllm_voxcpm import VoxCPM
+        from nanovllm_voxcpm.models.voxcpm2.utils import mask_multichar_chinese_tokens
+        from transformers import LlamaTokenizerFast
+
+        started = time.perf_counter()
+        self._tokenizer = mask_multichar_chinese_tokens(LlamaTokenizerFast.from_pretrained(self._model_dir))
+        # Inside a running loop this returns the asyncio server pool (one worker process per device).
+        self._pool = VoxCPM.from_pretrained(
+            self._model_dir,
+            inference_timesteps=self._timesteps,
+            max_num_seqs=self._max_num_seqs,
+            max_model_len=self._max_model_len,
+            gpu_memory_utilization=self._gpu_memory_utilization,
+            enforce_eager=self._enforce_eager,
+            devices=[0],
+        )
+        await self._pool.wait_for_ready()
+        model_info = await self._pool.get_model_info()
+        import torch
+
+        self._info = EngineInfo(
+            name="nanovllm",
+            model=self._model_dir,
+            device=f"cuda:0 ({torch.cuda.get_device_name(0)})",
+            dtype="bfloat16",
+            sample_rate=int(model_info["sample_rate"]),
+            samples_per_step=_SAMPLES_PER_STEP,
+            max_model_len=self._max_model_len,
+            attention=attention,
+            inference_timesteps=self._timesteps,
+        )
+        async for _ in self.generate(
+            SynthesisRequest(text="Warm up.", max_length=2, inference_timesteps=self._timesteps)
+        ):
+            pass
+        log.info(
+            "nano-vllm engine ready in %.1fs: %s, attention %s, max_num_seqs %d, max_model_len %d",
+            time.perf_counter() - started,
+            self._info.device,
+            attention,
+            self._max_num_seqs,
+            self._max_model_len,
+        )
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is None:
+            raise EngineUnavailable("the engine is not loaded")
+        return len(self._tokenizer(text))
+
+    async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
+        self._require_ready()
+        data = await asyncio.to_thread(Path(wav_path).read_bytes)
+        latents = await self._pool.encode_latents(data, "wav")
+        patches = len(latents) // 4 // (64 * 4)  # float32 × feat_dim 64 × patch 4
+        if transcript:
+            prompt_id = await self._pool.add_prompt(data, "wav", transcript)
+            positions = patches + self.count_tokens(transcript)
+            return VoicePrompt(
+                key=key, mode="continuation", positions=positions, handle={"prompt_id": prompt_id}
+            )
+        return VoicePrompt(
+            key=key, mode="reference", positions=patches + 2, handle={"ref_audio_latents": latents}
+        )
+
+    async def release_voice(self, voice: VoicePrompt) -> None:
+        prompt_id = voice.handle.get("prompt_id") if isinstance(voice.handle, dict) else None
+        if prompt_id is not None and self._pool is not None:
+            await self._pool.remove_prompt(prompt_id)
+
+    def generate(
+        self, request: SynthesisRequest, stats: GenerationStats | None = None
+    ) -> AsyncIterator[np.ndarray]:
+        return self._stream(request, stats if stats is not None else GenerationStats())
+
+    async def _stream(self, request: SynthesisRequest, stats: GenerationStats) -> AsyncIterator[np.ndarray]:
+        self._require_ready()
+        if request.inference_timesteps != self._timesteps:
+            raise EngineInputError(
+                f"this server runs {self._timesteps} inference timesteps for every request (nano-vllm sets "
+                f"them server-wide); leave 'inference_timesteps' out or send {self._timesteps}",
+                param="inference_timesteps",
+            )
+        text = " ".join(request.text.split())
+        if request.normalize:
+            text = await asyncio.to_thread(self._normalize, text)
+        voice = request.voice
+        handle = voice.handle if voice is not None else {}
+        text_tokens = self.count_tokens(text)
+        stats.input_tokens = text_tokens
+        prompt_positions = text_tokens + 1 + (voice.positions if voice is not None else 0)
+        steps = generation_length(text_tokens, request.max_length, prompt_positions, self._max_model_len)
+        if steps < 1:
+            raise EngineInputError(
+                f"input is too long for one generation: it needs {prompt_positions} positions before any "
+                f"audio, the server's window is {self._max_model_len}; shorten `input`",
+                param="input",
+            )
+        kwargs: dict[str, Any] = {
+            "max_generate_length": steps,
+            "cfg_value": request.cfg_value,
+            "seed": request.seed,
+        }
+        if "prompt_id" in handle:
+            kwargs["prompt_id"] = handle["prompt_id"]
+        elif "ref_audio_latents" in handle:
+            kwargs["ref_audio_latents"] = handle["ref_audio_latents"]
+        stream = self._pool.generate(target_text=text, **kwargs)
+        try:
+            async for wav in stream:
+                self.steps_generated += 1
+                stats.steps += 1
+                yield np.asarray(wav, dtype=np.float32).reshape(-1)
+        except ValueError as exc:  # the package validates requests with ValueError
+            raise EngineInputError(str(exc), param="input") from exc
+        except (EngineInputError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            if not self.ready:
+                raise EngineUnavailable(f"the nano-vllm worker died: {exc}") from exc
+            raise EngineError(f"generation failed: {exc}") from exc
+        finally:
+            await stream.aclose()  # cancels the sequence in the worker if it is still running
+
+    def _normalize(self, text: str) -> str:
+        if self._normalizer is None:
+            from voxport.engine.compat import install_torchaudio_placeholder
+
+            install_torchaudio_placeholder()
+            from voxcpm.utils.text_normalize import TextNormalizer
+
+            self._normalizer = TextNormalizer()
+        return self._normalizer.normalize(text)
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise EngineUnavailable("the nano-vllm engine is not running")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None:
+            await self._pool.stop()
