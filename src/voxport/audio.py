@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import ffmpeg
 import numpy as np
+import soxr
 
 ENGINE_CHANNELS = 1
 _READ_SIZE = 1 << 16
@@ -128,8 +129,9 @@ def ffmpeg_command(fmt: str, in_rate: int, out_rate: int, speed: float, streamin
     return args
 
 
-def _needs_ffmpeg(fmt: str, in_rate: int, out_rate: int, speed: float) -> bool:
-    return FORMATS[fmt].muxer is not None or speed != 1.0 or out_rate != in_rate
+def _needs_ffmpeg(fmt: str, speed: float) -> bool:
+    """wav and pcm at normal speed are resampled in-process (soxr), with no pipe to buffer in."""
+    return FORMATS[fmt].muxer is not None or speed != 1.0
 
 
 def encode(samples: np.ndarray, in_rate: int, fmt: str, out_rate: int, speed: float = 1.0) -> bytes:
@@ -138,7 +140,7 @@ def encode(samples: np.ndarray, in_rate: int, fmt: str, out_rate: int, speed: fl
     Speed uses atempo (pitch kept, duration scaled by 1/speed). wav and pcm are s16le mono; wav
     carries exact sizes in its header. Synchronous: run it in a worker thread.
     """
-    if _needs_ffmpeg(fmt, in_rate, out_rate, speed):
+    if _needs_ffmpeg(fmt, speed):
         proc = subprocess.run(
             ffmpeg_command(fmt, in_rate, out_rate, speed),
             input=np.ascontiguousarray(samples, dtype="<f4").tobytes(),
@@ -150,6 +152,8 @@ def encode(samples: np.ndarray, in_rate: int, fmt: str, out_rate: int, speed: fl
             raise AudioEncodingError(f"ffmpeg exited with {proc.returncode}: {detail}")
         body = proc.stdout
     else:
+        if out_rate != in_rate:
+            samples = soxr.resample(samples, in_rate, out_rate, quality="HQ")
         body = to_s16le(samples)
     return wav_header(out_rate, len(body)) + body if fmt == "wav" else body
 
@@ -165,9 +169,22 @@ async def encode_stream(
     """
     if fmt == "wav":
         yield wav_header(out_rate, None)
-    if not _needs_ffmpeg(fmt, in_rate, out_rate, speed):
+    if not _needs_ffmpeg(fmt, speed):
+        # A streaming resampler keeps its filter state across chunks: no clicks at the joins, and
+        # each chunk's samples leave as soon as they arrive (milliseconds of work per 0.16 s chunk).
+        resampler = (
+            soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+            if out_rate != in_rate
+            else None
+        )
         async for chunk in chunks:
-            yield to_s16le(chunk)
+            out = resampler.resample_chunk(chunk) if resampler else chunk
+            if len(out):
+                yield to_s16le(out)
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if len(tail):
+                yield to_s16le(tail)
         return
 
     proc = await asyncio.create_subprocess_exec(

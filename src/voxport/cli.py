@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dummy.add_argument("--seed", type=int, default=0, help="Seed for the random weights.")
     dummy.set_defaults(run=_dummy_model)
+
+    from voxport.bench import add_parser as add_bench
+
+    add_bench(commands)
     return parser
 
 

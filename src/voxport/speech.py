@@ -310,9 +310,13 @@ class SpeechService:
     # -- request registry and admission -----------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def track(self, request_id: str, prepared: PreparedSpeech) -> AsyncIterator[SpeechJob]:
-        """Register a request as in flight, so that it can be counted and cancelled by id."""
-        job = SpeechJob(request_id, voice_kind=prepared.voice_kind, chars=prepared.chars)
+    async def track(
+        self, request_id: str, prepared: PreparedSpeech, started: float
+    ) -> AsyncIterator[SpeechJob]:
+        """Register a request as in flight, so that it can be counted and cancelled by id. `started` is
+        when the request arrived (perf_counter): first-audio latency counts from there, voice preparation
+        included."""
+        job = SpeechJob(request_id, started=started, voice_kind=prepared.voice_kind, chars=prepared.chars)
         if self.settings.log_request_text:
             job.text = " ".join(s.text for s in prepared.segments)
         self.active.setdefault(request_id, []).append(job)

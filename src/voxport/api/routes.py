@@ -192,11 +192,12 @@ async def _speech_params(
 
 
 async def _speak(request: Request, speech: SpeechService, stream: bool) -> Response:
+    started = time.perf_counter()
     params, adhoc = await _speech_params(request, speech)
     prepared = await speech.prepare(params, stream=stream, adhoc=adhoc)
     no_cache = _no_cache(request, params)
     async with contextlib.AsyncExitStack() as stack:
-        job = await stack.enter_async_context(speech.track(request.state.request_id, prepared))
+        job = await stack.enter_async_context(speech.track(request.state.request_id, prepared, started))
         request.state.speech_job = job
         content_type = FORMATS[prepared.response_format].content_type
         headers = {"X-Sample-Rate": str(prepared.sample_rate)}

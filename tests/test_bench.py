@@ -1,0 +1,250 @@
+"""`voxport bench`: a sweep against a real server and the raw engine end to end, and its parts alone."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import STEP_SECONDS, ServerProcess, free_port
+from voxport.bench import (
+    PROMPTS,
+    RTF_DEFINITION,
+    LoadPlan,
+    RequestResult,
+    RequestSpec,
+    ServerTarget,
+    main,
+    run_level,
+    summarise,
+    write_plot,
+)
+from voxport.text import segment
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+BENCH_MAX_LENGTH = 4
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_main(argv: list[str]) -> int:
+    """main() in its own thread: its asyncio.run must not touch the event loop pytest-asyncio keeps here."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(main, argv).result(timeout=600)
+
+
+def test_end_to_end_against_server_and_engine(
+    server: ServerProcess, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--url",
+        server.base_url,
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "4",
+        "--max-length",
+        str(BENCH_MAX_LENGTH),
+        "--repeat-fraction",
+        "0.5",
+        "--engine-model",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    assert run_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| server | 1 |" in printed and "| engine | 2 |" in printed
+    assert RTF_DEFINITION in printed
+
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["settings"]["max_length"] == BENCH_MAX_LENGTH
+    assert report["settings"]["concurrency"] == [1, 2]
+    assert report["machine"]["cpu_count"] and report["machine"]["voxport"]
+    assert report["server_info"]["ready"] is True
+    assert report["engine_info"]["name"] == "reference"
+    expected = BENCH_MAX_LENGTH * STEP_SECONDS
+    for side in ("server", "engine"):
+        levels = report["levels"][side]
+        assert [lv["concurrency"] for lv in levels] == [1, 2]
+        for lv in levels:
+            assert lv["requests"] == lv["completed"] == 4
+            assert lv["errors"] == lv["rejected"] == 0
+            assert lv["audio_s_per_s"] > 0 and lv["requests_per_s"] > 0 and lv["rtf"] > 0
+            assert lv["first_audio_ms"]["p50"] is not None and lv["total_ms"]["p95"] is not None
+            # pcm at 24 kHz, counted from the body's bytes: exactly max_length steps of 0.16 s.
+            assert lv["audio_s"]["min"] == pytest.approx(expected, abs=1e-3)
+            assert lv["audio_s"]["max"] == pytest.approx(expected, abs=1e-3)
+            assert len(lv["results"]) == 4
+    server_levels = report["levels"]["server"]
+    assert all(lv["rss_before_bytes"] and lv["rss_after_bytes"] for lv in server_levels)
+    # Level 2 can repeat what level 1 completed, so its two repeats are certain to be served from cache.
+    assert server_levels[1]["repeats"] == 2
+    assert server_levels[1]["cache_hits"] >= 1
+    hits = [r for lv in server_levels for r in lv["results"] if r["cache"] == "HIT"]
+    assert hits and all(r["repeat"] for r in hits)
+    fresh_seeds = [r["seed"] for lv in server_levels for r in lv["results"] if not r["repeat"]]
+    assert len(fresh_seeds) == len(set(fresh_seeds))
+
+    markdown = (tmp_path / "bench.md").read_text()
+    assert (
+        "| side | concurrency |" in markdown and "| server | 2 |" in markdown and "| engine | 1 |" in markdown
+    )
+    assert RTF_DEFINITION in markdown and server.base_url in markdown
+    png = tmp_path / "bench.png"
+    if HAVE_MATPLOTLIB:
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    else:
+        assert not png.exists()
+
+
+def test_unreachable_server_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        run_main(["--url", f"http://127.0.0.1:{free_port()}", "--concurrency", "1", "--requests", "1"]) == 2
+    )
+    assert "no answer" in capsys.readouterr().err
+
+
+def test_bad_flags_are_refused() -> None:
+    for argv in (["--concurrency", "0,4"], ["--concurrency", "a"], ["--repeat-fraction", "1.5"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+
+
+def test_prompts_are_single_distinct_sentences() -> None:
+    assert len(PROMPTS) == len(set(PROMPTS)) >= 16
+    for prompt in PROMPTS:
+        assert segment(prompt, 300, pack=False) == [prompt]
+
+
+def test_plan_spreads_repeats_and_only_repeats_completed_requests() -> None:
+    plan = LoadPlan(nonce=7, repeat_fraction=0.25)
+    assert [plan.repeat_due(i) for i in range(8)] == [False, False, False, True] * 2
+    assert sum(LoadPlan(1, 0.1).repeat_due(i) for i in range(10)) == 1
+    assert not any(LoadPlan(1, 0.0).repeat_due(i) for i in range(50))
+    assert all(LoadPlan(1, 1.0).repeat_due(i) for i in range(50))
+
+    plan = LoadPlan(nonce=100, repeat_fraction=1.0)
+    first = plan.next(0)
+    assert not first.repeat  # nothing has completed yet: a due repeat goes out fresh
+    second = plan.next(1)
+    assert not second.repeat and second.seed != first.seed
+    plan.completed(first)
+    again = plan.next(2)
+    assert again.repeat and (again.text, again.seed) == (first.text, first.seed)
+
+
+def _result(index: int, status: int | None, total: float, audio: float | None, **kw: Any) -> RequestResult:
+    return RequestResult(
+        index, 0, index, False, status=status, total_s=total, audio_s=audio, first_audio_s=total / 2, **kw
+    )
+
+
+def test_summary_figures() -> None:
+    results = [
+        _result(0, 200, 1.0, 2.0, cache="MISS"),
+        _result(1, 200, 3.0, 2.0, cache="HIT"),
+        _result(2, 429, 0.1, None),
+        _result(3, 500, 0.1, None),
+        _result(4, None, 0.1, None, error="ConnectError: refused"),
+    ]
+    stats = summarise(4, results, wall_s=2.0, error_samples=[])
+    assert (stats.completed, stats.errors, stats.rejected) == (2, 2, 1)
+    assert stats.errors_by_status == {"500": 1, "ConnectError": 1}
+    assert stats.cache == {"HIT": 1, "MISS": 1} and stats.cache_hits == 1
+    assert stats.requests_per_s == pytest.approx(1.0)
+    assert stats.audio_s_per_s == pytest.approx(2.0)
+    assert stats.rtf == pytest.approx((1.0 / 2.0 + 3.0 / 2.0) / 2)
+    assert stats.total_ms["p50"] == pytest.approx(2000.0)
+    assert stats.total_ms["p95"] == pytest.approx(2900.0)
+
+
+def _args(**overrides: Any) -> argparse.Namespace:
+    values = {
+        "url": "http://bench.test",
+        "model": "tts-1",
+        "voice": "alloy",
+        "format": "pcm",
+        "sample_rate": 24000,
+        "max_length": 4,
+        "stream_route": True,
+    }
+    return argparse.Namespace(**{**values, **overrides})
+
+
+async def test_statuses_are_counted_and_error_samples_kept() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        status = (200, 429, 500, 200)[len(seen) - 1]
+        if status != 200:
+            return httpx.Response(status, json={"error": {"message": "no"}})
+        return httpx.Response(
+            200, content=b"\0\0" * 2400, headers={"X-Sample-Rate": "24000", "X-Cache": "MISS"}
+        )
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://bench.test") as http:
+        target = ServerTarget(http, _args(stream_route=False), "run")
+        stats = await run_level(target, LoadPlan(1, 0.0), concurrency=1, requests=4, timeout=30)
+    assert all(body["stream"] is True and body["max_length"] == 4 for body in seen)
+    assert (stats.completed, stats.rejected, stats.errors) == (2, 1, 1)
+    assert stats.errors_by_status == {"500": 1}
+    assert stats.audio_s["mean"] == pytest.approx(0.1)
+    [sample] = stats.error_samples
+    assert sample["status"] == 500 and '"no"' in sample["response_body"]
+    assert sample["request"]["body"]["input"] == seen[2]["input"]
+
+
+class _Stuck:
+    name = "stuck"
+
+    async def before_level(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self, spec: RequestSpec) -> dict[str, Any]:
+        return {"text": spec.text}
+
+    async def send(self, spec: RequestSpec, result: RequestResult) -> None:
+        result.status = 200  # headers came, then the body stalled
+        result.first_audio_s = 0.001
+        result.bytes = 2
+        await asyncio.Event().wait()
+
+    async def after_level(self, before: dict[str, Any]) -> dict[str, Any]:
+        return {"rss_before_bytes": None, "rss_after_bytes": None, "peak_gpu_bytes": None}
+
+
+async def test_a_level_never_hangs() -> None:
+    stats = await run_level(_Stuck(), LoadPlan(1, 0.0), concurrency=2, requests=3, timeout=0.05)
+    assert (stats.completed, stats.errors) == (0, 3)
+    assert stats.errors_by_status == {"timeout": 3}
+    # What had arrived before the timeout is kept: a stalled body is told apart from no answer at all.
+    assert all(r["status"] == 200 and r["bytes"] == 2 for r in stats.results)
+    assert stats.error_samples[0]["request"] == {"text": PROMPTS[0]}
+
+
+@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed in this environment")
+def test_plot_is_a_png(tmp_path: Path) -> None:
+    level = {"concurrency": 1, "audio_s_per_s": 1.0, "first_audio_ms": {"p50": 10.0}}
+    levels = {"server": [level, {**level, "concurrency": 4}], "engine": None}
+    assert write_plot(tmp_path / "bench.png", levels) is None
+    assert (tmp_path / "bench.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_without_matplotlib_says_so(tmp_path: Path) -> None:
+    if HAVE_MATPLOTLIB:
+        pytest.skip("matplotlib is installed: the skip path cannot be reached")
+    message = write_plot(tmp_path / "bench.png", {"server": [], "engine": None})
+    assert message and "matplotlib" in message
+    assert not (tmp_path / "bench.png").exists()
