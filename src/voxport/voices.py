@@ -457,7 +457,7 @@ class VoiceRegistry:
     def find_user(self, name: str) -> Voice | None:
         return next((v for v in self.user.values() if v.name == name), None)
 
-    def delete(self, voice_id: str) -> None:
+    async def delete(self, voice_id: str) -> None:
         if voice_id in self.builtin:
             raise VoiceError(
                 f"'{voice_id}' is a built-in voice and cannot be deleted.", 403, code="forbidden"
@@ -465,6 +465,5 @@ class VoiceRegistry:
         voice = self.user.pop(voice_id, None)
         if voice is None:
             raise VoiceError(f"No voice '{voice_id}'.", 404, code="voice_not_found")
-        shutil.rmtree(self._library / voice_id, ignore_errors=True)
-        if all(v.key != voice.key for v in self.all()):
-            self._prompts.pop(voice.key, None)
+        await asyncio.to_thread(shutil.rmtree, self._library / voice_id, True)
+        await self._release_unused()
