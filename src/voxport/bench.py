@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import httpx
 
 from voxport import __version__
+from voxport.metrics import process_rss_bytes
 
 STEP_SECONDS = 0.16
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
@@ -347,14 +348,6 @@ class ServerTarget:
             result.audio_s = _audio_seconds(self.args.format, result.bytes, rate)
 
 
-def _process_rss() -> int | None:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _cuda_available() -> bool:
     try:
         import torch
@@ -378,7 +371,7 @@ class EngineTarget:
 
             torch.cuda.reset_peak_memory_stats()
         # The engine lives in this process, so this process's RSS is the engine's footprint.
-        return {"rss_bytes": _process_rss()}
+        return {"rss_bytes": process_rss_bytes()}
 
     async def after_level(self, before: dict[str, Any]) -> dict[str, Any]:
         peak = None
@@ -388,7 +381,7 @@ class EngineTarget:
             peak = int(torch.cuda.max_memory_allocated())
         return {
             "rss_before_bytes": before.get("rss_bytes"),
-            "rss_after_bytes": _process_rss(),
+            "rss_after_bytes": process_rss_bytes(),
             "peak_gpu_bytes": peak,
         }
 

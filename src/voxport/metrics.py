@@ -3,6 +3,7 @@ codes, cache states — never ids, texts or voices."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -75,3 +76,12 @@ class Metrics:
         self.engine_ready.set_function(engine_ready)
         self.cache_bytes.set_function(cache_bytes)
         self.cache_entries.set_function(cache_entries)
+
+
+def process_rss_bytes() -> int | None:
+    """This process's resident memory, from /proc (None where there is no /proc)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -23,6 +22,7 @@ from voxport.api.protocol import SpeechCancelParams, SpeechCreateParams, VoiceFr
 from voxport.audio import FORMATS
 from voxport.config import Settings
 from voxport.engine.base import VoicePrompt
+from voxport.metrics import process_rss_bytes
 from voxport.speech import RequestCancelled, SpeechJob, SpeechService
 from voxport.voices import VoiceError, VoicesFileError
 
@@ -274,14 +274,6 @@ async def retrieve_model(model_id: str, settings: SettingsDep) -> dict:
     return _model_card(model_id)
 
 
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 @router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request, settings: SettingsDep, speech: SpeechDep) -> JSONResponse:
     engine = speech.engine
@@ -320,7 +312,7 @@ async def health(request: Request, settings: SettingsDep, speech: SpeechDep) -> 
             "evictions": cache.stats.evictions,
         },
         "routing": {"load_score": speech.load_score, "accepts_requests": speech.accepts_requests},
-        "rss_bytes": _rss_bytes(),
+        "rss_bytes": process_rss_bytes(),
     }
     return JSONResponse(body)
 
