@@ -135,14 +135,7 @@ async def test_long_input_is_split_and_joined_when_not_streaming(aclient: openai
     assert audio.duration == pytest.approx(segments * SEGMENT_SECONDS - (segments - 1) * CROSSFADE, abs=1e-3)
 
 
-async def warm_default_voice(app) -> None:
-    """A designed voice's reference clip is made on first use: make it before counting engine steps."""
-    voices = app.state.speech.voices
-    await voices.prompt(voices.get(None))
-
-
 async def test_first_audio_is_sent_while_the_engine_is_still_generating(app) -> None:
-    await warm_default_voice(app)
     engine = app.state.speech.engine
     body = {"model": "tts-1", "input": "One. Two. Three.", "response_format": "pcm"}
     before = engine.steps_generated
@@ -159,7 +152,6 @@ async def test_first_audio_is_sent_while_the_engine_is_still_generating(app) -> 
 
 
 async def test_disconnect_mid_stream_stops_the_generation(app) -> None:
-    await warm_default_voice(app)
     speech = app.state.speech
     engine = speech.engine
     body = {"model": "tts-1", "input": "One. Two. Three. Four. Five.", "response_format": "mp3"}

@@ -256,7 +256,8 @@ class VoiceRegistry:
         return voices
 
     async def load(self, fingerprint: str) -> None:
-        """Read voices.json and the library, and encode every recording (designed voices: on first use)."""
+        """Read voices.json and the library, encode every recording and the default voice (other designed
+        voices: on first use)."""
         self.fingerprint = fingerprint
         self.builtin = await asyncio.to_thread(self.validate_file)
         self.user = await asyncio.to_thread(self._read_library)
@@ -267,6 +268,11 @@ class VoiceRegistry:
         for voice in [*self.builtin.values(), *self.user.values()]:
             if voice.kind != "designed":
                 await self.prompt(voice)
+        # The default voice is the one most requests get: its clip is made (or read) before the server
+        # is ready, so that no request waits for it. Other designed voices are made on first use.
+        default = self.get(None)
+        if default is not None:
+            await self.prompt(default)
         self.loaded = True
 
     def _read_library(self) -> dict[str, Voice]:
