@@ -22,6 +22,9 @@ from voxport.engine.dummy import build_checkpoint
 TEST_MAX_LENGTH = 12
 STEP_SECONDS = 0.16
 SERVER_START_TIMEOUT = 120
+# The engine the API tests run on: the reference engine everywhere, or nanovllm on a GPU machine
+# (`VOXPORT_TEST_ENGINE=nanovllm pytest`), so that both engines pass the same API tests.
+TEST_ENGINE = os.environ.get("VOXPORT_TEST_ENGINE", "reference")
 
 
 @pytest.fixture(scope="session")
