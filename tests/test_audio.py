@@ -49,3 +49,27 @@ def test_clipping_instead_of_wrapping() -> None:
     loud = np.array([2.0, -2.0, 0.0], dtype=np.float32)
     pcm = np.frombuffer(encode(loud, 48000, "pcm", 48000), dtype="<i2")
     assert pcm.tolist() == [32767, -32767, 0]
+
+
+async def test_without_ffmpeg_only_wav_and_pcm_at_normal_speed_are_served(app, http, monkeypatch) -> None:
+    from voxport import audio
+
+    monkeypatch.setattr(audio.shutil, "which", lambda _name: None)
+    monkeypatch.setitem(__import__("sys").modules, "imageio_ffmpeg", None)  # import fails
+    audio.ffmpeg_binary.cache_clear()
+    try:
+        refused = await http.post(
+            "/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "response_format": "mp3"}
+        )
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "ffmpeg_unavailable"
+        slow = await http.post(
+            "/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "speed": 2, "response_format": "pcm"}
+        )
+        assert slow.status_code == 503
+        ok = await http.post(
+            "/v1/audio/speech",
+            json={"model": "tts-1", "input": "Hi.", "response_format": "pcm", "cache": False},
+        )
+        assert ok.status_code == 200 and len(ok.content) > 0
+    finally:
+        audio.ffmpeg_binary.cache_clear()

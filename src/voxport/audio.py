@@ -58,9 +58,25 @@ def ffmpeg_binary() -> str:
     found = shutil.which("ffmpeg")
     if found:
         return found
-    import imageio_ffmpeg
+    try:
+        import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as exc:
+        raise AudioEncodingError(f"no ffmpeg: put one on PATH or install imageio-ffmpeg ({exc})") from None
+
+
+def needs_ffmpeg(fmt: str, speed: float) -> bool:
+    """wav and pcm at normal speed are resampled in-process (soxr), with no pipe to buffer in."""
+    return FORMATS[fmt].muxer is not None or speed != 1.0
+
+
+def ffmpeg_available() -> bool:
+    try:
+        ffmpeg_binary()
+    except AudioEncodingError:
+        return False
+    return True
 
 
 def atempo_factors(speed: float) -> list[float]:
@@ -129,18 +145,13 @@ def ffmpeg_command(fmt: str, in_rate: int, out_rate: int, speed: float, streamin
     return args
 
 
-def _needs_ffmpeg(fmt: str, speed: float) -> bool:
-    """wav and pcm at normal speed are resampled in-process (soxr), with no pipe to buffer in."""
-    return FORMATS[fmt].muxer is not None or speed != 1.0
-
-
 def encode(samples: np.ndarray, in_rate: int, fmt: str, out_rate: int, speed: float = 1.0) -> bytes:
     """Encode mono float32 `samples` at `in_rate` to `fmt` at `out_rate`, played `speed` times faster.
 
     Speed uses atempo (pitch kept, duration scaled by 1/speed). wav and pcm are s16le mono; wav
     carries exact sizes in its header. Synchronous: run it in a worker thread.
     """
-    if _needs_ffmpeg(fmt, speed):
+    if needs_ffmpeg(fmt, speed):
         proc = subprocess.run(
             ffmpeg_command(fmt, in_rate, out_rate, speed),
             input=np.ascontiguousarray(samples, dtype="<f4").tobytes(),
@@ -169,7 +180,7 @@ async def encode_stream(
     """
     if fmt == "wav":
         yield wav_header(out_rate, None)
-    if not _needs_ffmpeg(fmt, speed):
+    if not needs_ffmpeg(fmt, speed):
         # A streaming resampler keeps its filter state across chunks: no clicks at the joins, and
         # each chunk's samples leave as soon as they arrive (milliseconds of work per 0.16 s chunk).
         resampler = (

@@ -17,7 +17,7 @@ import numpy as np
 
 from voxport.api.errors import APIError, invalid
 from voxport.api.protocol import SpeechCreateParams
-from voxport.audio import FORMATS, encode, encode_stream
+from voxport.audio import FORMATS, encode, encode_stream, ffmpeg_available, needs_ffmpeg
 from voxport.cache import AudioCache, cache_key
 from voxport.config import Settings
 from voxport.engine.base import (
@@ -212,6 +212,14 @@ class SpeechService:
                 f"sample_rate {rate} is not available for {spec.name}; choose one of "
                 f"{', '.join(map(str, spec.rates))}.",
                 "sample_rate",
+            )
+        if needs_ffmpeg(params.response_format, params.speed) and not ffmpeg_available():
+            raise APIError(
+                503,
+                f"This server has no ffmpeg, so it can answer only 'wav' or 'pcm' at speed 1.0, not "
+                f"'{params.response_format}' at speed {params.speed:g}.",
+                type="server_error",
+                code="ffmpeg_unavailable",
             )
         max_length = params.max_length or settings.max_length
         if max_length > settings.max_length:
