@@ -203,7 +203,13 @@ class ReferenceEngine:
 
         if self._cpu_threads:
             torch.set_num_threads(self._cpu_threads)
-        from voxcpm import VoxCPM
+        try:
+            from voxcpm import VoxCPM
+        except ImportError as exc:
+            raise EngineError(
+                f"the voxcpm package cannot be imported ({exc}); scripts/dev installs it, or run "
+                "`pip install --no-deps voxcpm==2.0.3` (its declared dependencies are not needed)"
+            ) from exc
 
         silence_progress_bars()
         started = time.perf_counter()
