@@ -57,6 +57,8 @@ def test_end_to_end_against_server_and_engine(
         str(tiny_model),
         "--device",
         "cpu",
+        "--design-clip-seconds",
+        "1",  # as the test server's
         "--out",
         str(tmp_path),
     ]
@@ -66,6 +68,9 @@ def test_end_to_end_against_server_and_engine(
     assert RTF_DEFINITION in printed
 
     report = json.loads((tmp_path / "bench.json").read_text())
+    # The raw engine does the server's work: it clones the same designed voice.
+    assert report["engine_info"]["voice"]["id"] == "alloy"
+    assert report["engine_info"]["voice"]["prompt_positions"] > 2
     assert report["settings"]["max_length"] == BENCH_MAX_LENGTH
     assert report["settings"]["concurrency"] == [1, 2]
     assert report["machine"]["cpu_count"] and report["machine"]["voxport"]

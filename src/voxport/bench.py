@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -360,9 +361,10 @@ def _cuda_available() -> bool:
 class EngineTarget:
     name = "engine"
 
-    def __init__(self, engine: Any, max_length: int):
+    def __init__(self, engine: Any, max_length: int, voice: Any = None):
         self.engine = engine
         self.max_length = max_length
+        self.voice = voice  # the same encoded voice prompt the server would use
         self.cuda = _cuda_available()
 
     async def before_level(self) -> dict[str, Any]:
@@ -391,7 +393,9 @@ class EngineTarget:
     async def send(self, spec: RequestSpec, result: RequestResult) -> None:
         from voxport.engine.base import SynthesisRequest
 
-        request = SynthesisRequest(text=spec.text, max_length=self.max_length, seed=spec.seed)
+        request = SynthesisRequest(
+            text=spec.text, voice=self.voice, max_length=self.max_length, seed=spec.seed
+        )
         started = time.perf_counter()
         samples = 0
         chunks = self.engine.generate(request)
@@ -690,7 +694,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     target.add_argument("--skip-server", action="store_true", help="Measure only the raw engine.")
     body = parser.add_argument_group("requests")
     body.add_argument("--model", default="tts-1", help="Request `model`.")
-    body.add_argument("--voice", default="alloy", help="Request `voice`.")
+    body.add_argument("--voice", default="alloy", help="Request `voice` (the engine side clones it too).")
+    body.add_argument(
+        "--design-clip-seconds",
+        type=float,
+        default=6.0,
+        help="Reference clip length for a designed voice on the engine side; match the server's setting.",
+    )
     body.add_argument("--format", choices=FORMATS, default="pcm", help="Request `response_format`.")
     body.add_argument(
         "--sample-rate",
@@ -793,6 +803,7 @@ async def _bench_engine(
 ) -> tuple[dict[str, Any] | None, list[LevelStats] | None, str | None]:
     from voxport.config import Settings
     from voxport.engine import create_engine
+    from voxport.voices import VoiceRegistry
 
     try:
         settings = Settings(model=args.engine_model, engine=args.engine, device=args.device)
@@ -813,7 +824,25 @@ async def _bench_engine(
             "max_model_len": info.max_model_len,
             "attention": getattr(info, "attention", None),
         }
-        levels = await sweep(EngineTarget(engine, args.max_length), args.concurrency, args, nonce, _progress)
+        # Same work as the server: the server clones its voice (a designed voice from a reference clip),
+        # so the engine gets that voice's prompt too, built by the same registry code.
+        with tempfile.TemporaryDirectory(prefix="voxport-bench-") as scratch:
+            voices = VoiceRegistry(
+                engine,
+                settings.voices_file,
+                settings.voices_dir,
+                Path(scratch),
+                args.voice,
+                design_clip_seconds=args.design_clip_seconds,
+            )
+            await voices.load("bench")
+            voice = voices.get(args.voice)
+            if voice is None:
+                return None, None, f"no voice {args.voice!r} in {settings.voices_file}"
+            prompt = await voices.prompt(voice)
+            engine_info["voice"] = {"id": voice.id, "kind": voice.kind, "prompt_positions": prompt.positions}
+            target = EngineTarget(engine, args.max_length, prompt)
+            levels = await sweep(target, args.concurrency, args, nonce, _progress)
     finally:
         await engine.close()
     return engine_info, levels, None
