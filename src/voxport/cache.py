@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -27,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voxport.files import TEMP_PREFIX, atomic_write
+
 log = logging.getLogger("voxport.cache")
 
 MAGIC = b"VXPCACH1"
 _SUFFIX = ".audio"
-_TEMP_PREFIX = ".tmp-"
 
 
 def cache_key(fields: dict[str, Any]) -> str:
@@ -119,7 +119,7 @@ class AudioCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         index: dict[str, _Entry] = {}
         for path in self.directory.glob("*/*"):
-            if path.name.startswith(_TEMP_PREFIX):
+            if path.name.startswith(TEMP_PREFIX):
                 with contextlib.suppress(OSError):
                     path.unlink()
             elif path.suffix == _SUFFIX:
@@ -165,22 +165,10 @@ class AudioCache:
 
     def _write(self, key: str, payload: bytes, meta: dict[str, Any]) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = json.dumps(
             {**meta, "length": len(payload), "md5": hashlib.md5(payload).hexdigest()}, separators=(",", ":")
         ).encode()
-        fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(MAGIC + struct.pack("<I", len(header)) + header)
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        atomic_write(path, MAGIC + struct.pack("<I", len(header)) + header, payload)
         now = time.time()
         with self._lock:
             self._index[key] = _Entry(path.stat().st_size, now, now)

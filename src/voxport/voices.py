@@ -31,8 +31,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from voxport.audio import AudioDecodeError, decode_file, write_wav
+from voxport.audio import AudioDecodeError, decode_file, encode, write_wav
 from voxport.engine.base import Engine, SynthesisRequest, VoicePrompt
+from voxport.files import TEMP_PREFIX, atomic_write
 
 log = logging.getLogger("voxport.voices")
 
@@ -280,7 +281,7 @@ class VoiceRegistry:
         if not self._library.is_dir():
             return voices
         for folder in sorted(self._library.iterdir()):
-            if folder.name.startswith(".tmp-"):  # a creation interrupted by a crash
+            if folder.name.startswith(TEMP_PREFIX):  # a creation interrupted by a crash
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             try:
@@ -365,25 +366,14 @@ class VoiceRegistry:
         )
         chunks = [chunk async for chunk in self.engine.generate(request)]
         audio = np.concatenate(chunks)
-        await asyncio.to_thread(self._store_atomically, path, audio, self.engine.info.sample_rate)
+        rate = self.engine.info.sample_rate
+        await asyncio.to_thread(atomic_write, path, encode(audio, rate, "wav", rate))
         log.info(
             "designed voice %s: reference clip of %.1fs stored",
             voice.id,
             len(audio) / self.engine.info.sample_rate,
         )
         return path
-
-    def _store_atomically(self, path: Path, samples: np.ndarray, rate: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".wav", dir=path.parent)
-        os.close(fd)
-        try:
-            write_wav(temp, samples, rate)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
 
     # -- uploads ----------------------------------------------------------------------------------
 
@@ -439,7 +429,7 @@ class VoiceRegistry:
             raise VoiceError("The voice library has no room for this recording.", 409, code="library_full")
         voice_id = replace_id or f"voice_{secrets.token_hex(8)}"
         folder = self._library / voice_id
-        staging = self._library / f".tmp-{secrets.token_hex(8)}"
+        staging = self._library / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         staging.mkdir(parents=True)
         try:
             write_wav(str(staging / "audio.wav"), upload.samples, ENCODER_RATE)
