@@ -27,6 +27,7 @@ from voxport.engine.base import (
     GenerationStats,
     SynthesisRequest,
     VoicePrompt,
+    steps_cap,
 )
 from voxport.metrics import Metrics
 from voxport.text import segment
@@ -301,7 +302,7 @@ class SpeechService:
         if stream:
             return segment(text, cap, pack=False)
         tokens = self.engine.count_tokens(prefix + text)
-        if prompt_positions + tokens + 1 + min(6 * tokens + 10, max_length) <= self.engine.info.max_model_len:
+        if prompt_positions + tokens + 1 + steps_cap(tokens, max_length) <= self.engine.info.max_model_len:
             return [text]
         return segment(text, cap, pack=True)
 

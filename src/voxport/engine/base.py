@@ -13,6 +13,16 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 
+def steps_cap(text_tokens: int, max_length: int) -> int:
+    """Most steps VoxCPM2 generates for a text: 6 per text token + 10, and never more than `max_length`."""
+    return min(int(text_tokens * 6 + 10), max_length)
+
+
+def collapse_whitespace(text: str) -> str:
+    """VoxCPM2 reads text as one line: runs of whitespace (newlines included) become one space."""
+    return " ".join(text.split())
+
+
 class EngineError(RuntimeError):
     """The engine failed while serving a request (a server-side problem)."""
 

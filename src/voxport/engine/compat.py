@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import sys
 import types
@@ -62,3 +63,19 @@ def silence_progress_bars() -> None:
         return iterable
 
     voxcpm2.tqdm = passthrough  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=1)
+def _text_normalizer():
+    install_torchaudio_placeholder()
+    from voxcpm.utils.text_normalize import TextNormalizer
+
+    return TextNormalizer()
+
+
+def normalize_text(text: str) -> str:
+    """voxcpm's text normalisation (numbers, dates, currency spelled out), built on first use.
+
+    Slow to build and CPU-bound: call it off the event loop.
+    """
+    return _text_normalizer().normalize(text)

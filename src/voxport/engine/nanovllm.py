@@ -29,7 +29,10 @@ from voxport.engine.base import (
     GenerationStats,
     SynthesisRequest,
     VoicePrompt,
+    collapse_whitespace,
+    steps_cap,
 )
+from voxport.engine.compat import normalize_text
 
 log = logging.getLogger("voxport.engine.nanovllm")
 
@@ -42,7 +45,7 @@ def generation_length(text_tokens: int, max_length: int, prompt_positions: int, 
     `max_length`, and what is left of the window after the prompt (text, audio start, voice prompt).
     0 means the request cannot fit at all."""
     room = max_model_len - prompt_positions
-    return max(0, min(int(text_tokens * 6 + 10), max_length, room))
+    return max(0, min(steps_cap(text_tokens, max_length), room))
 
 
 class NanoVllmEngine:
@@ -66,7 +69,6 @@ class NanoVllmEngine:
         self._attention = attention
         self._pool: Any = None
         self._tokenizer: Any = None
-        self._normalizer: Any = None
         self._info: EngineInfo | None = None
         self._closed = False
         self.steps_generated = 0
@@ -172,9 +174,9 @@ class NanoVllmEngine:
                 f"them server-wide); leave 'inference_timesteps' out or send {self._timesteps}",
                 param="inference_timesteps",
             )
-        text = " ".join(request.text.split())
+        text = collapse_whitespace(request.text)
         if request.normalize:
-            text = await asyncio.to_thread(self._normalize, text)
+            text = await asyncio.to_thread(normalize_text, text)
         voice = request.voice
         handle = voice.handle if voice is not None else {}
         text_tokens = self.count_tokens(text)
@@ -212,16 +214,6 @@ class NanoVllmEngine:
             raise EngineError(f"generation failed: {exc}") from exc
         finally:
             await stream.aclose()  # cancels the sequence in the worker if it is still running
-
-    def _normalize(self, text: str) -> str:
-        if self._normalizer is None:
-            from voxport.engine.compat import install_torchaudio_placeholder
-
-            install_torchaudio_placeholder()
-            from voxcpm.utils.text_normalize import TextNormalizer
-
-            self._normalizer = TextNormalizer()
-        return self._normalizer.normalize(text)
 
     def _require_ready(self) -> None:
         if not self.ready:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,13 +28,15 @@ from voxport.engine.base import (
     GenerationStats,
     SynthesisRequest,
     VoicePrompt,
+    collapse_whitespace,
+    steps_cap,
 )
+from voxport.engine.compat import normalize_text
 
 log = logging.getLogger("voxport.engine.reference")
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-_WHITESPACE = re.compile(r"\s+")
 _STOP = object()
 
 
@@ -48,11 +49,6 @@ class _Job:
         self.cancelled = threading.Event()
 
 
-def _steps_cap(text_tokens: int, max_length: int) -> int:
-    """How many steps voxcpm will generate at most: it caps at 6 steps per text token + 10."""
-    return min(int(text_tokens * 6 + 10), max_length)
-
-
 class ReferenceEngine:
     def __init__(self, model_dir: str, device: str = "auto", cpu_threads: int | None = None):
         self._model_dir = model_dir
@@ -62,7 +58,6 @@ class ReferenceEngine:
         self._thread = threading.Thread(target=self._work, name="voxport-reference-engine", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._model: Any = None
-        self._normalizer: Any = None
         self._info: EngineInfo | None = None
         self._ready = False
         self._closed = False
@@ -96,7 +91,7 @@ class ReferenceEngine:
         if self._model is None:
             raise EngineUnavailable("the engine is not loaded")
         # The fast tokenizer is thread-safe and takes well under a millisecond for a sentence.
-        return self._tokens(_WHITESPACE.sub(" ", text).strip())
+        return self._tokens(collapse_whitespace(text))
 
     async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
         return await self._call(lambda: self._encode(wav_path, transcript, key))
@@ -260,13 +255,9 @@ class ReferenceEngine:
         return VoicePrompt(key=key, mode=cache["mode"], positions=positions, handle=cache)
 
     def _prepare_text(self, request: SynthesisRequest) -> str:
-        text = _WHITESPACE.sub(" ", request.text).strip()
+        text = collapse_whitespace(request.text)
         if request.normalize:
-            if self._normalizer is None:
-                from voxcpm.utils.text_normalize import TextNormalizer
-
-                self._normalizer = TextNormalizer()
-            text = self._normalizer.normalize(text)
+            text = normalize_text(text)
         if not text:
             raise EngineInputError("input is empty after whitespace normalisation", param="input")
         return text
@@ -283,7 +274,7 @@ class ReferenceEngine:
         text = self._prepare_text(request)
         text_tokens = self._tokens(text)
         stats.input_tokens = text_tokens
-        steps = _steps_cap(text_tokens, request.max_length)
+        steps = steps_cap(text_tokens, request.max_length)
         prompt_positions = request.voice.positions if request.voice else 0
         needed = prompt_positions + text_tokens + 1 + steps
         if needed > self.info.max_model_len:
