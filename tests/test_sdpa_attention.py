@@ -11,9 +11,11 @@ import contextlib
 import importlib
 import importlib.util
 import math
+import multiprocessing
 import sys
 import types
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
@@ -441,7 +443,8 @@ def test_performance_knobs_are_accepted() -> None:
 
 @contextlib.contextmanager
 def isolated_flash_attn() -> Iterator[None]:
-    """Run with no `flash_attn` in sys.modules, then put back exactly what was there."""
+    """Run with no `flash_attn` in sys.modules, then put back exactly what was there (and sys.path)."""
+    saved_path = list(sys.path)
     saved = {
         name: mod
         for name, mod in sys.modules.items()
@@ -455,6 +458,7 @@ def isolated_flash_attn() -> Iterator[None]:
         for name in [n for n in sys.modules if n == "flash_attn" or n.startswith("flash_attn.")]:
             del sys.modules[name]
         sys.modules.update(saved)
+        sys.path[:] = saved_path
 
 
 @pytest.fixture
@@ -503,8 +507,25 @@ def test_install_keeps_an_importable_flash_attn_unless_forced() -> None:
 
 
 def test_isolation_restores_sys_modules() -> None:
-    before = sys.modules.get("flash_attn")
+    before, path_before = sys.modules.get("flash_attn"), list(sys.path)
     with isolated_flash_attn():
         install_as_flash_attn(force=True)
         assert sys.modules["flash_attn"].__version__ == DROPIN_VERSION
     assert sys.modules.get("flash_attn") is before
+    assert sys.path == path_before
+
+
+def _flash_attn_seen_by_a_fresh_interpreter() -> tuple[str, str]:
+    import flash_attn
+
+    return flash_attn.__version__, flash_attn.flash_attn_with_kvcache.__module__
+
+
+@pytest.mark.usefixtures("clean_flash_attn")
+def test_a_spawned_worker_process_imports_the_drop_in() -> None:
+    # nano-vllm runs the model in a process started with "spawn": a new interpreter that imports
+    # flash_attn by name and knows only the parent's sys.path, not its sys.modules.
+    assert install_as_flash_attn(force=True) == "sdpa"
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        version, module = pool.submit(_flash_attn_seen_by_a_fresh_interpreter).result(timeout=300)
+    assert (version, module) == (DROPIN_VERSION, "voxport.engine.sdpa_attention")

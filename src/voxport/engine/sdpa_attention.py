@@ -24,9 +24,8 @@ instead of being silently ignored; performance knobs (`num_splits`, `determinist
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
 import sys
-import types
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,8 @@ __all__ = [
 
 DROPIN_VERSION = "sdpa-dropin"
 _MARKER = "__voxport_sdpa_dropin__"
+# Holds the `flash_attn` package that re-exports this module; on sys.path only while the drop-in is in use.
+_SHIM_DIR = str(Path(__file__).with_name("flash_attn_dropin"))
 
 
 def _reject_unsupported(
@@ -308,11 +309,16 @@ def install_as_flash_attn(force: bool = False) -> str:
 
     Returns "flash-attn" when the real package is in use, "sdpa" when the drop-in is. With `force`, the
     drop-in replaces whatever `flash_attn` is (modules that already imported from it keep what they got).
+
+    The drop-in is installed as an importable package (its directory goes first on `sys.path`), not
+    only as a `sys.modules` entry: nano-vllm loads the model in a worker started with the `spawn`
+    method, a fresh interpreter that imports `flash_attn` again and inherits only the parent's
+    `sys.path`.
     """
     current = sys.modules.get("flash_attn")
-    if current is not None and getattr(current, _MARKER, False):
+    if current is not None and getattr(current, _MARKER, False) and _SHIM_DIR in sys.path:
         return "sdpa"
-    if not force:
+    if not force and (current is None or not getattr(current, _MARKER, False)):
         if current is not None:
             return "flash-attn"
         try:
@@ -321,14 +327,13 @@ def install_as_flash_attn(force: bool = False) -> str:
         except Exception:  # a build for another CUDA/torch fails with more than ImportError
             sys.modules.pop("flash_attn", None)
 
-    module = types.ModuleType("flash_attn", __doc__)
-    # importlib.util.find_spec("flash_attn") raises on a sys.modules entry whose __spec__ is None.
-    module.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None, origin=__name__)
-    module.__version__ = DROPIN_VERSION  # type: ignore[attr-defined]
-    setattr(module, _MARKER, True)
-    module.flash_attn_func = flash_attn_func  # type: ignore[attr-defined]
-    module.flash_attn_varlen_func = flash_attn_varlen_func  # type: ignore[attr-defined]
-    module.flash_attn_with_kvcache = flash_attn_with_kvcache  # type: ignore[attr-defined]
-    module.__all__ = ["flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache"]  # type: ignore[attr-defined]
-    sys.modules["flash_attn"] = module
+    if _SHIM_DIR in sys.path:
+        sys.path.remove(_SHIM_DIR)
+    sys.path.insert(0, _SHIM_DIR)
+    for name in [n for n in sys.modules if n == "flash_attn" or n.startswith("flash_attn.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+    module = importlib.import_module("flash_attn")
+    if not getattr(module, _MARKER, False):  # only if something replaced sys.path[0] under us
+        raise RuntimeError(f"import flash_attn gave {module.__file__}, not voxport's drop-in")
     return "sdpa"
