@@ -13,9 +13,10 @@ Not exercised by CI (it needs CUDA); see docs/benchmarks.md for where it has run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,22 @@ from voxport.engine.compat import normalize_text
 
 log = logging.getLogger("voxport.engine.nanovllm")
 
-# VoxCPM2 framing: one LM step is one patch of 4 latent frames, 7680 samples at 48 kHz.
+# VoxCPM2 framing: one LM step is one patch of 4 latent frames (64 floats each), 7680 samples at 48 kHz.
 _SAMPLES_PER_STEP = 7680
+_PATCH_SIZE = 4
+_FEAT_DIM = 64
+
+
+def prompt_positions(count_tokens: Callable[[str], int], text: str, voice: VoicePrompt | None) -> int:
+    """LM positions a request occupies before its first audio step, counted as nano-vllm counts them.
+
+    The package tokenizes the voice's transcript and the text as one string, then appends the
+    audio-start token; a reference voice adds its latent patches between two marker tokens, a
+    continuation voice its patches after the text.
+    """
+    handle = voice.handle if voice is not None else {}
+    transcript = handle.get("transcript", "") if isinstance(handle, dict) else ""
+    return count_tokens(transcript + text) + 1 + (voice.positions if voice is not None else 0)
 
 
 def generation_length(text_tokens: int, max_length: int, prompt_positions: int, max_model_len: int) -> int:
@@ -145,13 +160,17 @@ class NanoVllmEngine:
         self._require_ready()
         data = await asyncio.to_thread(Path(wav_path).read_bytes)
         latents = await self._pool.encode_latents(data, "wav")
-        patches = len(latents) // 4 // (64 * 4)  # float32 × feat_dim 64 × patch 4
+        patches = len(latents) // 4 // (_FEAT_DIM * _PATCH_SIZE)  # float32 latent frames, 4 per patch
         if transcript:
+            # add_prompt encodes the clip again (it takes audio, not latents): once per voice, not per request
             prompt_id = await self._pool.add_prompt(data, "wav", transcript)
-            positions = patches + self.count_tokens(transcript)
             return VoicePrompt(
-                key=key, mode="continuation", positions=positions, handle={"prompt_id": prompt_id}
+                key=key,
+                mode="continuation",
+                positions=patches,
+                handle={"prompt_id": prompt_id, "transcript": transcript},
             )
+        # Reference audio sits between its start and end marker tokens.
         return VoicePrompt(
             key=key, mode="reference", positions=patches + 2, handle={"ref_audio_latents": latents}
         )
@@ -159,7 +178,8 @@ class NanoVllmEngine:
     async def release_voice(self, voice: VoicePrompt) -> None:
         prompt_id = voice.handle.get("prompt_id") if isinstance(voice.handle, dict) else None
         if prompt_id is not None and self._pool is not None:
-            await self._pool.remove_prompt(prompt_id)
+            with contextlib.suppress(KeyError):  # already gone: releasing twice is harmless
+                await self._pool.remove_prompt(prompt_id)
 
     def generate(
         self, request: SynthesisRequest, stats: GenerationStats | None = None
@@ -181,11 +201,11 @@ class NanoVllmEngine:
         handle = voice.handle if voice is not None else {}
         text_tokens = self.count_tokens(text)
         stats.input_tokens = text_tokens
-        prompt_positions = text_tokens + 1 + (voice.positions if voice is not None else 0)
-        steps = generation_length(text_tokens, request.max_length, prompt_positions, self._max_model_len)
+        positions = prompt_positions(self.count_tokens, text, voice)
+        steps = generation_length(text_tokens, request.max_length, positions, self._max_model_len)
         if steps < 1:
             raise EngineInputError(
-                f"input is too long for one generation: it needs {prompt_positions} positions before any "
+                f"input is too long for one generation: it needs {positions} positions before any "
                 f"audio, the server's window is {self._max_model_len}; shorten `input`",
                 param="input",
             )
