@@ -229,6 +229,9 @@ class _Stuck:
     async def after_level(self, before: dict[str, Any]) -> dict[str, Any]:
         return {"rss_before_bytes": None, "rss_after_bytes": None, "peak_gpu_bytes": None}
 
+    async def gpu_memory(self) -> int | None:
+        return None
+
 
 async def test_a_level_never_hangs() -> None:
     stats = await run_level(_Stuck(), LoadPlan(1, 0.0), concurrency=2, requests=3, timeout=0.05)

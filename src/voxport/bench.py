@@ -31,13 +31,15 @@ from typing import Any, Protocol
 import httpx
 
 from voxport import __version__
-from voxport.metrics import process_rss_bytes
+from voxport.metrics import gpu_memory_bytes, process_rss_bytes
 
 STEP_SECONDS = 0.16
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 WAV_HEADER_BYTES = 44
 HEALTH_TIMEOUT_S = 10.0
 ERROR_SAMPLES_PER_LEVEL = 5
+# How often GPU memory is read during a level (from /health for the server, NVML for the engine side).
+GPU_SAMPLE_INTERVAL_S = 0.5
 RESPONSE_SNIPPET_CHARS = 2000
 SCHEMA = "voxport-bench/1"
 
@@ -253,6 +255,10 @@ class Target(Protocol):
 
     async def after_level(self, before: dict[str, Any]) -> dict[str, Any]: ...
 
+    async def gpu_memory(self) -> int | None:
+        """GPU memory the measured side holds now (its process and children), None when unknown."""
+        ...
+
 
 def _audio_seconds(fmt: str, nbytes: int, rate: int) -> float | None:
     """Seconds of s16le mono audio in a raw body; compressed formats cannot be counted from bytes."""
@@ -303,8 +309,13 @@ class ServerTarget:
         return {
             "rss_before_bytes": before.get("rss_bytes"),
             "rss_after_bytes": health.get("rss_bytes") if health else None,
-            "peak_gpu_bytes": None,  # the server does not report it; run the engine side for a figure
+            "peak_gpu_bytes": None,  # sampled during the level from /health instead
         }
+
+    async def gpu_memory(self) -> int | None:
+        health = await self.health()
+        value = health.get("gpu_memory_bytes") if health else None
+        return value if isinstance(value, int) else None
 
     def request_id(self, spec: RequestSpec) -> str:
         return f"bench-{self.run_id}-{spec.index}"
@@ -387,6 +398,10 @@ class EngineTarget:
             "peak_gpu_bytes": peak,
         }
 
+    async def gpu_memory(self) -> int | None:
+        # This process and its children: nano-vllm's model worker is one.
+        return await asyncio.to_thread(gpu_memory_bytes) if self.cuda else None
+
     def describe(self, spec: RequestSpec) -> dict[str, Any]:
         return {"engine_generate": {"text": spec.text, "max_length": self.max_length, "seed": spec.seed}}
 
@@ -467,15 +482,32 @@ async def run_level(
             if result.ok:
                 plan.completed(spec)
 
+    gpu_samples: list[int] = []
+
+    async def sample_gpu() -> None:
+        while True:
+            value = await target.gpu_memory()
+            if value is None:
+                return  # nothing to sample on this side
+            gpu_samples.append(value)
+            await asyncio.sleep(GPU_SAMPLE_INTERVAL_S)
+
+    sampler = asyncio.create_task(sample_gpu())
     level_started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, requests))))
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, requests))))
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
     wall = time.perf_counter() - level_started
     results.sort(key=lambda r: r.index)
     stats = summarise(concurrency, results, wall, errors)
     after = await target.after_level(before)
     stats.rss_before_bytes = after["rss_before_bytes"]
     stats.rss_after_bytes = after["rss_after_bytes"]
-    stats.peak_gpu_bytes = after["peak_gpu_bytes"]
+    peaks = [v for v in (after["peak_gpu_bytes"], max(gpu_samples, default=None)) if v is not None]
+    stats.peak_gpu_bytes = max(peaks, default=None)
     return stats
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -85,3 +86,66 @@ def process_rss_bytes() -> int | None:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _process_tree(root: int) -> set[int]:
+    """`root` and all its descendants, read from /proc (nano-vllm's model worker is a child process)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return {root}
+    for name in entries:
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                stat = handle.read()
+            # The command name (in parentheses) may hold spaces; the state and ppid follow it.
+            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+        children.setdefault(ppid, []).append(int(name))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
+_nvml: Any = None  # the pynvml module once initialised, False when NVML cannot be used here
+
+
+def _nvml_module() -> Any:
+    global _nvml
+    if _nvml is None:
+        try:
+            import pynvml  # nvidia-ml-py
+
+            pynvml.nvmlInit()
+            _nvml = pynvml
+        except Exception:  # not installed, no driver, no GPU: no figure
+            _nvml = False
+    return _nvml
+
+
+def gpu_memory_bytes(root: int | None = None) -> int | None:
+    """GPU memory held by process `root` (default: this one) and its descendants, summed over devices as
+    NVML reports it per process. None without NVML, or when NVML lists processes none of which is ours
+    (e.g. a container whose process ids NVML does not see)."""
+    nvml = _nvml_module()
+    if not nvml:
+        return None
+    try:
+        listed = [
+            process
+            for index in range(nvml.nvmlDeviceGetCount())
+            for process in nvml.nvmlDeviceGetComputeRunningProcesses(nvml.nvmlDeviceGetHandleByIndex(index))
+        ]
+    except Exception:  # NVMLError and friends: no figure rather than a failed request
+        return None
+    tree = _process_tree(os.getpid() if root is None else root)
+    ours = [p.usedGpuMemory or 0 for p in listed if p.pid in tree]
+    if listed and not ours:
+        return None
+    return sum(ours)

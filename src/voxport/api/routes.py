@@ -22,7 +22,7 @@ from voxport.api.protocol import SpeechCancelParams, SpeechCreateParams, VoiceFr
 from voxport.audio import FORMATS
 from voxport.config import Settings
 from voxport.engine.base import VoicePrompt
-from voxport.metrics import process_rss_bytes
+from voxport.metrics import gpu_memory_bytes, process_rss_bytes
 from voxport.speech import RequestCancelled, SpeechJob, SpeechService
 from voxport.voices import VoiceError, VoicesFileError
 
@@ -313,6 +313,10 @@ async def health(request: Request, settings: SettingsDep, speech: SpeechDep) -> 
         },
         "routing": {"load_score": speech.load_score, "accepts_requests": speech.accepts_requests},
         "rss_bytes": process_rss_bytes(),
+        # This process and its children (nano-vllm's worker) on the GPU, per NVML; null off CUDA.
+        "gpu_memory_bytes": (
+            await asyncio.to_thread(gpu_memory_bytes) if device and device.startswith("cuda") else None
+        ),
     }
     return JSONResponse(body)
 
