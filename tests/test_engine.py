@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from voxport.engine.base import EngineInputError, EngineUnavailable, SynthesisRequest
-from voxport.engine.reference import ReferenceEngine
+from voxport.engine.reference import ReferenceEngine, default_cpu_threads
 
 SAMPLES_PER_STEP = 7680
 
@@ -144,3 +145,22 @@ async def test_closed_engine_refuses_at_once(tiny_model: Path) -> None:
     assert not eng.ready
     with pytest.raises(EngineUnavailable):
         await _collect(eng, text="Too late.", max_length=1)
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [({0}, 1), ({0, 1}, 1), (set(range(16)), 15)])
+def test_default_cpu_threads_leave_one_cpu_for_the_event_loop(monkeypatch, cpus, threads) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cpus, raising=False)
+    assert default_cpu_threads() == threads
+
+
+async def test_engine_uses_the_threads_it_is_given(tiny_model: Path) -> None:
+    eng = ReferenceEngine(str(tiny_model), device="cpu", cpu_threads=3)
+    try:
+        await eng.start()
+        assert eng.torch_threads == 3  # as torch reports it in the worker thread that runs the model
+    finally:
+        await eng.close()
+
+
+async def test_engine_threads_default_to_one_cpu_less(engine: ReferenceEngine) -> None:
+    assert engine.torch_threads == default_cpu_threads()

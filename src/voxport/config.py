@@ -128,7 +128,9 @@ class Settings(BaseSettings):
         30, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
     )
     cpu_threads: int | None = Field(
-        None, ge=1, description="Torch CPU threads for the reference engine (default: torch's choice)."
+        None,
+        ge=1,
+        description="Torch CPU threads for the reference engine (default: the CPUs available, less one).",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."

@@ -49,11 +49,26 @@ class _Job:
         self.cancelled = threading.Event()
 
 
+def default_cpu_threads() -> int:
+    """One CPU fewer than this process may use (at least one).
+
+    torch's own default takes every core for its intra-op pool; a pool op waits for its slowest thread,
+    so each time the event loop (HTTP, encoding) takes a core, a step stalls. On 2 vCPUs, one thread gave
+    29 % more audio per second through the server than two (docs/benchmarks.md).
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        available = os.cpu_count() or 1
+    return max(1, available - 1)
+
+
 class ReferenceEngine:
     def __init__(self, model_dir: str, device: str = "auto", cpu_threads: int | None = None):
         self._model_dir = model_dir
         self._device = None if device == "auto" else device
         self._cpu_threads = cpu_threads
+        self.torch_threads: int | None = None  # what torch reports in the worker thread once loaded
         self._jobs: queue.Queue[_Job | object] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="voxport-reference-engine", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,8 +211,10 @@ class ReferenceEngine:
             log.info("torchaudio cannot load here; using a placeholder (VoxCPM2 does not need it)")
         import torch
 
-        if self._cpu_threads:
-            torch.set_num_threads(self._cpu_threads)
+        # Set from the worker thread, which runs every forward pass: OpenMP's thread count is per thread.
+        torch.set_num_threads(self._cpu_threads or default_cpu_threads())
+        self.torch_threads = torch.get_num_threads()
+        log.info("reference engine: %d torch CPU threads", self.torch_threads)
         try:
             from voxcpm import VoxCPM
         except ImportError as exc:
