@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import importlib.util
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from voxport.bench import (
     main,
     run_level,
     summarise,
+    sweep,
     write_plot,
 )
 from voxport.text import segment
@@ -98,6 +100,8 @@ def test_end_to_end_against_server_and_engine(
     assert hits and all(r["repeat"] for r in hits)
     fresh_seeds = [r["seed"] for lv in server_levels for r in lv["results"] if not r["repeat"]]
     assert len(fresh_seeds) == len(set(fresh_seeds))
+
+    assert not (tmp_path / "levels.partial.jsonl").exists()  # replaced by the full report
 
     markdown = (tmp_path / "bench.md").read_text()
     assert (
@@ -256,3 +260,15 @@ def test_plot_without_matplotlib_says_so(tmp_path: Path) -> None:
     message = write_plot(tmp_path / "bench.png", {"server": [], "engine": None})
     assert message and "matplotlib" in message
     assert not (tmp_path / "bench.png").exists()
+
+
+async def test_levels_are_kept_as_they_complete(tmp_path: Path) -> None:
+    # A sweep cut short still leaves the levels it finished, one JSON line each.
+    args = argparse.Namespace(repeat_fraction=0.0, requests=2, timeout=0.05, out=str(tmp_path))
+    levels = await sweep(_Stuck(), [1, 2], args, nonce=1, progress=lambda message: None)
+    lines = [json.loads(line) for line in (tmp_path / "levels.partial.jsonl").read_text().splitlines()]
+    assert [(line["side"], line["concurrency"], line["errors"]) for line in lines] == [
+        ("stuck", 1, 2),
+        ("stuck", 2, 2),
+    ]
+    assert lines[1] == {"side": "stuck", **asdict(levels[1])}

@@ -40,6 +40,8 @@ HEALTH_TIMEOUT_S = 10.0
 ERROR_SAMPLES_PER_LEVEL = 5
 # How often GPU memory is read during a level (from /health for the server, NVML for the engine side).
 GPU_SAMPLE_INTERVAL_S = 0.5
+# Written level by level while a run with --out goes on, removed when its full report is written.
+PARTIAL_FILE = "levels.partial.jsonl"
 RESPONSE_SNIPPET_CHARS = 2000
 SCHEMA = "voxport-bench/1"
 
@@ -530,6 +532,13 @@ async def sweep(
             f"{stats.rejected} rejected, {stats.cache_hits} cache hits in {stats.wall_s:.2f} s"
         )
         out.append(stats)
+        if getattr(args, "out", None):
+            # Each level as it completes, so that a run cut short (a time limit, a crash) keeps what it
+            # finished; the full report replaces this file when the run ends.
+            partial = Path(args.out) / PARTIAL_FILE
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"side": target.name, **asdict(stats)}) + "\n")
     return out
 
 
@@ -886,6 +895,8 @@ async def _bench(args: argparse.Namespace) -> int:
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     server_info: dict[str, Any] | None = None
     server_levels: list[LevelStats] | None = None
+    if args.out:
+        (Path(args.out) / PARTIAL_FILE).unlink(missing_ok=True)  # a previous run's leftovers
     if not args.skip_server:
         server_info, server_levels, problem = await _bench_server(args, nonce, run_id)
         if problem:
@@ -947,5 +958,6 @@ async def _bench(args: argparse.Namespace) -> int:
         if skipped:
             _progress(skipped)
         _progress(f"wrote {out / 'bench.json'}, {out / 'bench.md'}" + ("" if skipped else ", bench.png"))
+        (out / PARTIAL_FILE).unlink(missing_ok=True)
     failed = any(lv["errors"] for side_levels in levels.values() for lv in side_levels or [])
     return 1 if failed else 0
