@@ -316,9 +316,10 @@ def install_as_flash_attn(force: bool = False) -> str:
     `sys.path`.
     """
     current = sys.modules.get("flash_attn")
-    if current is not None and getattr(current, _MARKER, False) and _SHIM_DIR in sys.path:
+    ours = getattr(current, _MARKER, False)
+    if ours and _SHIM_DIR in sys.path:
         return "sdpa"
-    if not force and (current is None or not getattr(current, _MARKER, False)):
+    if not force and not ours:
         if current is not None:
             return "flash-attn"
         try:
