@@ -329,9 +329,12 @@ def test_prompt_positions_match_the_package(tiny_model: Path, text, transcript, 
     voice = None
     if patches:
         # What NanoVllmEngine.encode_voice records for each kind of voice.
-        handle = {"ref_audio_latents": b""} if reference else {"prompt_id": "p", "transcript": transcript}
+        if reference:
+            handle = {"ref_audio_latents": b""}
+        else:
+            handle = {"prompt_latents": b"", "transcript": transcript}
         mode = "reference" if reference else "continuation"
         positions = patches + 2 if reference else patches
         voice = VoicePrompt(key="k", mode=mode, positions=positions, handle=handle)
-    ours = prompt_positions(lambda s: len(tokenizer(s)), text, voice)
+    ours = prompt_positions(lambda s: len(tokenizer(s)), text, len(tokenizer(text)), voice)
     assert ours == engine_prompt_length(tokenizer, text, transcript, latents, reference)

@@ -2,18 +2,18 @@
 
 The package runs the model in a worker process (spawned: the server's entry point must be spawn-safe,
 which `voxport serve` is) and talks to it through an asyncio server pool. This module adapts that pool
-to voxport's Engine protocol: voices become registered prompts (continuation) or reference latents,
-the generation length is chosen here (the package has no stop-length guard of its own and rejects a
-request that could overrun `max_model_len`), and closing a generation's iterator cancels it in the
-worker.
+to voxport's Engine protocol: a voice is encoded to latents once, then sent with each request that uses
+it (as a continuation prompt with its transcript, or as reference audio); the generation length is
+chosen here (the package has no stop-length guard of its own and rejects a request that could overrun
+`max_model_len`); and closing a generation's iterator cancels it in the worker.
 
-Not exercised by CI (it needs CUDA); see docs/benchmarks.md for where it has run.
+This module is not exercised by CI (it needs CUDA); the package's model code is, with voxport's checkpoints
+and attention drop-in (tests/test_nanovllm_cpu.py). See docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,16 +43,20 @@ _PATCH_SIZE = 4
 _FEAT_DIM = 64
 
 
-def prompt_positions(count_tokens: Callable[[str], int], text: str, voice: VoicePrompt | None) -> int:
+def prompt_positions(
+    count_tokens: Callable[[str], int], text: str, text_tokens: int, voice: VoicePrompt | None
+) -> int:
     """LM positions a request occupies before its first audio step, counted as nano-vllm counts them.
 
-    The package tokenizes the voice's transcript and the text as one string, then appends the
-    audio-start token; a reference voice adds its latent patches between two marker tokens, a
-    continuation voice its patches after the text.
+    The package tokenizes the voice's transcript and the text as one string (`text_tokens` is the text's
+    count alone, used as it is when there is no transcript), then appends the audio-start token; a
+    reference voice adds its latent patches between two marker tokens, a continuation voice its patches
+    after the text.
     """
     handle = voice.handle if voice is not None else {}
     transcript = handle.get("transcript", "") if isinstance(handle, dict) else ""
-    return count_tokens(transcript + text) + 1 + (voice.positions if voice is not None else 0)
+    joined = count_tokens(transcript + text) if transcript else text_tokens
+    return joined + 1 + (voice.positions if voice is not None else 0)
 
 
 def generation_length(text_tokens: int, max_length: int, prompt_positions: int, max_model_len: int) -> int:
@@ -162,13 +166,13 @@ class NanoVllmEngine:
         latents = await self._pool.encode_latents(data, "wav")
         patches = len(latents) // 4 // (_FEAT_DIM * _PATCH_SIZE)  # float32 latent frames, 4 per patch
         if transcript:
-            # add_prompt encodes the clip again (it takes audio, not latents): once per voice, not per request
-            prompt_id = await self._pool.add_prompt(data, "wav", transcript)
+            # Sent with each request, as the pool's add_prompt/prompt_id would send them (it only keeps
+            # the same two values in a dict), without its second encoding of the clip.
             return VoicePrompt(
                 key=key,
                 mode="continuation",
                 positions=patches,
-                handle={"prompt_id": prompt_id, "transcript": transcript},
+                handle={"prompt_latents": latents, "transcript": transcript},
             )
         # Reference audio sits between its start and end marker tokens.
         return VoicePrompt(
@@ -176,10 +180,7 @@ class NanoVllmEngine:
         )
 
     async def release_voice(self, voice: VoicePrompt) -> None:
-        prompt_id = voice.handle.get("prompt_id") if isinstance(voice.handle, dict) else None
-        if prompt_id is not None and self._pool is not None:
-            with contextlib.suppress(KeyError):  # already gone: releasing twice is harmless
-                await self._pool.remove_prompt(prompt_id)
+        """Nothing to do: a voice's latents live in its handle, dropped with its last reference."""
 
     def generate(
         self, request: SynthesisRequest, stats: GenerationStats | None = None
@@ -201,7 +202,7 @@ class NanoVllmEngine:
         handle = voice.handle if voice is not None else {}
         text_tokens = self.count_tokens(text)
         stats.input_tokens = text_tokens
-        positions = prompt_positions(self.count_tokens, text, voice)
+        positions = prompt_positions(self.count_tokens, text, text_tokens, voice)
         steps = generation_length(text_tokens, request.max_length, positions, self._max_model_len)
         if steps < 1:
             raise EngineInputError(
@@ -214,8 +215,9 @@ class NanoVllmEngine:
             "cfg_value": request.cfg_value,
             "seed": request.seed,
         }
-        if "prompt_id" in handle:
-            kwargs["prompt_id"] = handle["prompt_id"]
+        if "prompt_latents" in handle:
+            kwargs["prompt_latents"] = handle["prompt_latents"]
+            kwargs["prompt_text"] = handle["transcript"]
         elif "ref_audio_latents" in handle:
             kwargs["ref_audio_latents"] = handle["ref_audio_latents"]
         stream = self._pool.generate(target_text=text, **kwargs)
