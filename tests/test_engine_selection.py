@@ -37,7 +37,8 @@ def test_asking_for_nanovllm_without_cuda_fails_with_the_reason(tiny_model: Path
         timeout=60,
     )
     assert result.returncode != 0
-    assert "--engine nanovllm cannot run here: CUDA is not available" in result.stderr
+    assert "voxport serve: --engine nanovllm cannot run here: CUDA is not available" in result.stderr
+    assert "Traceback" not in result.stderr  # the usual one-line refusal, not a crash
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+# VoxCPM2's step: one LM step makes 7680 samples at 48 kHz. For code with no engine loaded (the
+# benchmark's report); with an engine, read `EngineInfo.step_seconds`.
+VOXCPM2_STEP_SECONDS = 0.16
+
 
 def steps_cap(text_tokens: int, max_length: int) -> int:
     """Most steps VoxCPM2 generates for a text: 6 per text token + 10, and never more than `max_length`."""
@@ -86,6 +90,15 @@ class EngineInfo:
     max_model_len: int  # LM positions available to prompt + text + generated audio
     attention: str | None = None  # attention implementation, where the engine has a choice
     inference_timesteps: int | None = None  # set when the engine fixes it server-wide
+
+    @property
+    def step_seconds(self) -> float:
+        """Seconds of audio one LM step (one chunk) makes."""
+        return self.samples_per_step / self.sample_rate
+
+    def fits(self, prompt_positions: int, text_tokens: int, max_length: int) -> bool:
+        """Whether a voice prompt, a text and the most audio steps it may generate fit one window."""
+        return prompt_positions + text_tokens + 1 + steps_cap(text_tokens, max_length) <= self.max_model_len
 
 
 @runtime_checkable
