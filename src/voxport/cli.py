@@ -1,4 +1,5 @@
-"""`voxport serve | dummy-model`."""
+"""`voxport serve | dummy-model | bench`; each subcommand imports only what it uses (`bench` imports
+httpx and the benchmark package only when it runs)."""
 
 from __future__ import annotations
 
@@ -123,13 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     dummy.add_argument("--seed", type=int, default=0, help="Seed for the random weights.")
     dummy.set_defaults(run=_dummy_model)
 
-    from voxport.bench import add_parser as add_bench
-
-    add_bench(commands)
+    # Listed for --help; `main` hands `voxport bench ...` to voxport.bench.main before parsing.
+    commands.add_parser(
+        "bench", add_help=False, help="Load-check a speech server (and optionally the raw engine)."
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from voxport.bench import main as bench
+
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 
