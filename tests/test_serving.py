@@ -21,6 +21,7 @@ from tests.audio_check import decode
 from tests.conftest import STEP_SECONDS, ServerProcess, make_settings
 from tests.faults import FaultInjectingEngine
 from voxport.app import create_app
+from voxport.config import DEFAULT_VOICES_FILE
 from voxport.engine.reference import ReferenceEngine
 
 SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Cache me if you can.", "response_format": "wav"}
@@ -152,7 +153,7 @@ async def test_cache_survives_restart_and_a_changed_voice_invalidates(
     async with running(tiny_model, data) as (_, http):
         again = await http.post("/v1/audio/speech", json=SPEECH)
         assert again.headers["x-cache"] == "HIT" and again.content == original.content
-    voices = json.loads(Path("voices.json").read_text())
+    voices = json.loads(DEFAULT_VOICES_FILE.read_text())
     for voice in voices["voices"]:
         if voice["id"] == "alloy":
             voice["description"] = "a completely different voice"
