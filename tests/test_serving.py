@@ -182,21 +182,21 @@ async def test_full_server_answers_429_at_once(tiny_model: Path, tmp_path: Path)
     async with running(tiny_model, tmp_path, max_length=200, max_concurrent=1, max_queue=1) as (app, http):
         speech = app.state.speech
         first = ASGIRequest(app, "/v1/audio/speech", slow)
-        while speech.generating < 1:
+        while speech.admission.generating < 1:
             await asyncio.sleep(0.01)
         second = ASGIRequest(app, "/v1/audio/speech", slow)
-        while speech.queued < 1:
+        while speech.admission.queued < 1:
             await asyncio.sleep(0.01)
         refused = await http.post("/v1/audio/speech", json=slow)
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
         assert "x-should-retry" not in refused.headers  # the SDK may retry a 429 after Retry-After
-        speech.cancel(first.scope["state"]["request_id"])
-        speech.cancel(second.scope["state"]["request_id"])
+        speech.jobs.cancel(first.scope["state"]["request_id"])
+        speech.jobs.cancel(second.scope["state"]["request_id"])
         for request in (first, second):
             await request.finish()
-        assert (speech.generating, speech.queued, speech.in_flight) == (0, 0, 0)
+        assert (speech.admission.generating, speech.admission.queued, speech.jobs.in_flight) == (0, 0, 0)
 
 
 async def test_deadline_answers_504(tiny_model: Path, tmp_path: Path) -> None:
@@ -204,7 +204,7 @@ async def test_deadline_answers_504(tiny_model: Path, tmp_path: Path) -> None:
         response = await http.post("/v1/audio/speech", json={**SPEECH, "max_length": 2048, "cache": False})
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "timeout"
-        assert app.state.speech.in_flight == 0
+        assert app.state.speech.jobs.in_flight == 0
         ok = await http.post("/v1/audio/speech", json={**SPEECH, "max_length": 1})
         assert ok.status_code == 200
 
@@ -216,7 +216,7 @@ async def test_dead_engine_fails_fast_with_503(tiny_model: Path, tmp_path: Path)
         short = {**SPEECH, "max_length": 2}
         assert (await http.post("/v1/audio/speech", json=short)).headers["x-cache"] == "MISS"
         in_flight = asyncio.create_task(http.post("/v1/audio/speech", json={**SPEECH, "max_length": 200}))
-        while app.state.speech.generating < 1:
+        while app.state.speech.admission.generating < 1:
             await asyncio.sleep(0.01)
         engine.kill()
         assert (await in_flight).status_code == 503
