@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from voxport import __version__
 from voxport.api.errors import install_error_handlers
+from voxport.api.limits import BodyLimitMiddleware, BodyLimits
 from voxport.api.middleware import AccessPolicy, RequestContextMiddleware
 from voxport.api.routes import router
 from voxport.cache import AudioCache, checkpoint_fingerprint
@@ -93,6 +94,15 @@ def create_app(
         admin_key=settings.admin_api_key,
         metrics_require_key=settings.metrics_require_key,
         log_request_text=settings.log_request_text,
+    )
+    # Inside the request context: a body is refused only after its request was authenticated and logged.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limits=BodyLimits(
+            json_bytes=settings.max_json_body_bytes,
+            upload_bytes=settings.max_upload_body_bytes,
+            read_timeout_s=settings.body_read_timeout_s,
+        ),
     )
     app.add_middleware(RequestContextMiddleware, policy=policy, metrics=metrics)
     if settings.cors_allow_origins:

@@ -91,6 +91,16 @@ class Settings(BaseSettings):
         None, description="Directory POST /v1/voices may read recordings from; unset: that route answers 403."
     )
     max_upload_mb: float = Field(10, gt=0, description="Largest accepted audio upload, in MiB (beyond: 413).")
+    body_read_timeout_s: float = Field(
+        30,
+        gt=0,
+        description="Longest wait for the next part of a request body; past it: 408 and the "
+        "connection is closed.",
+    )
+    max_header_kb: int = Field(
+        32, ge=4, le=1024, description="Largest request head (request line and headers), in KiB; beyond: 400."
+    )
+    keep_alive_s: float = Field(5, gt=0, description="How long an idle keep-alive connection stays open.")
     max_user_voices: int = Field(100, ge=0, description="Most voices the user library holds.")
     max_user_voices_mb: float = Field(500, gt=0, description="Most MiB of recordings the user library holds.")
     cache_ttl_minutes: float = Field(
@@ -155,6 +165,17 @@ class Settings(BaseSettings):
                 if line and not line.startswith("#"):
                     keys.append(line)
         return keys
+
+    @property
+    def max_json_body_bytes(self) -> int:
+        """The largest JSON body a valid request can need: `input` and `instructions` at six bytes a
+        character (JSON's \\uXXXX escapes), plus 64 KiB for every other field."""
+        return 6 * (self.max_input_chars + 4096) + 2**16
+
+    @property
+    def max_upload_body_bytes(self) -> int:
+        """A multipart body: the upload cap plus 1 MiB for the form's other fields and its framing."""
+        return int(self.max_upload_mb * 2**20) + 2**20
 
     @property
     def model_ids(self) -> list[str]:
