@@ -58,6 +58,11 @@ def create_app(
         cache_bytes=lambda: cache.bytes,
         cache_entries=lambda: cache.entries,
     )
+    metrics.generating.set_function(lambda: speech.generating)
+    limits = {"engine_batch": engine.capacity, "max_concurrent": speech.max_concurrent,
+              "max_queue": speech.max_queue}  # fmt: skip
+    for limit, value in limits.items():
+        metrics.capacity.labels(limit).set(value)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
