@@ -38,6 +38,7 @@ def test_asking_for_nanovllm_without_cuda_fails_with_the_reason(tiny_model: Path
     )
     assert result.returncode != 0
     assert "--engine nanovllm cannot run here: CUDA is not available" in result.stderr
+    assert "Traceback" not in result.stderr  # the usual one-line error, not a crash
 
 
 @pytest.mark.parametrize(
@@ -104,3 +105,12 @@ def test_explicit_admission_settings_win(overrides: dict, expected: tuple[int, i
         monkeypatch.setenv(f"VOXPORT_{name.upper()}", str(value))
     assert Settings().admission(256) == expected
 
+
+def test_the_server_sizes_admission_from_the_engine_it_built(tmp_path: Path) -> None:
+    from voxport.app import create_app
+
+    settings = Settings(engine="sim", max_num_seqs=100, data_dir=tmp_path)
+    app = create_app(settings)
+    speech = app.state.speech
+    assert speech.engine.capacity == 100
+    assert (speech.max_concurrent, speech.max_queue) == (100, 400)

@@ -69,6 +69,8 @@ def create_app(
         await engine.start()
         if Path(model_dir).is_dir():
             speech.weights_fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
+        else:  # no weights (the sim engine): its audio and clips must never pass for a model's
+            speech.weights_fingerprint = f"engine:{engine.info.name}"
         await voices.load(speech.weights_fingerprint)
         sweeper = None
         if cache.enabled:

@@ -35,17 +35,26 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
-    engine: Literal["auto", "reference", "nanovllm"] = Field(
+    engine: Literal["auto", "reference", "nanovllm", "sim"] = Field(
         "auto",
         description="Inference engine: 'nanovllm' (continuous batching, CUDA), 'reference' (voxcpm "
-        "package, one generation at a time) or 'auto' (nanovllm when usable, else reference).",
+        "package, one generation at a time), 'auto' (nanovllm when usable, else reference), or 'sim' "
+        "(a simulated batching engine at GPU rates: no model, no checkpoint; benchmarks and load tests).",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="Torch device for the reference engine ('auto': cuda, then mps, then cpu)."
     )
-    max_num_seqs: int = Field(256, ge=1, description="nanovllm: most sequences generated in one batch.")
+    max_num_seqs: int = Field(
+        256, ge=1, description="nanovllm and sim: most sequences generated in one batch."
+    )
     max_model_len: int = Field(
-        4096, ge=64, description="nanovllm: LM positions per sequence (prompt + text + audio steps)."
+        4096, ge=64, description="nanovllm and sim: LM positions per sequence (prompt + text + audio steps)."
+    )
+    sim_step_ms: float = Field(
+        10.0, ge=0, description="sim: fixed cost of one batch step, in milliseconds (step = A + B x batch)."
+    )
+    sim_step_ms_per_seq: float = Field(
+        0.06, ge=0, description="sim: cost of one batch step per running sequence, in milliseconds."
     )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="nanovllm: share of GPU memory for weights, activations and KV cache."
