@@ -11,10 +11,11 @@ running sequence one chunk of VoxCPM2's size and rate. The chunk is a tone whose
 text, voice and seed: deterministic, never silent, and cheap (one precomputed array per pitch).
 
 Default step cost (docs/configuration.md): 10 ms + 0.06 ms per sequence. At 256 sequences a step takes
-25.4 ms and yields 256 x 0.16 s of audio: ~1,600 audio-seconds per second, the compute ceiling estimated for
-one H100 with the full model (/work/shared notes: ~1,700, ~1,000 with a realistic VAE). At one sequence a step
-takes ~10 ms, a little under what nano-vllm-voxcpm publishes for one stream (RTF 0.076 on an H800 and 0.086
-on an RTX 4090, i.e. 12-14 ms per 0.16 s step): a server that keeps up with this keeps up with the GPU.
+25.4 ms and yields 256 x 0.16 s of audio: ~1,600 audio-seconds per second, about the compute ceiling
+estimated for one H100 with the full model (~88 GFLOP per step per sequence: ~1,700 audio-s/s). At one
+sequence a step takes ~10 ms, a little under what nano-vllm-voxcpm publishes for one stream (RTF 0.076 on
+an H800 and 0.086 on an RTX 4090, i.e. 12-14 ms per 0.16 s step): a server that keeps up with this keeps
+up with the GPU.
 """
 
 from __future__ import annotations
@@ -263,14 +264,14 @@ class SimEngine:
                 self.batch_steps += 1
                 self.widest_batch = max(self.widest_batch, width)
                 # Sequences abandoned during the step have left already; none joined during it.
-                for seq in list(self._running):
+                for seq in self._running:
                     seq.out.put_nowait(seq.chunk)
                     seq.stats.steps += 1
                     self.steps_generated += 1
                     seq.steps_left -= 1
                     if seq.steps_left <= 0:
                         seq.out.put_nowait(None)
-                        self._running.remove(seq)
+                self._running = [seq for seq in self._running if seq.steps_left > 0]
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug here must fail the waiting requests, not hang them
