@@ -59,12 +59,19 @@ def create_app(
         cache_bytes=lambda: cache.bytes,
         cache_entries=lambda: cache.entries,
     )
+    metrics.generating.set_function(lambda: speech.generating)
+    limits = {"engine_batch": engine.capacity, "max_concurrent": speech.max_concurrent,
+              "max_queue": speech.max_queue}  # fmt: skip
+    for limit, value in limits.items():
+        metrics.capacity.labels(limit).set(value)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
         if Path(model_dir).is_dir():
             speech.weights_fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
+        else:  # no weights (the sim engine): its audio and clips must never pass for a model's
+            speech.weights_fingerprint = f"engine:{engine.info.name}"
         await voices.load(speech.weights_fingerprint)
         sweeper = None
         if cache.enabled:

@@ -80,19 +80,22 @@ def _serve(args: argparse.Namespace) -> int:
     _keep_writes_in(settings.data_dir)
     from voxport.checkpoint import CheckpointUnavailable, resolve_checkpoint
 
+    checkpoint = None  # the sim engine has no weights: a fresh clone serves with it
     try:
-        checkpoint = resolve_checkpoint(settings.model)
+        if settings.engine != "sim":
+            checkpoint = resolve_checkpoint(settings.model)
     except CheckpointUnavailable as exc:
         print(f"voxport serve: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 
     from voxport.app import create_app
+    from voxport.engine.base import EngineError
     from voxport.voices import VoicesFileError
 
     try:
         app = create_app(settings, checkpoint_dir=checkpoint)
-    except VoicesFileError as exc:
+    except (VoicesFileError, EngineError) as exc:
         print(f"voxport serve: {exc}", file=sys.stderr)
         return 2
     # On SIGTERM uvicorn stops accepting, lets in-flight requests finish within the grace period, then

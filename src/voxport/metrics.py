@@ -59,6 +59,15 @@ class Metrics:
         )
         self.queue_depth = Gauge("voxport_queue_depth", "Requests waiting for a generation slot.", registry=r)
         self.in_flight = Gauge("voxport_requests_in_flight", "Speech requests being served.", registry=r)
+        self.generating = Gauge(
+            "voxport_requests_generating", "Requests holding a generation slot.", registry=r
+        )
+        self.capacity = Gauge(
+            "voxport_capacity",
+            "Limits: engine_batch (sequences the engine generates at once), max_concurrent, max_queue.",
+            ["limit"],
+            registry=r,
+        )
         self.engine_ready = Gauge("voxport_engine_ready", "1 when the engine can take requests.", registry=r)
         self.cache_bytes = Gauge("voxport_cache_bytes", "Bytes held by the audio cache.", registry=r)
         self.cache_entries = Gauge("voxport_cache_entries", "Entries in the audio cache.", registry=r)

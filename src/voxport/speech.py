@@ -165,7 +165,9 @@ class SpeechService:
         self.active: dict[str, list[SpeechJob]] = {}
         self.cancelled_total = 0
         self.watch = EngineWatch(settings.engine_stall_s)
-        self._slots = asyncio.Semaphore(settings.max_concurrent)
+        # Sized from the engine (what it runs at once) unless the settings say otherwise.
+        self.max_concurrent, self.max_queue = settings.admission(engine.capacity)
+        self._slots = asyncio.Semaphore(self.max_concurrent)
         self.generating = 0
         self.queued = 0
 
@@ -180,7 +182,7 @@ class SpeechService:
     @property
     def load_score(self) -> float:
         """0 when idle, 1 when every slot and queue place is taken: for an upstream router."""
-        capacity = self.settings.max_concurrent + self.settings.max_queue
+        capacity = self.max_concurrent + self.max_queue
         return round(min(1.0, (self.generating + self.queued) / capacity), 3)
 
     # -- validation ------------------------------------------------------------------------------
@@ -350,12 +352,12 @@ class SpeechService:
     async def admit(self) -> AsyncIterator[None]:
         """A generation slot: at most max_concurrent generate, max_queue wait, the rest get 429 at once."""
         self._check_engine()
-        if self.generating >= self.settings.max_concurrent and self.queued >= self.settings.max_queue:
+        if self.generating >= self.max_concurrent and self.queued >= self.max_queue:
             self.metrics.rejected.inc()
             raise APIError(
                 429,
-                f"The server is at capacity ({self.settings.max_concurrent} generating, "
-                f"{self.settings.max_queue} waiting). Retry shortly.",
+                f"The server is at capacity ({self.max_concurrent} generating, "
+                f"{self.max_queue} waiting). Retry shortly.",
                 type="requests",
                 code="rate_limit_exceeded",
                 headers={"Retry-After": "1"},

@@ -303,6 +303,12 @@ async def health(request: Request, settings: SettingsDep, speech: SpeechDep) -> 
         "requests_generating": speech.generating,
         "requests_queued": speech.queued,
         "requests_cancelled": speech.cancelled_total,
+        # What the engine runs at once, and the admission limits sized from it (docs/configuration.md).
+        "capacity": {
+            "engine_batch": engine.capacity,
+            "max_concurrent": speech.max_concurrent,
+            "max_queue": speech.max_queue,
+        },
         "cache": {
             "enabled": cache.enabled,
             "entries": cache.entries,

@@ -12,6 +12,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+# VoxCPM2's output framing, the same for every engine: 48 kHz mono, one LM step = one patch of 4 latent
+# frames = 7680 samples = 0.16 s. Engines that load a model read the rate from it; these name the constants.
+SAMPLE_RATE = 48_000
+SAMPLES_PER_STEP = 7_680
+
 
 def steps_cap(text_tokens: int, max_length: int) -> int:
     """Most steps VoxCPM2 generates for a text: 6 per text token + 10, and never more than `max_length`."""
@@ -77,7 +82,7 @@ class GenerationStats:
 
 @dataclass(frozen=True)
 class EngineInfo:
-    name: str  # "reference" | "nanovllm"
+    name: str  # "reference" | "nanovllm" | "sim"
     model: str  # checkpoint directory
     device: str
     dtype: str
@@ -86,6 +91,7 @@ class EngineInfo:
     max_model_len: int  # LM positions available to prompt + text + generated audio
     attention: str | None = None  # attention implementation, where the engine has a choice
     inference_timesteps: int | None = None  # set when the engine fixes it server-wide
+    max_batch: int = 1  # sequences generated at once (the engine's `capacity`)
 
 
 @runtime_checkable
@@ -102,6 +108,12 @@ class Engine(Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def capacity(self) -> int:
+        """Sequences the engine generates at once. Known from construction, before `start`: the server
+        sizes its admission from it."""
+        ...
 
     async def start(self) -> None: ...
 
