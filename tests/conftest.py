@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,10 @@ import pytest
 from voxport.app import create_app
 from voxport.config import Settings
 from voxport.engine.dummy import build_checkpoint
+
+# Every server the tests start shares one numba cache (librosa's compiled kernels), compiled once per run:
+# a server's own default is under its data directory, which is new for each test server.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "voxport-tests-numba-cache"))
 
 # Every test request runs to this many 0.16 s steps at most: the tiny checkpoint never stops by itself.
 TEST_MAX_LENGTH = 12
@@ -77,6 +82,7 @@ class ServerProcess:
     def __init__(self, args: list[str], env: dict[str, str] | None = None):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the life of the server, closed in stop()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -89,7 +95,8 @@ class ServerProcess:
                 str(self.port),
                 *args,
             ],
-            stdout=subprocess.PIPE,
+            # A file, not a pipe: nobody reads a pipe while the server runs, and a full one would hang it.
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
@@ -98,8 +105,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                output = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-                raise RuntimeError(f"voxport serve exited with {self.proc.returncode}:\n{output}")
+                raise RuntimeError(f"voxport serve exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=2).json().get("ready"):
                     return
@@ -108,14 +114,21 @@ class ServerProcess:
             time.sleep(0.2)
         raise TimeoutError("voxport serve did not become ready")
 
+    def output(self) -> str:
+        """Everything the server has logged so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
     def stop(self) -> str:
         self.proc.terminate()
         try:
-            out, _ = self.proc.communicate(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out.decode(errors="replace") if out else ""
+            self.proc.wait()
+        out = self.output()
+        self.log.close()
+        return out
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,10 @@ class FaultInjectingEngine:
     def ready(self) -> bool:
         return self.inner.ready and not self.killed
 
+    @property
+    def capacity(self) -> int:
+        return self.inner.capacity
+
     async def start(self) -> None:
         await self.inner.start()
 

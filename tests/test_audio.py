@@ -73,3 +73,18 @@ async def test_without_ffmpeg_only_wav_and_pcm_at_normal_speed_are_served(app, h
         assert ok.status_code == 200 and len(ok.content) > 0
     finally:
         audio.ffmpeg_binary.cache_clear()
+
+
+@pytest.mark.parametrize("speed", [1.0, 2.0])
+def test_buffered_flac_declares_its_length(speed: float) -> None:
+    """STREAMINFO carries the total sample count, so players and ffprobe know the duration."""
+    import io
+
+    import soundfile
+
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)
+    data = encode(tone, 48000, "flac", 24000, speed=speed)
+    info = soundfile.info(io.BytesIO(data))
+    assert info.samplerate == 24000
+    assert info.frames == pytest.approx(24000 / speed, abs=480)  # atempo adds a few ms
+    assert struct.unpack(">Q", b"\0\0\0" + data[21:26])[0] & (2**36 - 1) == info.frames

@@ -70,3 +70,47 @@ async def test_nanovllm_engine_streams_steps(tiny_model: Path) -> None:
         assert [len(c) for c in chunks] == [7680] * 5
     finally:
         await engine.close()
+
+
+# -- admission sized by the engine ----------------------------------------------------------------
+
+
+def test_nanovllm_admits_its_whole_batch_and_queues_four_batches(tmp_path: Path) -> None:
+    from voxport.engine.nanovllm import NanoVllmEngine
+
+    settings = Settings(engine="nanovllm")
+    engine = NanoVllmEngine(str(tmp_path), max_num_seqs=settings.max_num_seqs)  # constructing needs no CUDA
+    assert engine.capacity == 256
+    assert settings.admission(engine.capacity) == (256, 1024)
+    assert settings.admission(NanoVllmEngine(str(tmp_path), max_num_seqs=64).capacity) == (64, 256)
+
+
+def test_reference_engine_admits_a_few_to_interleave(tiny_model: Path) -> None:
+    engine = create_engine(Settings(model=str(tiny_model), engine="reference"), str(tiny_model))
+    assert engine.capacity == 1
+    assert Settings().admission(engine.capacity) == (8, 32)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"max_concurrent": 3}, (3, 12)),  # the queue follows what is admitted
+        ({"max_queue": 0}, (256, 0)),
+        ({"max_concurrent": 500, "max_queue": 7}, (500, 7)),
+    ],
+)
+def test_explicit_admission_settings_win(overrides: dict, expected: tuple[int, int], monkeypatch) -> None:
+    assert Settings(**overrides).admission(256) == expected
+    for name, value in overrides.items():
+        monkeypatch.setenv(f"VOXPORT_{name.upper()}", str(value))
+    assert Settings().admission(256) == expected
+
+
+def test_the_server_sizes_admission_from_the_engine_it_built(tmp_path: Path) -> None:
+    from voxport.app import create_app
+
+    settings = Settings(engine="sim", max_num_seqs=100, data_dir=tmp_path)
+    app = create_app(settings)
+    speech = app.state.speech
+    assert speech.engine.capacity == 100
+    assert (speech.admission.max_concurrent, speech.admission.max_queue) == (100, 400)

@@ -257,6 +257,8 @@ async def test_health_reports_load_and_cache(tiny_model: Path, tmp_path: Path) -
         assert (health["cache"]["hits"], health["cache"]["misses"]) == (1, 1)
         assert health["routing"] == {"load_score": 0.0, "accepts_requests": True}
         assert health["requests_queued"] == 0 and health["rss_bytes"] > 0
+        # The reference engine runs one generation at a time; admission is sized from that.
+        assert health["capacity"] == {"engine_batch": 1, "max_concurrent": 8, "max_queue": 32}
         assert (await http.get("/ready")).json() == {"ready": True}
 
 
@@ -280,6 +282,9 @@ async def test_metrics_scrape_accounts_for_requests(tiny_model: Path, tmp_path: 
     assert samples[("voxport_audio_seconds_total", ())] == pytest.approx(12 * STEP_SECONDS)
     assert samples[("voxport_engine_ready", ())] == 1
     assert samples[("voxport_cache_entries", ())] == 1
+    assert samples[("voxport_requests_generating", ())] == 0
+    assert samples[("voxport_capacity", (("limit", "engine_batch"),))] == 1
+    assert samples[("voxport_capacity", (("limit", "max_queue"),))] == 32
 
 
 async def test_api_keys(tiny_model: Path, tmp_path: Path) -> None:

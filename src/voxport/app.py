@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from voxport import __version__
 from voxport.api.auth import AccessPolicy
 from voxport.api.errors import install_error_handlers
+from voxport.api.limits import BodyLimitMiddleware, BodyLimits
 from voxport.api.middleware import RequestContextMiddleware
 from voxport.api.routes import ROUTERS
 from voxport.cache import AudioCache, checkpoint_fingerprint
@@ -49,14 +50,19 @@ def _voices(settings: Settings, engine: Engine) -> VoiceRegistry:
 
 def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: Loaded) -> SpeechService:
     speech: SpeechService | None = None  # the gauges read it once it exists
+    # Sized from the engine (what it runs at once) unless the settings say otherwise.
+    max_concurrent, max_queue = settings.admission(engine.capacity)
+    limits = {"engine_batch": engine.capacity, "max_concurrent": max_concurrent, "max_queue": max_queue}
     metrics = Metrics(
         Gauges(
             queue_depth=lambda: admission.queued,
+            generating=lambda: admission.generating,
             in_flight=lambda: jobs.in_flight,
             engine_ready=lambda: float(speech is not None and speech.accepts_requests),
             cache_bytes=lambda: cache.bytes,
             cache_entries=lambda: cache.entries,
-        )
+        ),
+        limits,
     )
     cache = AudioCache(
         settings.data_dir / "cache",
@@ -64,7 +70,7 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
         max_bytes=int(settings.cache_max_mb * 2**20),
         on_evict=metrics.cache_evictions.inc,
     )
-    admission = Admission(settings.max_concurrent, settings.max_queue, on_reject=metrics.rejected.inc)
+    admission = Admission(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
     jobs = JobRegistry(on_cancelled=metrics.cancelled.inc)
     speech = SpeechService(settings, engine, voices, cache, metrics, admission, jobs,
                            weights_fingerprint=lambda: loaded.fingerprint)  # fmt: skip
@@ -88,6 +94,8 @@ def create_app(
         await engine.start()
         if Path(model_dir).is_dir():
             loaded.fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
+        else:  # no weights (the sim engine): its audio and clips must never pass for a model's
+            loaded.fingerprint = f"engine:{engine.info.name}"
         await voices.load(loaded.fingerprint)
         sweeper = None
         if cache.enabled:
@@ -117,6 +125,15 @@ def create_app(
     # The directory name only: server paths are never shown to clients.
     app.state.checkpoint_name = Path(model_dir).name if Path(model_dir).is_dir() else settings.model
     install_error_handlers(app)
+    # Inside the request context: a body is refused only after its request was authenticated and logged.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limits=BodyLimits(
+            json_bytes=settings.max_json_body_bytes,
+            upload_bytes=settings.max_upload_body_bytes,
+            read_timeout_s=settings.body_read_timeout_s,
+        ),
+    )
     app.add_middleware(
         RequestContextMiddleware, metrics=speech.metrics, log_request_text=settings.log_request_text
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import shutil
 import struct
 import subprocess
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import ffmpeg
 import numpy as np
+import soundfile
 import soxr
 
 ENGINE_CHANNELS = 1
@@ -151,6 +153,13 @@ def encode(samples: np.ndarray, in_rate: int, fmt: str, out_rate: int, speed: fl
     Speed uses atempo (pitch kept, duration scaled by 1/speed). wav and pcm are s16le mono; wav
     carries exact sizes in its header. Synchronous: run it in a worker thread.
     """
+    if fmt == "flac":
+        # ffmpeg writing FLAC to a pipe cannot seek back to fill in STREAMINFO's total sample count, so
+        # players would see no duration: libsndfile writes it into a seekable buffer instead.
+        pcm = np.frombuffer(encode(samples, in_rate, "pcm", out_rate, speed), dtype="<i2")
+        out = io.BytesIO()
+        soundfile.write(out, pcm, out_rate, format="FLAC", subtype="PCM_16")
+        return out.getvalue()
     if needs_ffmpeg(fmt, speed):
         proc = subprocess.run(
             ffmpeg_command(fmt, in_rate, out_rate, speed),

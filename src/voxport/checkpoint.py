@@ -34,6 +34,6 @@ def resolve_checkpoint(model: str) -> str:
             f"Could not fetch model '{model}' from the Hugging Face hub ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}).\n"
             "Point --model (or VOXPORT_MODEL) at a local checkpoint directory, for example one "
-            "downloaded elsewhere with `huggingface-cli download openbmb/VoxCPM2 --local-dir DIR`, "
+            "downloaded elsewhere with `hf download openbmb/VoxCPM2 --local-dir DIR`, "
             "or build a random-weight test checkpoint with `voxport dummy-model DIR`."
         ) from None

@@ -1,14 +1,17 @@
-"""`voxport serve | dummy-model | bench`; each subcommand imports only what it uses (`bench` imports
-httpx and the benchmark package only when it runs)."""
+"""`voxport serve | dummy-model | bench`. Each subcommand imports only what it uses: `serve` never loads
+the benchmark (or its HTTP client)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
@@ -55,6 +58,17 @@ def _configure_logging(level: str) -> None:
     )
 
 
+def _keep_writes_in(data_dir: Path) -> None:
+    """The server writes only under its data directory: spooled uploads and other temporary files (this
+    process's and its children's: ffmpeg, nano-vllm's worker) go to <data-dir>/tmp, and numba's compiled
+    cache (librosa's resampling kernels) to <data-dir>/numba-cache instead of the installed packages."""
+    scratch = data_dir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = str(scratch)
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(data_dir / "numba-cache"))
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
@@ -63,10 +77,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voxport serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level)
+    _keep_writes_in(settings.data_dir)
     from voxport.checkpoint import CheckpointUnavailable, resolve_checkpoint
 
+    checkpoint = None  # the sim engine has no weights: a fresh clone serves with it
     try:
-        checkpoint = resolve_checkpoint(settings.model)
+        if settings.engine != "sim":
+            checkpoint = resolve_checkpoint(settings.model)
     except CheckpointUnavailable as exc:
         print(f"voxport serve: {exc}", file=sys.stderr)
         return 2
@@ -90,6 +107,10 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_keep_alive=settings.keep_alive_s,
+        # h11, not httptools: httptools has no limit on the size of a request's head.
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_kb * 1024,
     )
     return 0
 
@@ -124,9 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     dummy.add_argument("--seed", type=int, default=0, help="Seed for the random weights.")
     dummy.set_defaults(run=_dummy_model)
 
-    # Listed for --help; `main` hands `voxport bench ...` to voxport.bench.main before parsing.
+    # Listed here for `voxport --help`; its own flags live with it and load only when it runs (see main).
     commands.add_parser(
-        "bench", add_help=False, help="Load-check a speech server (and optionally the raw engine)."
+        "bench",
+        add_help=False,
+        help="Load-check a speech server (and optionally the raw engine); `voxport bench --help`.",
     )
     return parser
 
@@ -134,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from voxport.bench import main as bench
+        from voxport.bench import main as bench_main
 
-        return bench(argv[1:])
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -17,6 +17,12 @@ DEFAULT_VOICES_FILE = Path(__file__).resolve().parent / "voices.json"
 DEFAULT_VOICES_DIR = Path(__file__).resolve().parents[2] / "assets" / "voices"
 
 
+# Admission defaults (Settings.admission): at least this many generate at once, whatever the engine,
+# and the queue holds this many times what generates.
+MIN_CONCURRENT = 8
+QUEUE_BATCHES = 4
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "voxport"
@@ -31,17 +37,26 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
-    engine: Literal["auto", "reference", "nanovllm"] = Field(
+    engine: Literal["auto", "reference", "nanovllm", "sim"] = Field(
         "auto",
         description="Inference engine: 'nanovllm' (continuous batching, CUDA), 'reference' (voxcpm "
-        "package, one generation at a time) or 'auto' (nanovllm when usable, else reference).",
+        "package, one generation at a time), 'auto' (nanovllm when usable, else reference), or 'sim' "
+        "(a simulated batching engine at GPU rates: no model, no checkpoint; benchmarks and load tests).",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="Torch device for the reference engine ('auto': cuda, then mps, then cpu)."
     )
-    max_num_seqs: int = Field(256, ge=1, description="nanovllm: most sequences generated in one batch.")
+    max_num_seqs: int = Field(
+        256, ge=1, description="nanovllm and sim: most sequences generated in one batch."
+    )
     max_model_len: int = Field(
-        4096, ge=64, description="nanovllm: LM positions per sequence (prompt + text + audio steps)."
+        4096, ge=64, description="nanovllm and sim: LM positions per sequence (prompt + text + audio steps)."
+    )
+    sim_step_ms: float = Field(
+        10.0, ge=0, description="sim: fixed cost of one batch step, in milliseconds (step = A + B x batch)."
+    )
+    sim_step_ms_per_seq: float = Field(
+        0.06, ge=0, description="sim: cost of one batch step per running sequence, in milliseconds."
     )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="nanovllm: share of GPU memory for weights, activations and KV cache."
@@ -93,6 +108,16 @@ class Settings(BaseSettings):
         None, description="Directory POST /v1/voices may read recordings from; unset: that route answers 403."
     )
     max_upload_mb: float = Field(10, gt=0, description="Largest accepted audio upload, in MiB (beyond: 413).")
+    body_read_timeout_s: float = Field(
+        30,
+        gt=0,
+        description="Longest wait for the next part of a request body; past it: 408 and the "
+        "connection is closed.",
+    )
+    max_header_kb: int = Field(
+        32, ge=4, le=1024, description="Largest request head (request line and headers), in KiB; beyond: 400."
+    )
+    keep_alive_s: float = Field(5, gt=0, description="How long an idle keep-alive connection stays open.")
     max_user_voices: int = Field(100, ge=0, description="Most voices the user library holds.")
     max_user_voices_mb: float = Field(500, gt=0, description="Most MiB of recordings the user library holds.")
     cache_ttl_minutes: float = Field(
@@ -100,8 +125,18 @@ class Settings(BaseSettings):
     )
     cache_max_mb: float = Field(1024, gt=0, description="Size cap of the audio cache, in MiB (LRU eviction).")
     cache_sweep_s: float = Field(60, gt=0, description="Seconds between cache sweeps (TTL and size cap).")
-    max_concurrent: int = Field(8, ge=1, description="Requests generating at once; more wait in the queue.")
-    max_queue: int = Field(64, ge=0, description="Requests waiting for a generation slot; beyond: 429.")
+    max_concurrent: int | None = Field(
+        None,
+        ge=1,
+        description="Requests generating at once; more wait in the queue (default: the engine's batch "
+        f"width, at least {MIN_CONCURRENT}).",
+    )
+    max_queue: int | None = Field(
+        None,
+        ge=0,
+        description=f"Requests waiting for a generation slot; beyond: 429 (default: {QUEUE_BATCHES} x "
+        "max_concurrent).",
+    )
     request_timeout_s: float = Field(
         300, gt=0, description="Deadline of a request (to its first audio, when streaming); past it: 504."
     )
@@ -157,6 +192,34 @@ class Settings(BaseSettings):
                 if line and not line.startswith("#"):
                     keys.append(line)
         return keys
+
+    def admission(self, engine_capacity: int) -> tuple[int, int]:
+        """(max_concurrent, max_queue): the settings where given, else sized from what the engine runs
+        at once.
+
+        A batching engine admits its whole batch, so that every slot can be used, and no more: more
+        would only wait inside the engine, out of sight of the 429 check. A one-at-a-time engine still
+        admits a few, because it takes work FIFO per text segment: the sentences of admitted streams
+        then interleave, and one long stream does not hold back every other request's first audio.
+        The queue holds a few rounds of that, so that a burst waits instead of being refused, while a
+        queued request's wait stays bounded.
+        """
+        concurrent = (
+            self.max_concurrent if self.max_concurrent is not None else max(engine_capacity, MIN_CONCURRENT)
+        )
+        queue = self.max_queue if self.max_queue is not None else QUEUE_BATCHES * concurrent
+        return concurrent, queue
+
+    @property
+    def max_json_body_bytes(self) -> int:
+        """The largest JSON body a valid request can need: `input` and `instructions` at six bytes a
+        character (JSON's \\uXXXX escapes), plus 64 KiB for every other field."""
+        return 6 * (self.max_input_chars + 4096) + 2**16
+
+    @property
+    def max_upload_body_bytes(self) -> int:
+        """A multipart body: the upload cap plus 1 MiB for the form's other fields and its framing."""
+        return int(self.max_upload_mb * 2**20) + 2**20
 
     @property
     def model_ids(self) -> list[str]:

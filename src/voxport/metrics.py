@@ -17,6 +17,7 @@ class Gauges(NamedTuple):
     """Live values the gauges read at scrape time (providers: the objects they read are built later)."""
 
     queue_depth: Callable[[], float]
+    generating: Callable[[], float]
     in_flight: Callable[[], float]
     engine_ready: Callable[[], float]
     cache_bytes: Callable[[], float]
@@ -24,7 +25,7 @@ class Gauges(NamedTuple):
 
 
 class Metrics:
-    def __init__(self, gauges: Gauges | None = None) -> None:
+    def __init__(self, gauges: Gauges | None = None, limits: dict[str, int] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -69,9 +70,20 @@ class Metrics:
         )
         self.queue_depth = Gauge("voxport_queue_depth", "Requests waiting for a generation slot.", registry=r)
         self.in_flight = Gauge("voxport_requests_in_flight", "Speech requests being served.", registry=r)
+        self.generating = Gauge(
+            "voxport_requests_generating", "Requests holding a generation slot.", registry=r
+        )
+        self.capacity = Gauge(
+            "voxport_capacity",
+            "Limits: engine_batch (sequences the engine generates at once), max_concurrent, max_queue.",
+            ["limit"],
+            registry=r,
+        )
         self.engine_ready = Gauge("voxport_engine_ready", "1 when the engine can take requests.", registry=r)
         self.cache_bytes = Gauge("voxport_cache_bytes", "Bytes held by the audio cache.", registry=r)
         self.cache_entries = Gauge("voxport_cache_entries", "Entries in the audio cache.", registry=r)
+        for limit, value in (limits or {}).items():
+            self.capacity.labels(limit).set(value)
         if gauges is not None:
             for name, read in gauges._asdict().items():
                 getattr(self, name).set_function(read)

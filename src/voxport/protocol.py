@@ -144,6 +144,14 @@ class HealthRouting(BaseModel):
     accepts_requests: bool
 
 
+class HealthCapacity(BaseModel):
+    """What the engine runs at once, and the admission limits sized from it (docs/configuration.md)."""
+
+    engine_batch: int
+    max_concurrent: int
+    max_queue: int
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
@@ -158,6 +166,7 @@ class Health(BaseModel):
     requests_generating: int
     requests_queued: int
     requests_cancelled: int
+    capacity: HealthCapacity
     cache: HealthCache
     routing: HealthRouting
     rss_bytes: int | None

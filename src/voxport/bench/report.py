@@ -15,7 +15,7 @@ from voxport import __version__
 from voxport.bench.plan import PROMPTS
 from voxport.bench.sweep import requests_for
 from voxport.bench.targets import cuda_available
-from voxport.engine.base import VOXCPM2_STEP_SECONDS
+from voxport.engine.base import SAMPLE_RATE, SAMPLES_PER_STEP
 
 SCHEMA = "voxport-bench/1"
 RTF_DEFINITION = (
@@ -101,9 +101,10 @@ def markdown_report(report: dict[str, Any]) -> str:
             + (f", attention {engine['attention']}" if engine.get("attention") else "")
             + "."
         )
+    step_seconds = SAMPLES_PER_STEP / SAMPLE_RATE  # VoxCPM2's step; no engine is loaded here
     lines += [
         f"- Every request: one sentence from a fixed set of {len(s['prompts'])}, `max_length` "
-        f"{s['max_length']} (at most {s['max_length'] * VOXCPM2_STEP_SECONDS:.2f} s of audio), format "
+        f"{s['max_length']} (at most {step_seconds * s['max_length']:.2f} s of audio), format "
         f"`{s['format']}` at {s['sample_rate']} Hz, voice `{s['voice']}`, model `{s['model']}`.",
         f"- Repeat fraction {s['repeat_fraction']}: that share of requests repeats an earlier, completed "
         "request's text and seed (a caching server answers it from its cache); the rest are fresh.",

@@ -32,6 +32,15 @@ def nanovllm_usable() -> tuple[bool, str]:
 def create_engine(settings: Settings, model_dir: str) -> Engine:
     """Pick and construct the engine the settings ask for; `start()` loads it."""
     choice = settings.engine
+    if choice == "sim":
+        from voxport.engine.sim import SimEngine
+
+        return SimEngine(
+            max_num_seqs=settings.max_num_seqs,
+            max_model_len=settings.max_model_len,
+            step_ms=settings.sim_step_ms,
+            step_ms_per_seq=settings.sim_step_ms_per_seq,
+        )
     if choice in ("auto", "nanovllm"):
         usable, why = nanovllm_usable()
         if usable:

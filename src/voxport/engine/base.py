@@ -12,9 +12,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-# VoxCPM2's step: one LM step makes 7680 samples at 48 kHz. For code with no engine loaded (the
-# benchmark's report); with an engine, read `EngineInfo.step_seconds`.
-VOXCPM2_STEP_SECONDS = 0.16
+# VoxCPM2's output framing, the same for every engine: 48 kHz mono, one LM step = one patch of 4 latent
+# frames = 7680 samples = 0.16 s. Engines that load a model read the rate from it; these name the constants.
+SAMPLE_RATE = 48_000
+SAMPLES_PER_STEP = 7_680
 
 
 def steps_cap(text_tokens: int, max_length: int) -> int:
@@ -81,7 +82,7 @@ class GenerationStats:
 
 @dataclass(frozen=True)
 class EngineInfo:
-    name: str  # "reference" | "nanovllm"
+    name: str  # "reference" | "nanovllm" | "sim"
     model: str  # checkpoint directory
     device: str
     dtype: str
@@ -90,6 +91,7 @@ class EngineInfo:
     max_model_len: int  # LM positions available to prompt + text + generated audio
     attention: str | None = None  # attention implementation, where the engine has a choice
     inference_timesteps: int | None = None  # set when the engine fixes it server-wide
+    max_batch: int = 1  # sequences generated at once (the engine's `capacity`)
 
     @property
     def step_seconds(self) -> float:
@@ -115,6 +117,12 @@ class Engine(Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def capacity(self) -> int:
+        """Sequences the engine generates at once. Known from construction, before `start`: the server
+        sizes its admission from it."""
+        ...
 
     async def start(self) -> None: ...
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import importlib.machinery
+import logging
 import sys
 import types
+
+log = logging.getLogger("voxport.engine")
 
 
 def install_torchaudio_placeholder() -> bool:
@@ -76,6 +79,13 @@ def _text_normalizer():
 def normalize_text(text: str) -> str:
     """voxcpm's text normalisation (numbers, dates, currency spelled out), built on first use.
 
-    Slow to build and CPU-bound: call it off the event loop.
+    Slow to build and CPU-bound: call it off the event loop. The normaliser's grammars assert on some
+    inputs (control characters, a lone diaeresis after a digit, ...): such text, or text it would turn
+    into nothing, is spoken as written rather than failing the request.
     """
-    return _text_normalizer().normalize(text)
+    try:
+        normalized = _text_normalizer().normalize(text)
+    except Exception as exc:  # noqa: BLE001 - any failure inside a third-party grammar is the input's
+        log.debug("text normaliser failed (%s); the text is used as written", type(exc).__name__)
+        return text
+    return normalized if normalized.strip() else text

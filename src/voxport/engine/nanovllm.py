@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from voxport.engine.base import (
+    SAMPLES_PER_STEP,
     EngineError,
     EngineInfo,
     EngineInputError,
@@ -37,8 +38,7 @@ from voxport.engine.compat import normalize_text
 
 log = logging.getLogger("voxport.engine.nanovllm")
 
-# VoxCPM2 framing: one LM step is one patch of 4 latent frames (64 floats each), 7680 samples at 48 kHz.
-_SAMPLES_PER_STEP = 7680
+# VoxCPM2 framing: one LM step is one patch of 4 latent frames (64 floats each); see SAMPLES_PER_STEP.
 _PATCH_SIZE = 4
 _FEAT_DIM = 64
 
@@ -109,6 +109,12 @@ class NanoVllmEngine:
         return self._info
 
     @property
+    def capacity(self) -> int:
+        # Every batch slot nano-vllm schedules into; its KV cache may hold fewer long sequences at once,
+        # in which case the rest wait inside its scheduler.
+        return self._max_num_seqs
+
+    @property
     def ready(self) -> bool:
         return self._pool is not None and not self._closed and not self._worker_died
 
@@ -144,10 +150,11 @@ class NanoVllmEngine:
             device=f"cuda:0 ({torch.cuda.get_device_name(0)})",
             dtype="bfloat16",
             sample_rate=int(model_info["sample_rate"]),
-            samples_per_step=_SAMPLES_PER_STEP,
+            samples_per_step=SAMPLES_PER_STEP,
             max_model_len=self._max_model_len,
             attention=attention,
             inference_timesteps=self._timesteps,
+            max_batch=self.capacity,
         )
         async for _ in self.generate(
             SynthesisRequest(text="Warm up.", max_length=2, inference_timesteps=self._timesteps)

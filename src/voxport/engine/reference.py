@@ -87,6 +87,10 @@ class ReferenceEngine:
         return self._info
 
     @property
+    def capacity(self) -> int:
+        return 1  # one batch-1 model object, one generation at a time (see the module docstring)
+
+    @property
     def ready(self) -> bool:
         return self._ready and not self._closed and self._thread.is_alive()
 
@@ -238,6 +242,7 @@ class ReferenceEngine:
             sample_rate=int(model.sample_rate),
             samples_per_step=int(model.patch_size * model._decode_chunk_size),
             max_model_len=int(model.config.max_length),
+            max_batch=self.capacity,
         )
         log.info(
             "reference engine loaded %s on %s (%s) in %.2fs",

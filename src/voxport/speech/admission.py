@@ -1,6 +1,6 @@
 """Admission: a bounded number of generations at once, a bounded queue behind them, and a refusal at
-once (kind `busy`) beyond that. The limits come in as constructor arguments, so whoever sizes them
-(settings today, the engine's capacity tomorrow) stays outside this module."""
+once (kind `busy`) beyond that. The limits come in as constructor arguments: whoever sizes them
+(`Settings.admission`, from the settings or the engine's capacity) stays outside this module."""
 
 from __future__ import annotations
 
@@ -25,9 +25,16 @@ class Slot:
 
 
 class Admission:
-    def __init__(self, max_concurrent: int, max_queue: int, on_reject: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        max_concurrent: int,
+        max_queue: int,
+        engine_batch: int = 1,
+        on_reject: Callable[[], None] | None = None,
+    ):
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
+        self.engine_batch = engine_batch  # what the engine runs at once (reported, not enforced here)
         self._on_reject = on_reject
         self._slots = asyncio.Semaphore(max_concurrent)
         self.generating = 0

@@ -12,7 +12,15 @@ from voxport.api.auth import require_admin, require_metrics_key
 from voxport.api.deps import CacheDep, MetricsDep, SpeechDep, VoicesDep
 from voxport.errors import unavailable
 from voxport.metrics import gpu_memory_bytes, process_rss_bytes
-from voxport.protocol import CacheCleared, Health, HealthCache, HealthRouting, Ready, VoicesReloaded
+from voxport.protocol import (
+    CacheCleared,
+    Health,
+    HealthCache,
+    HealthCapacity,
+    HealthRouting,
+    Ready,
+    VoicesReloaded,
+)
 from voxport.speech import SpeechService
 
 router = APIRouter(tags=["ops"])  # open: probes and load balancers call these without a key
@@ -43,6 +51,8 @@ async def health_report(speech: SpeechService, checkpoint: str) -> Health:
         attention=attention, device=device, ready=speech.accepts_requests,
         requests_in_flight=jobs.in_flight, requests_generating=admission.generating,
         requests_queued=admission.queued, requests_cancelled=jobs.cancelled_total,
+        capacity=HealthCapacity(engine_batch=admission.engine_batch, max_concurrent=admission.max_concurrent,
+                                max_queue=admission.max_queue),
         cache=HealthCache(enabled=cache.enabled, entries=cache.entries, bytes=cache.bytes,
                           hits=cache.stats.hits, misses=cache.stats.misses, evictions=cache.stats.evictions),
         routing=HealthRouting(load_score=admission.load_score, accepts_requests=speech.accepts_requests),
