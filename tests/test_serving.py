@@ -412,7 +412,8 @@ def test_sigterm_drains_a_running_request(tiny_model: Path, tmp_path: Path) -> N
         time.sleep(0.02)
     server.proc.send_signal(signal.SIGTERM)
     worker.join(120)
-    output = server.proc.communicate(timeout=60)[0].decode(errors="replace")
+    server.proc.wait(timeout=60)
+    output = server.output()  # the server logs to a file (ServerProcess), not a pipe
     # uvicorn re-raises the signal once its shutdown is complete, so supervisors see a SIGTERM stop.
     assert server.proc.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
