@@ -23,6 +23,7 @@ group; the group is padded to 16 rows because `tl.dot` needs M >= 16.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -32,6 +33,8 @@ __all__ = ["paged_decode_attention", "choose_num_splits"]
 
 _BLOCK_N = 64  # keys per tile: a 64x128 bf16 tile is 16 KiB, well within shared memory
 _LOG2E = 1.4426950408889634
+# Triton decides at decoration (when this module is imported) whether kernels are interpreted on the CPU.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
 @triton.jit
@@ -104,7 +107,7 @@ def _split_kernel(
             other=0.0,
         ).to(q.dtype)
         if FP32_DOT:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
         s = tl.where(mask_n[None, :], s * scale_log2, float("-inf"))
@@ -118,7 +121,9 @@ def _split_kernel(
             other=0.0,
         ).to(q.dtype)
         if FP32_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+            # p is rounded to the input dtype first, as the native path does, so both agree.
+            pv = p.to(v.dtype).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(pv, v.to(tl.float32), input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
@@ -172,6 +177,19 @@ def _merge_kernel(
     )
     out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
     tl.store(o_ptr + b * stride_b + h * stride_h + offs_d, out.to(o_ptr.dtype.element_ty), mask=mask_d)
+
+
+def _dot_in_fp32(dtype: torch.dtype) -> bool:
+    """Whether the kernel's two products run as fp32 dots instead of native ones.
+
+    fp32 inputs: always, at IEEE precision (a TF32 dot would lose ~3 decimal digits). bf16 under Triton's
+    CPU interpreter too: it keeps bf16 as raw uint16 and its `tl.dot` multiplies those bits (seen with
+    triton 3.9). Upcasting operands that are already bf16 is exact, and products of two bf16 values fit
+    fp32 exactly, so this path computes what a bf16 dot with fp32 accumulation does, in another order.
+    """
+    if dtype == torch.float32:
+        return True
+    return _INTERPRETED and dtype == torch.bfloat16
 
 
 @functools.lru_cache(maxsize=8)
@@ -249,7 +267,7 @@ def paged_decode_attention(
         D_PAD=d_pad,
         PAGE=page,
         BLOCK_N=_BLOCK_N,
-        FP32_DOT=q.dtype == torch.float32,
+        FP32_DOT=_dot_in_fp32(q.dtype),
     )
     _merge_kernel[(batch, num_heads)](
         part_out,
