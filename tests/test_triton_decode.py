@@ -19,6 +19,8 @@ import importlib.util
 import math
 import multiprocessing
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -220,3 +222,16 @@ def test_the_drop_in_routes_decode_to_the_kernel_when_asked(worker: ProcessPoolE
     assert result["env"] == "triton"  # what nano-vllm's spawned model worker reads
     assert result["calls_after_multi_query"] == 1
     torch.testing.assert_close(result["kernel"], result["gathered"], **TOLERANCE[torch.float32])
+
+
+def test_the_microbenchmark_needs_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: scripts/gpu-session bench runs the microbenchmark there")
+    done = subprocess.run(
+        [sys.executable, "-m", "voxport.engine.decode_bench", "--batches", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "needs a CUDA GPU" in done.stderr
