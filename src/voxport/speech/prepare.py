@@ -99,11 +99,12 @@ class Preparer:
             )
         return rate
 
-    async def _voice(self, params: SpeechCreateParams, upload: VoiceUpload | None) -> _Voice:
-        if upload is not None:
-            recording = await self.voices.read_upload(upload.data, upload.transcript, upload.param)
-            prompt = await self.voices.adhoc_prompt(recording, upload.transcript)
-            return _Voice(prompt, "adhoc", prompt.key)
+    async def _uploaded(self, upload: VoiceUpload) -> _Voice:
+        recording = await self.voices.read_upload(upload.data, upload.transcript, upload.param)
+        prompt = await self.voices.adhoc_prompt(recording, upload.transcript)
+        return _Voice(prompt, "adhoc", prompt.key)
+
+    async def _named(self, params: SpeechCreateParams) -> _Voice:
         voice = self.voices.get(params.voice_id)
         if voice is None:
             raise invalid(
@@ -121,11 +122,13 @@ class Preparer:
     async def prepare(
         self, params: SpeechCreateParams, stream: bool = False, upload: VoiceUpload | None = None
     ) -> PreparedSpeech:
+        # An uploaded recording is checked before the parameters, a named voice after them.
+        adhoc = await self._uploaded(upload) if upload is not None else None
         rate = self._check(params)
         max_length = params.max_length or self.settings.max_length
         # An engine may fix timesteps server-wide (nano-vllm): it refuses a request asking for others.
         timesteps = params.inference_timesteps or self.engine.info.inference_timesteps or 10
-        voice = await self._voice(params, upload)
+        voice = adhoc or await self._named(params)
         seed = params.seed if params.seed is not None else voice.seed
         sse = params.stream_format == "sse"
         stream = stream or sse or params.stream
