@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import types
@@ -69,6 +70,10 @@ def _keep_writes_in(data_dir: Path) -> None:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(data_dir / "numba-cache"))
 
 
+def _stopped(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
@@ -99,7 +104,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voxport serve: {exc}", file=sys.stderr)
         return 2
     # On SIGTERM uvicorn stops accepting, lets in-flight requests finish within the grace period, then
-    # runs the lifespan shutdown, which stops the engine.
+    # runs the lifespan shutdown, which stops the engine. It then re-raises the signal to the handler that
+    # was there before it: this one, which makes a stop that was asked for and completed exit 0 (and a
+    # SIGTERM before uvicorn took over exit 0 at once).
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         app,
         host=settings.host,

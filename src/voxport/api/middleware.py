@@ -7,6 +7,8 @@ request's record (`api/context.py`) is set here for the request's task; the rout
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -17,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voxport.api.context import RequestRecord, current
 from voxport.api.errors import envelope, status_of
-from voxport.errors import VoxportError
+from voxport.errors import VoxportError, unavailable
 from voxport.metrics import Metrics
 
 log = logging.getLogger("voxport.access")
@@ -69,8 +71,28 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        body_done = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal body_done
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                body_done = True
+            await send_with_headers(message)
+
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            # Only the server cancels a request's task: at the end of the shutdown grace period. That is a
+            # planned stop, not a crash: end what was sent cleanly (a stream is cut short, as a client that
+            # stops reading would see it) and let the shutdown go on.
+            log.warning("request_id=%s cut short by the shutdown grace period", record.request_id)
+            with contextlib.suppress(Exception):
+                if not status:
+                    status = 503
+                    stopping = unavailable("The server is shutting down.", code="shutting_down")
+                    await _send_error(send, stopping, record.request_id)
+                elif not body_done:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         except Exception:
             log.exception("request_id=%s failed: %s %s", record.request_id, scope["method"], scope["path"])
             if status:  # the response had started: all we can do is end it
