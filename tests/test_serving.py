@@ -59,6 +59,26 @@ async def test_miss_then_hit_with_identical_bytes(tiny_model: Path, tmp_path: Pa
         assert len(cache_files(tmp_path)) == 1
 
 
+async def test_a_hit_needs_no_tokenizer_no_voice_prompt_and_no_engine(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    async with running(tiny_model, tmp_path) as (app, http):
+        speech = app.state.speech
+        first = await http.post("/v1/audio/speech", json=SPEECH)
+        assert first.headers["x-cache"] == "MISS"
+
+        def untouchable(*_args, **_kwargs):
+            raise AssertionError("a cache hit reached model-side work")
+
+        engine, voices = speech.engine, speech.voices
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(engine, "count_tokens", untouchable)
+            patch.setattr(engine, "generate", untouchable)
+            patch.setattr(voices, "prompt", untouchable)
+            second = await http.post("/v1/audio/speech", json=SPEECH)
+        assert second.headers["x-cache"] == "HIT" and second.content == first.content
+
+
 @pytest.mark.parametrize(
     ("body_extra", "headers"),
     [({"cache": False}, {}), ({}, {"Cache-Control": "no-cache"}), ({}, {"Cache-Control": "no-store"})],

@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voxport.api.context import RequestRecord, current
@@ -93,6 +94,8 @@ class RequestContextMiddleware:
                     await _send_error(send, stopping, record.request_id)
                 elif not body_done:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except ClientDisconnect:
+            status = status or 499  # the client left before its body arrived: nobody to answer
         except Exception:
             log.exception("request_id=%s failed: %s %s", record.request_id, scope["method"], scope["path"])
             if status:  # the response had started: all we can do is end it

@@ -1,12 +1,13 @@
-"""From request parameters to a prepared request: what pydantic cannot check (server limits, names,
-per-format rates), every voice resolved to its encoded prompt (named, designed or uploaded with the
-request: here and nowhere else), the text cut into segments, and the cache key's fields."""
+"""From request parameters to a prepared request, in two steps. `plan`: what pydantic cannot check (server
+limits, names, per-format rates) and the cache key's fields, with no model work, so that a cache hit is
+cheap. `complete`, on a miss: every voice resolved to its encoded prompt (named, designed or uploaded with
+the request: here and nowhere else) and the text cut into segments."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from voxport.audio import FORMATS, ffmpeg_available, needs_ffmpeg
@@ -16,26 +17,7 @@ from voxport.errors import VoxportError, invalid, unavailable
 from voxport.protocol import SpeechCreateParams, VoiceUpload
 from voxport.speech.jobs import with_deadline
 from voxport.text import segment
-from voxport.voices import VoiceRegistry, design_prefix
-
-
-@dataclass(frozen=True)
-class PreparedSpeech:
-    """A validated request: the segments to synthesise in order, how to encode them, and its cache key."""
-
-    segments: tuple[SynthesisRequest, ...]
-    response_format: str
-    sample_rate: int
-    speed: float
-    stream: bool
-    sse: bool
-    voice_kind: str
-    chars: int
-    cache_fields: dict[str, Any]
-
-    @property
-    def content_type(self) -> str:
-        return FORMATS[self.response_format].content_type
+from voxport.voices import Voice, VoiceRegistry, design_prefix
 
 
 @dataclass(frozen=True)
@@ -44,6 +26,38 @@ class _Voice:
     kind: str
     key: str
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SpeechPlan:
+    """A validated request before any model work: how it is encoded, and its cache key. Building it needs
+    no tokenizer, no voice prompt and no engine, so that a cache hit costs none of them."""
+
+    response_format: str
+    sample_rate: int
+    speed: float
+    stream: bool
+    sse: bool
+    voice_kind: str
+    chars: int
+    cache_fields: dict[str, Any]
+    # What completing it (on a miss) needs.
+    params: SpeechCreateParams
+    voice: Voice | _Voice  # a named voice (its prompt resolved on completion), or an upload's
+    seed: int | None
+    timesteps: int
+    max_length: int
+
+    @property
+    def content_type(self) -> str:
+        return FORMATS[self.response_format].content_type
+
+
+@dataclass(frozen=True)
+class PreparedSpeech(SpeechPlan):
+    """A plan completed on a cache miss: the segments to synthesise, in order."""
+
+    segments: tuple[SynthesisRequest, ...] = ()
 
 
 class Preparer:
@@ -104,7 +118,7 @@ class Preparer:
         prompt = await self.voices.adhoc_prompt(recording, upload.transcript)
         return _Voice(prompt, "adhoc", prompt.key)
 
-    async def _named(self, params: SpeechCreateParams) -> _Voice:
+    def _named(self, params: SpeechCreateParams) -> Voice:
         voice = self.voices.get(params.voice_id)
         if voice is None:
             raise invalid(
@@ -112,41 +126,30 @@ class Preparer:
                 "voice",
                 "voice_not_found",
             )
+        return voice
+
+    async def _prompt(self, voice: Voice) -> _Voice:
         # Shielded: a designed voice's first clip is shared by every request that waits for it.
         prompt = await with_deadline(
             asyncio.shield(self.voices.prompt(voice)), self.settings.request_timeout_s
         )
-        # A designed voice keeps its seed: it sounds the same every time.
         return _Voice(prompt, voice.kind, voice.key, voice.seed)
 
-    async def prepare(
+    async def plan(
         self, params: SpeechCreateParams, stream: bool = False, upload: VoiceUpload | None = None
-    ) -> PreparedSpeech:
+    ) -> SpeechPlan:
         # An uploaded recording is checked before the parameters, a named voice after them.
         adhoc = await self._uploaded(upload) if upload is not None else None
         rate = self._check(params)
         max_length = params.max_length or self.settings.max_length
         # An engine may fix timesteps server-wide (nano-vllm): it refuses a request asking for others.
         timesteps = params.inference_timesteps or self.engine.info.inference_timesteps or 10
-        voice = adhoc or await self._named(params)
+        voice = adhoc or self._named(params)
+        # A designed voice keeps its seed: it sounds the same every time.
         seed = params.seed if params.seed is not None else voice.seed
         sse = params.stream_format == "sse"
         requested = params.stream if params.stream is not None else self.settings.stream_speech
         stream = stream or sse or requested
-        prefix = design_prefix(None, params.instructions)
-        texts = self._segments(params.input, prefix, max_length, stream, voice.prompt.positions)
-        segments = tuple(
-            SynthesisRequest(
-                text=prefix + text,
-                voice=voice.prompt,
-                cfg_value=params.cfg_value,
-                inference_timesteps=timesteps,
-                max_length=max_length,
-                seed=seed,
-                normalize=params.normalize,
-            )
-            for text in texts
-        )
         cache_fields = {
             "model": self.settings.served_model_id,
             "weights": self.weights_fingerprint(),
@@ -154,7 +157,7 @@ class Preparer:
             "input": params.input,
             "instructions": params.instructions,
             "format": params.response_format,
-            # Streamed wav has a header of unknown length; segmentation differs when streaming.
+            # Streamed and buffered forms are segmented differently.
             "stream": stream,
             "speed": params.speed,
             "sample_rate": rate,
@@ -164,10 +167,31 @@ class Preparer:
             "max_length": max_length,
             "normalize": params.normalize,
         }
-        return PreparedSpeech(
-            segments, params.response_format, rate, params.speed, stream, sse, voice.kind,
-            len(params.input), cache_fields,
+        return SpeechPlan(
+            params.response_format, rate, params.speed, stream, sse, voice.kind, len(params.input),
+            cache_fields, params, voice, seed, timesteps, max_length,
         )  # fmt: skip
+
+    async def complete(self, plan: SpeechPlan) -> PreparedSpeech:
+        """The voice's prompt and the text's segments: the model-side work, done only on a miss."""
+        voice = plan.voice if isinstance(plan.voice, _Voice) else await self._prompt(plan.voice)
+        params = plan.params
+        prefix = design_prefix(None, params.instructions)
+        texts = self._segments(params.input, prefix, plan.max_length, plan.stream, voice.prompt.positions)
+        segments = tuple(
+            SynthesisRequest(
+                text=prefix + text,
+                voice=voice.prompt,
+                cfg_value=params.cfg_value,
+                inference_timesteps=plan.timesteps,
+                max_length=plan.max_length,
+                seed=plan.seed,
+                normalize=params.normalize,
+            )
+            for text in texts
+        )
+        planned = {f.name: getattr(plan, f.name) for f in fields(SpeechPlan)}
+        return PreparedSpeech(**planned, segments=segments)
 
     def _segments(
         self, text: str, prefix: str, max_length: int, stream: bool, prompt_positions: int

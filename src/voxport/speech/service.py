@@ -1,6 +1,7 @@
 """The speech service: one call, `create`, from request parameters to a result or a stream.
 
-    prepare (voice, limits, segments) -> cache lookup (HIT: bytes out) -> engine check -> admission
+    plan (limits, cache key) -> cache lookup (HIT: bytes out) -> complete (voice prompt, segments)
+    -> engine check -> admission
     -> joiner (engine, cancel race, joins) -> encoder -> cache store
 
 A buffered request comes back as a `SpeechResult`; a streamed one as a `SpeechStream` that owns its
@@ -26,7 +27,7 @@ from voxport.protocol import SpeechCreateParams, VoiceUpload
 from voxport.speech.admission import Admission, Slot
 from voxport.speech.jobs import JobRegistry, SpeechJob, with_deadline
 from voxport.speech.joiner import EngineWatch, Joiner
-from voxport.speech.prepare import PreparedSpeech, Preparer
+from voxport.speech.prepare import PreparedSpeech, Preparer, SpeechPlan
 from voxport.voices import VoiceRegistry
 
 # A request that waited on an identical one tries itself when that one failed on its own account.
@@ -54,7 +55,7 @@ class SpeechStream:
     """Encoded audio as it is generated (or an earlier identical stream's cached bytes). Iterate it once;
     `aclose` (idempotent) stops the generation, frees the admission slot and unregisters the job."""
 
-    def __init__(self, prepared: PreparedSpeech, job: SpeechJob, chunks: AsyncIterator[bytes],
+    def __init__(self, prepared: SpeechPlan, job: SpeechJob, chunks: AsyncIterator[bytes],
                  close: Callable[[], Awaitable[None]]):  # fmt: skip
         self.prepared = prepared
         self.job = job
@@ -108,22 +109,33 @@ class SpeechService:
         no_cache: bool = False,
     ) -> SpeechResult | SpeechStream:
         """Serve one request. `job` is the request's ticket: its id, arrival time and cancel switch."""
-        prepared = await self.preparer.prepare(params, stream=stream, upload=upload)
-        job.voice_kind, job.chars = prepared.voice_kind, prepared.chars
+        plan = await self.preparer.plan(params, stream=stream, upload=upload)
+        job.voice_kind, job.chars = plan.voice_kind, plan.chars
+        state = self._cache_state(no_cache, plan.voice_kind)
+        key = cache_key(plan.cache_fields) if state == "USE" else None
         if self.settings.log_request_text:
-            job.text = " ".join(s.text for s in prepared.segments)
+            job.text = params.input
         self.jobs.open(job)
-        if prepared.stream:
-            try:
-                outcome = await self._stream(prepared, job, no_cache)
-            except BaseException:
-                self.jobs.close(job)
-                raise
-            if isinstance(outcome, SpeechResult):  # a cache hit: nothing left to generate
-                self.jobs.close(job)
-            return outcome
         try:
-            return await self._respond(prepared, job, no_cache)
+            hit = await self.cache.get(key) if key is not None else None
+            if hit is not None:  # no prompt, no tokenizer, no engine
+                result = self._hit(job, hit.payload, hit.meta)
+                if not plan.sse:
+                    self.jobs.close(job)
+                    return result
+                return SpeechStream(plan, job, _once(result.audio), lambda: _closed(self.jobs, job))
+            prepared = await self.preparer.complete(plan)
+            if self.settings.log_request_text:
+                job.text = " ".join(s.text for s in prepared.segments)
+            if key is None:
+                self._looked_up(job, state)
+            if prepared.stream:
+                return await self._stream(prepared, job, key)
+        except BaseException:
+            self.jobs.close(job)
+            raise
+        try:
+            return await self._respond(prepared, job, key)
         finally:
             self.jobs.close(job)
 
@@ -174,16 +186,11 @@ class SpeechService:
         job.output_steps = result.usage["output_tokens"]
         return result
 
-    async def _respond(self, prepared: PreparedSpeech, job: SpeechJob, no_cache: bool) -> SpeechResult:
-        """A buffered response, through the cache: a hit, or one synthesis shared by identical requests."""
-        state = self._cache_state(no_cache, prepared.voice_kind)
-        if state != "USE":
-            self._looked_up(job, state)
+    async def _respond(self, prepared: PreparedSpeech, job: SpeechJob, key: str | None) -> SpeechResult:
+        """A buffered response on a miss: one synthesis, shared by identical requests that arrive while it
+        runs (they get its bytes as a hit)."""
+        if key is None:
             return await self._synthesize(prepared, job)
-        key = cache_key(prepared.cache_fields)
-        hit = await self.cache.get(key)
-        if hit is not None:
-            return self._hit(job, hit.payload, hit.meta)
 
         async def produce() -> SpeechResult:
             result = await self._synthesize(prepared, job)
@@ -203,22 +210,11 @@ class SpeechService:
         self._looked_up(job, "MISS")
         return result
 
-    async def _stream(
-        self, prepared: PreparedSpeech, job: SpeechJob, no_cache: bool
-    ) -> SpeechStream | SpeechResult:
+    async def _stream(self, prepared: PreparedSpeech, job: SpeechJob, key: str | None) -> SpeechStream:
         """The first audio chunk is awaited before this returns, so that a request that fails early
-        still gets a proper error before any byte is sent. The slot is held until the stream ends.
-        A cache hit has nothing to wait for: it comes back whole (as SSE events, a one-chunk stream)."""
-        state = self._cache_state(no_cache, prepared.voice_kind)
-        key = cache_key(prepared.cache_fields) if state == "USE" else None
+        still gets a proper error before any byte is sent. The slot is held until the stream ends."""
         if key is not None:
-            hit = await self.cache.get(key)
-            if hit is not None:
-                result = self._hit(job, hit.payload, hit.meta)
-                if not prepared.sse:
-                    return result
-                return SpeechStream(prepared, job, _once(result.audio), lambda: _closed(self.jobs, job))
-        self._looked_up(job, "MISS" if key is not None else state)
+            self._looked_up(job, "MISS")
         slot = await self._admit()
         audio = self.joiner.audio(prepared.segments, job)
         try:
