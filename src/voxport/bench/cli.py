@@ -30,6 +30,8 @@ from voxport.bench.sweep import PARTIAL_FILE, LevelStats, sweep
 from voxport.bench.targets import EngineTarget, ServerTarget
 from voxport.config import Settings
 
+KEEPALIVE_EXPIRY_S = 2.0
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `bench` to a `voxport` subcommand set; `args.run(args)` runs it and returns the exit code."""
@@ -107,7 +109,12 @@ async def _sweep_server(
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     top = max(args.concurrency)
     # httpx pools 100 connections by default: more concurrency than that would queue inside the client.
-    limits = httpx.Limits(max_connections=top + 4, max_keepalive_connections=top + 4)
+    # Idle connections are dropped well before the server's keep-alive timeout (default 5 s, httpx's
+    # default too): a request sent on a connection the server is closing at that moment fails with
+    # ReadError and no byte, which is the client's race, not a server failure.
+    limits = httpx.Limits(
+        max_connections=top + 4, max_keepalive_connections=top + 4, keepalive_expiry=KEEPALIVE_EXPIRY_S
+    )
     async with httpx.AsyncClient(
         base_url=args.url, headers=headers, timeout=httpx.Timeout(args.timeout), limits=limits
     ) as client:
