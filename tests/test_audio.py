@@ -51,7 +51,11 @@ def test_clipping_instead_of_wrapping() -> None:
     assert pcm.tolist() == [32767, -32767, 0]
 
 
-async def test_without_ffmpeg_only_wav_and_pcm_at_normal_speed_are_served(app, http, monkeypatch) -> None:
+async def test_without_ffmpeg_binary_only_in_process_formats_at_normal_speed_are_served(
+    app, http, monkeypatch
+) -> None:
+    """pcm and wav (soxr) and mp3, opus and aac (FFmpeg's libraries in-process) need no ffmpeg binary;
+    flac and speed changes do."""
     from voxport import audio
 
     monkeypatch.setattr(audio.shutil, "which", lambda _name: None)
@@ -59,18 +63,19 @@ async def test_without_ffmpeg_only_wav_and_pcm_at_normal_speed_are_served(app, h
     audio.ffmpeg_binary.cache_clear()
     try:
         refused = await http.post(
-            "/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "response_format": "mp3"}
+            "/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "response_format": "flac"}
         )
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "ffmpeg_unavailable"
         slow = await http.post(
             "/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "speed": 2, "response_format": "pcm"}
         )
         assert slow.status_code == 503
-        ok = await http.post(
-            "/v1/audio/speech",
-            json={"model": "tts-1", "input": "Hi.", "response_format": "pcm", "cache": False},
-        )
-        assert ok.status_code == 200 and len(ok.content) > 0
+        for fmt in ("pcm", "mp3", "opus"):
+            ok = await http.post(
+                "/v1/audio/speech",
+                json={"model": "tts-1", "input": "Hi.", "response_format": fmt, "cache": False},
+            )
+            assert ok.status_code == 200 and len(ok.content) > 0
     finally:
         audio.ffmpeg_binary.cache_clear()
 

@@ -272,3 +272,46 @@ async def test_levels_are_kept_as_they_complete(tmp_path: Path) -> None:
         ("stuck", 2, 2),
     ]
     assert lines[1] == {"side": "stuck", **asdict(levels[1])}
+
+
+@pytest.mark.parametrize("fmt", ["pcm", "mp3"])
+def test_sim_engine_end_to_end_with_a_spawned_server(
+    fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One command: a `voxport serve --engine sim` the bench starts itself, and the same sim engine in
+    the bench's process, compared level by level. Fields only; no timing is asserted."""
+    argv = ["--engine", "sim", "--spawn-server", "--sim-step-ms", "2", "--sim-step-ms-per-seq", "0.01",
+            "--concurrency", "1,4", "--requests", "4", "--max-length", str(BENCH_MAX_LENGTH),
+            "--format", fmt, "--out", str(tmp_path)]  # fmt: skip
+    assert run_main(argv) == 0
+    assert "server / engine" in capsys.readouterr().out
+
+    report = json.loads((tmp_path / "bench.json").read_text())
+    settings = report["settings"]
+    assert settings["spawn_server"] is True and settings["engine"] == "sim"
+    assert (settings["sim_step_ms"], settings["sim_step_ms_per_seq"]) == (2.0, 0.01)
+    command = settings["server_command"]
+    assert command[command.index("--engine") + 1] == "sim"
+    assert command[command.index("--sim-step-ms") + 1] == "2.0"
+    assert report["server_info"]["engine"] == "sim" and report["engine_info"]["name"] == "sim"
+    expected = BENCH_MAX_LENGTH * STEP_SECONDS
+    for side in ("server", "engine"):
+        for lv in report["levels"][side]:
+            assert lv["completed"] == 4 and lv["errors"] == lv["rejected"] == 0
+            assert set(lv["first_audio_ms"]) == {"p50", "p95", "p99"}
+            # mp3 is counted from its frame headers: the encoder's delay and padding add a frame or two.
+            assert lv["audio_s"]["min"] == pytest.approx(expected, abs=0.1)
+    for lv in report["levels"]["server"]:
+        assert lv["server_cpu_s"] is not None and lv["server_children_cpu_s"] is not None
+    comparison = report["comparison"]
+    assert [c["concurrency"] for c in comparison] == [1, 4]
+    for c in comparison:
+        assert c["ratio"] > 0 and c["server_audio_s_per_s"] > 0 and c["engine_audio_s_per_s"] > 0
+        assert c["first_audio_overhead_ms"]["p50"] is not None
+        assert c["first_audio_overhead_ms"]["p99"] is not None
+        assert c["errors"] == c["rejected"] == 0
+        assert c["cpu_ms_per_audio_s"] is not None and c["rss_after_bytes"]
+    assert "server / engine" in (tmp_path / "bench.md").read_text()
+    assert (
+        "Application startup" in (tmp_path / "server.log").read_text() or (tmp_path / "server.log").exists()
+    )

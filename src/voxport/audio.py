@@ -1,8 +1,10 @@
-"""Audio post-processing: speed, resampling and encoding to the response formats, through ffmpeg.
+"""Audio post-processing: speed, resampling and encoding to the response formats.
 
-The ffmpeg binary comes from PATH, else from the `imageio-ffmpeg` wheel, so a pip install alone
-gives a working server. `encode` is synchronous (callers run it in a worker thread);
-`encode_stream` drives one ffmpeg subprocess per stream with asyncio pipes.
+pcm and wav are resampled in-process (soxr); mp3, opus and aac at normal speed are encoded in-process on
+FFmpeg's libraries (voxport.codec); the rest (flac, any speed change) goes through the ffmpeg binary,
+from PATH, else from the `imageio-ffmpeg` wheel, so a pip install alone gives a working server.
+`encode` is synchronous (callers run it in a worker thread); `encode_stream` is an async iterator that
+never blocks the event loop (codec work in a thread pool, or an ffmpeg subprocess on asyncio pipes).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import soxr
 ENGINE_CHANNELS = 1
 _READ_SIZE = 1 << 16
 WAV_HEADER_BYTES = 44
+# Encoded in-process (voxport.codec) at normal speed; flac still goes through ffmpeg: it needs a seekable
+# output for its sample count, which libsndfile gives the buffered path.
+IN_PROCESS_CODECS = frozenset({"mp3", "opus", "aac"})
 _COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
@@ -70,8 +75,11 @@ def ffmpeg_binary() -> str:
 
 
 def needs_ffmpeg(fmt: str, speed: float) -> bool:
-    """wav and pcm at normal speed are resampled in-process (soxr), with no pipe to buffer in."""
-    return FORMATS[fmt].muxer is not None or speed != 1.0
+    """wav and pcm at normal speed are resampled in-process (soxr), with no pipe to buffer in; mp3, opus
+    and aac at normal speed are encoded in-process (voxport.codec)."""
+    if speed != 1.0:
+        return True
+    return FORMATS[fmt].muxer is not None and fmt not in IN_PROCESS_CODECS
 
 
 def ffmpeg_available() -> bool:
@@ -161,6 +169,10 @@ def encode(samples: np.ndarray, in_rate: int, fmt: str, out_rate: int, speed: fl
         out = io.BytesIO()
         soundfile.write(out, pcm, out_rate, format="FLAC", subtype="PCM_16")
         return out.getvalue()
+    if fmt in IN_PROCESS_CODECS and speed == 1.0:
+        from voxport.codec import encode_buffered  # it imports this module for FORMATS
+
+        return encode_buffered(samples, in_rate, fmt, out_rate)
     if needs_ffmpeg(fmt, speed):
         proc = subprocess.run(
             ffmpeg_command(fmt, in_rate, out_rate, speed),
@@ -184,10 +196,17 @@ async def encode_stream(
 ) -> AsyncIterator[bytes]:
     """Encode an async stream of float32 chunks, yielding encoded bytes as soon as they exist.
 
-    One encoder process lives for the whole stream, so the concatenated output is one valid file
+    One encoder (a codec context here, or an ffmpeg process) lives for the whole stream, so the
+    concatenated output is one valid file
     (one header, no gaps at chunk joins). wav starts with a header of unknown length (0xFFFFFFFF).
     Leaving the iteration early stops the encoder and the upstream chunks.
     """
+    if fmt in IN_PROCESS_CODECS and speed == 1.0:
+        from voxport.codec import encode_chunks  # it imports this module for FORMATS
+
+        async for data in encode_chunks(chunks, in_rate, fmt, out_rate):
+            yield data
+        return
     if fmt == "wav":
         yield wav_header(out_rate, None)
     if not needs_ffmpeg(fmt, speed):

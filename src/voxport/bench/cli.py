@@ -15,48 +15,22 @@ from typing import Any
 
 import httpx
 
-from voxport.audio import FORMATS
+from voxport.bench.args import define
 from voxport.bench.report import (
     RTF_DEFINITION,
     build_report,
+    comparison_table,
     machine_info,
     markdown_report,
     markdown_table,
     write_plot,
 )
+from voxport.bench.spawn import SpawnedServer
 from voxport.bench.sweep import PARTIAL_FILE, LevelStats, sweep
 from voxport.bench.targets import EngineTarget, ServerTarget
+from voxport.config import Settings
 
-
-def _concurrency_list(value: str) -> list[int]:
-    try:
-        levels = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {value!r}") from None
-    if not levels or any(level < 1 for level in levels):
-        raise argparse.ArgumentTypeError("concurrency levels must be positive integers")
-    return levels
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return number
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return number
+KEEPALIVE_EXPIRY_S = 2.0
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -69,72 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "Markdown table. Exit code: 0 when no level had errors other than 429, 1 otherwise, 2 when the "
         "run could not start.",
     )
-    target = parser.add_argument_group("server")
-    target.add_argument("--url", default="http://127.0.0.1:8000", help="Server base URL (no /v1).")
-    target.add_argument("--api-key", default=None, help="Sent as `Authorization: Bearer KEY`.")
-    target.add_argument(
-        "--stream-route",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="POST /v1/audio/speech/stream (default); --no-stream-route: /v1/audio/speech with stream=true.",
-    )
-    target.add_argument("--skip-server", action="store_true", help="Measure only the raw engine.")
-    body = parser.add_argument_group("requests")
-    body.add_argument("--model", default="tts-1", help="Request `model`.")
-    body.add_argument("--voice", default="alloy", help="Request `voice` (the engine side clones it too).")
-    body.add_argument(
-        "--design-clip-seconds",
-        type=float,
-        default=6.0,
-        help="Reference clip length for a designed voice on the engine side; match the server's setting.",
-    )
-    body.add_argument("--format", choices=tuple(FORMATS), default="pcm", help="Request `response_format`.")
-    body.add_argument(
-        "--sample-rate",
-        type=_positive_int,
-        default=24000,
-        help="Request `sample_rate`; audio seconds = bytes / 2 / rate for pcm and wav (n/a otherwise).",
-    )
-    body.add_argument(
-        "--max-length",
-        type=_positive_int,
-        default=32,
-        help="Request `max_length` (steps of 0.16 s), the same for every request so runs compare.",
-    )
-    load = parser.add_argument_group("load")
-    load.add_argument(
-        "--concurrency",
-        type=_concurrency_list,
-        default=[1, 4, 16],
-        metavar="N,N,...",
-        help="Concurrency levels, run in order (default 1,4,16).",
-    )
-    load.add_argument(
-        "--requests", type=_positive_int, default=None, help="Requests per level (default max(8, 2 × level))."
-    )
-    load.add_argument(
-        "--repeat-fraction",
-        type=_fraction,
-        default=0.0,
-        help="Share of requests that repeat an earlier completed request's text and seed (cache hits).",
-    )
-    load.add_argument(
-        "--timeout", type=_positive_float, default=300.0, help="Per-request timeout, seconds (default 300)."
-    )
-    load.add_argument(
-        "--nonce",
-        type=int,
-        default=None,
-        help="Base of the fresh requests' seeds (default: random per run, so fresh requests miss the cache).",
-    )
-    engine = parser.add_argument_group("raw engine (in-process)")
-    engine.add_argument("--engine-model", default=None, metavar="DIR", help="Checkpoint directory to load.")
-    engine.add_argument("--engine", choices=["auto", "reference", "nanovllm"], default="auto")
-    engine.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    out = parser.add_argument_group("output")
-    out.add_argument(
-        "--out", default=None, metavar="DIR", help="Write bench.json, bench.md and bench.png here."
-    )
+    define(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -151,9 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def _engine_side(args: argparse.Namespace) -> bool:
+    return bool(args.engine_model) or args.engine == "sim"
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.skip_server and not args.engine_model:
-        print("voxport bench: --skip-server needs --engine-model", file=sys.stderr)
+    if args.skip_server and not _engine_side(args):
+        print("voxport bench: --skip-server needs --engine-model or --engine sim", file=sys.stderr)
+        return 2
+    if args.spawn_server and args.engine != "sim" and not args.engine_model:
+        print("voxport bench: --spawn-server needs --engine sim or --engine-model", file=sys.stderr)
         return 2
     return asyncio.run(_bench(args))
 
@@ -169,14 +85,40 @@ def _levels_dicts(levels: list[LevelStats] | None) -> list[dict[str, Any]] | Non
 async def _bench_server(
     args: argparse.Namespace, nonce: int, run_id: str
 ) -> tuple[dict[str, Any] | None, list[LevelStats] | None, str | None]:
+    spawned = None
+    if args.spawn_server:
+        log = Path(args.out) / "server.log" if args.out else None
+        spawned = SpawnedServer(args, log)
+        _progress(f"server: starting {' '.join(spawned.command)}")
+        problem = await asyncio.to_thread(spawned.wait_ready)
+        if problem:
+            await asyncio.to_thread(spawned.stop)
+            return None, None, problem
+        args.url = spawned.url
+        args.server_command = spawned.command
+    try:
+        return await _sweep_server(args, nonce, run_id, spawned.pid if spawned else args.server_pid)
+    finally:
+        if spawned is not None:
+            await asyncio.to_thread(spawned.stop)
+
+
+async def _sweep_server(
+    args: argparse.Namespace, nonce: int, run_id: str, pid: int | None
+) -> tuple[dict[str, Any] | None, list[LevelStats] | None, str | None]:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     top = max(args.concurrency)
     # httpx pools 100 connections by default: more concurrency than that would queue inside the client.
-    limits = httpx.Limits(max_connections=top + 4, max_keepalive_connections=top + 4)
+    # Idle connections are dropped well before the server's keep-alive timeout (default 5 s, httpx's
+    # default too): a request sent on a connection the server is closing at that moment fails with
+    # ReadError and no byte, which is the client's race, not a server failure.
+    limits = httpx.Limits(
+        max_connections=top + 4, max_keepalive_connections=top + 4, keepalive_expiry=KEEPALIVE_EXPIRY_S
+    )
     async with httpx.AsyncClient(
         base_url=args.url, headers=headers, timeout=httpx.Timeout(args.timeout), limits=limits
     ) as client:
-        target = ServerTarget(client, args, run_id)
+        target = ServerTarget(client, args, run_id, pid)
         health = await target.health()
         if health is None:
             return None, None, f"no answer from {args.url}/health"
@@ -188,14 +130,19 @@ async def _bench_server(
 async def _bench_engine(
     args: argparse.Namespace, nonce: int
 ) -> tuple[dict[str, Any] | None, list[LevelStats] | None, str | None]:
-    from voxport.config import Settings
     from voxport.engine import create_engine
     from voxport.voices import VoiceRegistry
 
     try:
-        settings = Settings(model=args.engine_model, engine=args.engine, device=args.device)
-        engine = create_engine(settings, args.engine_model)
-        _progress(f"engine: loading {args.engine_model} ...")
+        settings = Settings(
+            engine=args.engine,
+            device=args.device,
+            sim_step_ms=args.sim_step_ms,
+            sim_step_ms_per_seq=args.sim_step_ms_per_seq,
+            **({"model": args.engine_model} if args.engine_model else {}),
+        )
+        engine = create_engine(settings, args.engine_model or settings.model)
+        _progress(f"engine: loading {args.engine_model or args.engine} ...")
         await engine.start()
     except Exception as exc:  # any load failure ends the run, with its reason
         return None, None, f"the engine could not start: {type(exc).__name__}: {exc}"
@@ -250,7 +197,7 @@ async def _bench(args: argparse.Namespace) -> int:
             return 2
     engine_info: dict[str, Any] | None = None
     engine_levels: list[LevelStats] | None = None
-    if args.engine_model:
+    if _engine_side(args):
         engine_info, engine_levels, problem = await _bench_engine(args, nonce)
         if problem:
             print(f"voxport bench: {problem}", file=sys.stderr)
@@ -263,6 +210,9 @@ async def _bench(args: argparse.Namespace) -> int:
     report = build_report(args, created, nonce, machine, server_info, engine_info, levels)
     print(markdown_table(levels))
     print()
+    if levels["server"] and levels["engine"]:
+        print(comparison_table(levels))
+        print()
     print(RTF_DEFINITION)
     for side, side_levels in levels.items():
         for lv in side_levels or []:

@@ -73,6 +73,58 @@ def markdown_table(levels_by_side: dict[str, list[dict[str, Any]] | None]) -> st
     return "\n".join(rows)
 
 
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def compare(server: dict[str, Any], engine: dict[str, Any] | None) -> dict[str, Any]:
+    """What the server adds at one level: throughput against the engine's, first-audio overhead (the
+    server's percentile less the engine's), CPU per second of audio delivered."""
+    ratio = None
+    if engine and server["audio_s_per_s"] and engine["audio_s_per_s"]:
+        ratio = server["audio_s_per_s"] / engine["audio_s_per_s"]
+    first, engine_first = server["first_audio_ms"], (engine or {}).get("first_audio_ms", {})
+    cpu = server.get("server_cpu_s")
+    children = server.get("server_children_cpu_s") or 0.0
+    audio = server["audio_s"]["total"]
+    per_audio = None if cpu is None or not audio else (cpu + children) * 1000 / audio
+    return {
+        "concurrency": server["concurrency"],
+        "server_audio_s_per_s": server["audio_s_per_s"],
+        "engine_audio_s_per_s": engine["audio_s_per_s"] if engine else None,
+        "ratio": ratio,
+        "first_audio_overhead_ms": {q: _delta(first.get(q), engine_first.get(q)) for q in ("p50", "p99")},
+        "errors": server["errors"],
+        "rejected": server["rejected"],
+        "cpu_ms_per_audio_s": per_audio,
+        "children_cpu_share": None if not cpu else children / (cpu + children),
+        "rss_after_bytes": server["rss_after_bytes"],
+    }
+
+
+def comparisons(levels_by_side: dict[str, list[dict[str, Any]] | None]) -> list[dict[str, Any]]:
+    engine = {lv["concurrency"]: lv for lv in levels_by_side.get("engine") or []}
+    return [compare(lv, engine.get(lv["concurrency"])) for lv in levels_by_side.get("server") or []]
+
+
+def comparison_table(levels_by_side: dict[str, list[dict[str, Any]] | None]) -> str:
+    rows = [
+        "| concurrency | server audio s/s | engine audio s/s | server / engine | first-audio overhead "
+        "p50 / p99 (ms) | errors | 429 | server CPU ms per audio s | of which encoders | server RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons(levels_by_side):
+        over = c["first_audio_overhead_ms"]
+        share = c["children_cpu_share"]
+        rows.append(
+            f"| {c['concurrency']} | {_fmt(c['server_audio_s_per_s'])} | {_fmt(c['engine_audio_s_per_s'])} "
+            f"| {_fmt(c['ratio'], 3)} | {_fmt(over['p50'])} / {_fmt(over['p99'])} | {c['errors']} "
+            f"| {c['rejected']} | {_fmt(c['cpu_ms_per_audio_s'], 2)} "
+            f"| {'n/a' if share is None else f'{share:.0%}'} | {_mib(c['rss_after_bytes'])} |"
+        )
+    return "\n".join(rows)
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     s = report["settings"]
     machine = report["machine"]
@@ -115,6 +167,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         markdown_table(report["levels"]),
         "",
     ]
+    if report["levels"]["server"] and report["levels"]["engine"]:
+        lines += [comparison_table(report["levels"]), ""]
     return "\n".join(lines)
 
 
@@ -189,8 +243,12 @@ def build_report(
             "timeout": args.timeout,
             "nonce": nonce,
             "engine_model": args.engine_model,
-            "engine": args.engine if args.engine_model else None,
+            "engine": args.engine if args.engine_model or args.engine == "sim" else None,
             "device": args.device if args.engine_model else None,
+            "sim_step_ms": args.sim_step_ms if args.engine == "sim" else None,
+            "sim_step_ms_per_seq": args.sim_step_ms_per_seq if args.engine == "sim" else None,
+            "spawn_server": args.spawn_server,
+            "server_command": getattr(args, "server_command", None),
             "prompts": list(PROMPTS),
         },
         "machine": machine,
@@ -198,4 +256,5 @@ def build_report(
         "engine_info": engine_info,
         "rtf_definition": RTF_DEFINITION,
         "levels": levels,
+        "comparison": comparisons(levels),
     }

@@ -47,6 +47,10 @@ class LevelStats:
     peak_gpu_bytes: int | None = None
     rss_before_bytes: int | None = None
     rss_after_bytes: int | None = None
+    # Server side with a known pid: CPU seconds the server process spent during the level, and its
+    # children (encoder subprocesses) that exited during it.
+    server_cpu_s: float | None = None
+    server_children_cpu_s: float | None = None
     error_samples: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
 
@@ -86,8 +90,8 @@ def summarise(
     stats.cache_hits = stats.cache.get("HIT", 0)
     first = [r.first_audio_s for r in ok if r.first_audio_s is not None]
     totals = [r.total_s for r in ok]
-    stats.first_audio_ms = {"p50": _ms(_percentile(first, 50)), "p95": _ms(_percentile(first, 95))}
-    stats.total_ms = {"p50": _ms(_percentile(totals, 50)), "p95": _ms(_percentile(totals, 95))}
+    stats.first_audio_ms = {f"p{q}": _ms(_percentile(first, q)) for q in (50, 95, 99)}
+    stats.total_ms = {f"p{q}": _ms(_percentile(totals, q)) for q in (50, 95, 99)}
     stats.requests_per_s = round(len(ok) / wall_s, 6) if wall_s > 0 else 0.0
     audio = [r.audio_s for r in ok if r.audio_s is not None]
     if ok and len(audio) == len(ok):
@@ -181,6 +185,8 @@ async def run_level(
     after = await target.after_level(before)
     stats.rss_before_bytes = after["rss_before_bytes"]
     stats.rss_after_bytes = after["rss_after_bytes"]
+    stats.server_cpu_s = after.get("server_cpu_s")
+    stats.server_children_cpu_s = after.get("server_children_cpu_s")
     peaks = [v for v in (after["peak_gpu_bytes"], max(gpu_samples, default=None)) if v is not None]
     stats.peak_gpu_bytes = max(peaks, default=None)
     return stats

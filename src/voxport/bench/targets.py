@@ -10,10 +10,11 @@ from typing import Any, Protocol
 
 import httpx
 
+from voxport.bench.audio_length import audio_seconds, keeps_body
 from voxport.bench.plan import RequestSpec
+from voxport.bench.spawn import cpu_seconds
 from voxport.metrics import gpu_memory_bytes, process_rss_bytes
 
-WAV_HEADER_BYTES = 44
 HEALTH_TIMEOUT_S = 10.0
 RESPONSE_SNIPPET_CHARS = 2000
 
@@ -59,22 +60,16 @@ class Target(Protocol):
         ...
 
 
-def _audio_seconds(fmt: str, nbytes: int, rate: int) -> float | None:
-    """Seconds of s16le mono audio in a raw body; compressed formats cannot be counted from bytes."""
-    if fmt == "pcm":
-        return nbytes / 2 / rate
-    if fmt == "wav":
-        return max(0, nbytes - WAV_HEADER_BYTES) / 2 / rate
-    return None
-
-
 class ServerTarget:
     name = "server"
 
-    def __init__(self, client: httpx.AsyncClient, args: argparse.Namespace, run_id: str):
+    def __init__(
+        self, client: httpx.AsyncClient, args: argparse.Namespace, run_id: str, pid: int | None = None
+    ):
         self.client = client
         self.args = args
         self.run_id = run_id
+        self.pid = pid  # the server's process on this machine, for its CPU time; None: not measured
         self.path = "/v1/audio/speech/stream" if args.stream_route else "/v1/audio/speech"
 
     def body(self, spec: RequestSpec) -> dict[str, Any]:
@@ -101,15 +96,22 @@ class ServerTarget:
 
     async def before_level(self) -> dict[str, Any]:
         health = await self.health()
-        return {"rss_bytes": health.get("rss_bytes") if health else None}
+        cpu = cpu_seconds(self.pid) if self.pid else None
+        return {"rss_bytes": health.get("rss_bytes") if health else None, "cpu": cpu}
 
     async def after_level(self, before: dict[str, Any]) -> dict[str, Any]:
         health = await self.health()
-        return {
+        after: dict[str, Any] = {
             "rss_before_bytes": before.get("rss_bytes"),
             "rss_after_bytes": health.get("rss_bytes") if health else None,
             "peak_gpu_bytes": None,  # sampled during the level from /health instead
         }
+        cpu = cpu_seconds(self.pid) if self.pid else None
+        if cpu and before.get("cpu"):
+            # Children count once waited for: every encoder of the level has exited by now.
+            after["server_cpu_s"] = round(cpu["self"] - before["cpu"]["self"], 3)
+            after["server_children_cpu_s"] = round(cpu["children"] - before["cpu"]["children"], 3)
+        return after
 
     async def gpu_memory(self) -> int | None:
         health = await self.health()
@@ -132,6 +134,8 @@ class ServerTarget:
         started = time.perf_counter()
         snippet = b""
         rate = self.args.sample_rate
+        fmt = self.args.format
+        body = bytearray() if keeps_body(fmt) else None
         try:
             async with self.client.stream(
                 "POST", self.path, json=self.body(spec), headers=headers
@@ -147,6 +151,8 @@ class ServerTarget:
                     if result.first_audio_s is None:
                         result.first_audio_s = time.perf_counter() - started
                     result.bytes += len(chunk)
+                    if body is not None:
+                        body += chunk
                     if result.detail is not None and len(snippet) < RESPONSE_SNIPPET_CHARS:
                         snippet += chunk
                         result.detail["response_body"] = snippet[:RESPONSE_SNIPPET_CHARS].decode(
@@ -156,7 +162,7 @@ class ServerTarget:
         except httpx.HTTPError as exc:
             result.error = f"{type(exc).__name__}: {exc}"
         if result.ok:
-            result.audio_s = _audio_seconds(self.args.format, result.bytes, rate)
+            result.audio_s = audio_seconds(fmt, bytes(body) if body is not None else None, result.bytes, rate)
 
 
 def cuda_available() -> bool:

@@ -1,0 +1,53 @@
+"""Plot `voxport bench --engine sim` runs side by side: server CPU per second of audio and server / engine
+throughput against concurrency, one line per run.
+
+    python benchmarks/plot_sim.py OUT.png LABEL=DIR [LABEL=DIR ...]
+
+Each DIR holds a bench.json (its `comparison` list). Needs matplotlib (the `bench` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    out, runs = Path(argv[0]), [arg.split("=", 1) for arg in argv[1:]]
+    fig, (cpu, ratio) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ticks: set[int] = set()
+    for label, folder in runs:
+        rows = json.loads((Path(folder) / "bench.json").read_text())["comparison"]
+        xs = [r["concurrency"] for r in rows]
+        ticks.update(xs)
+        style = "--" if label.startswith("before") else "-"
+        nan = float("nan")
+        cpu.plot(xs, [r["cpu_ms_per_audio_s"] or nan for r in rows], style, marker="o", label=label)
+        ratio.plot(xs, [r["ratio"] or nan for r in rows], style, marker="o", label=label)
+    for ax, title, ylabel in (
+        (cpu, "Server CPU per second of audio", "CPU ms per audio s (server + encoders)"),
+        (ratio, "Server / in-process engine throughput", "audio s/s ratio"),
+    ):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks))
+        ax.set_xticklabels([str(t) for t in sorted(ticks)])
+        ax.minorticks_off()
+        ax.set_xlabel("concurrent streams")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    cpu.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
