@@ -33,6 +33,8 @@ EXTRAS = ["gpu", "dev"]
 # resolved). Each with the reason it can be left out.
 NOT_CARRIED = {
     "imageio-ffmpeg": "its 68 MB wheel is only an ffmpeg binary: carried xz-compressed instead (.whl-ffmpeg)",
+    "av": "PyAV's wheel is FFmpeg's libraries (40 MB): there the server encodes mp3, opus and aac with the "
+    "carried ffmpeg binary instead (voxport.audio.pyav_available)",
     "ruff": "a linter, not run there",
     "scikit-learn": "librosa imports it lazily, for features (segmentation, decomposition) not used",
     # uvicorn[standard]'s optional speed-ups: without them uvicorn runs on asyncio's loop and h11.

@@ -93,3 +93,15 @@ def test_buffered_flac_declares_its_length(speed: float) -> None:
     assert info.samplerate == 24000
     assert info.frames == pytest.approx(24000 / speed, abs=480)  # atempo adds a few ms
     assert struct.unpack(">Q", b"\0\0\0" + data[21:26])[0] & (2**36 - 1) == info.frames
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac"])
+def test_without_pyav_compressed_formats_are_encoded_by_ffmpeg(monkeypatch, fmt: str) -> None:
+    """A host without PyAV (the GPU session's carried set) still answers every format."""
+    from voxport import audio
+
+    monkeypatch.setattr(audio, "pyav_available", lambda: False)
+    assert audio.needs_ffmpeg(fmt, 1.0)
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)
+    decoded = decode(encode(tone, 48000, fmt, 48000), fmt, pcm_rate=48000)
+    assert decoded.duration == pytest.approx(1.0, abs=0.06)

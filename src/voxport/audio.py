@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import io
 import shutil
 import struct
@@ -74,12 +75,23 @@ def ffmpeg_binary() -> str:
         raise AudioEncodingError(f"no ffmpeg: put one on PATH or install imageio-ffmpeg ({exc})") from None
 
 
+@functools.lru_cache(maxsize=1)
+def pyav_available() -> bool:
+    """PyAV is a declared dependency; a host that leaves it out (the GPU session's carried wheel set, where
+    its 40 MB of FFmpeg libraries do not fit) encodes mp3, opus and aac with the ffmpeg binary instead."""
+    return importlib.util.find_spec("av") is not None
+
+
+def in_process(fmt: str, speed: float) -> bool:
+    return fmt in IN_PROCESS_CODECS and speed == 1.0 and pyav_available()
+
+
 def needs_ffmpeg(fmt: str, speed: float) -> bool:
     """wav and pcm at normal speed are resampled in-process (soxr), with no pipe to buffer in; mp3, opus
     and aac at normal speed are encoded in-process (voxport.codec)."""
     if speed != 1.0:
         return True
-    return FORMATS[fmt].muxer is not None and fmt not in IN_PROCESS_CODECS
+    return FORMATS[fmt].muxer is not None and not in_process(fmt, speed)
 
 
 def ffmpeg_available() -> bool:
@@ -169,7 +181,7 @@ def encode(samples: np.ndarray, in_rate: int, fmt: str, out_rate: int, speed: fl
         out = io.BytesIO()
         soundfile.write(out, pcm, out_rate, format="FLAC", subtype="PCM_16")
         return out.getvalue()
-    if fmt in IN_PROCESS_CODECS and speed == 1.0:
+    if in_process(fmt, speed):
         from voxport.codec import encode_buffered  # it imports this module for FORMATS
 
         return encode_buffered(samples, in_rate, fmt, out_rate)
@@ -201,7 +213,7 @@ async def encode_stream(
     (one header, no gaps at chunk joins). wav starts with a header of unknown length (0xFFFFFFFF).
     Leaving the iteration early stops the encoder and the upstream chunks.
     """
-    if fmt in IN_PROCESS_CODECS and speed == 1.0:
+    if in_process(fmt, speed):
         from voxport.codec import encode_chunks  # it imports this module for FORMATS
 
         async for data in encode_chunks(chunks, in_rate, fmt, out_rate):
