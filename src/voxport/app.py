@@ -13,12 +13,14 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from voxport import __version__
 from voxport.api.auth import AccessPolicy
 from voxport.api.errors import install_error_handlers
 from voxport.api.limits import BodyLimitMiddleware, BodyLimits
 from voxport.api.middleware import RequestContextMiddleware
+from voxport.api.openapi import install_openapi
 from voxport.api.routes import ROUTERS
 from voxport.cache import AudioCache, checkpoint_fingerprint
 from voxport.config import Settings
@@ -113,7 +115,11 @@ def create_app(
                     await sweeper
             await engine.close()
 
-    app = FastAPI(title="voxport", version=__version__, lifespan=lifespan)
+    # /docs and /redoc with their scripts and styles served from the fastapi-offline package: no CDN; and
+    # no validator badge, which Swagger UI would otherwise fetch from validator.swagger.io.
+    app = FastAPIOffline(
+        title="voxport", version=__version__, lifespan=lifespan, swagger_ui_parameters={"validatorUrl": None}
+    )
     app.state.settings = settings
     app.state.speech = speech
     app.state.metrics = speech.metrics
@@ -149,4 +155,5 @@ def create_app(
         )
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app)
     return app

@@ -3,18 +3,49 @@ onto OpenAI's one to one."""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 StreamFormat = Literal["audio", "sse"]
+_LINE_BREAKS = frozenset("\t\n\r")
+
+
+def control_character(value: str, allow: frozenset[str] = frozenset()) -> str | None:
+    """The first control character (or unpaired surrogate) in `value` not in `allow`, as U+XXXX."""
+    for char in value:
+        if char not in allow and unicodedata.category(char) in ("Cc", "Cs"):
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def _plain(value: str) -> str:
+    found = control_character(value)
+    if found:
+        raise ValueError(f"must not contain control characters ({found})")
+    return value
+
+
+def _text(value: str) -> str:
+    found = control_character(value, _LINE_BREAKS)
+    if found:
+        raise ValueError(f"must not contain control characters other than tabs and line breaks ({found})")
+    return value
+
+
+# Names, ids and paths: no control character at all. Free text (what is spoken, styled or transcribed)
+# may also hold tabs and line breaks. NUL in a path used to reach the file system as a 500.
+Plain = Annotated[str, AfterValidator(_plain)]
+Text = Annotated[str, AfterValidator(_text)]
+NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(_plain)]
 
 
 class VoiceID(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1)
+    id: NonEmpty
 
 
 class SpeechCreateParams(BaseModel):
@@ -22,10 +53,10 @@ class SpeechCreateParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    input: str = Field(min_length=1)
-    voice: str | VoiceID | None = None
-    instructions: str | None = Field(None, max_length=4096)
+    model: Plain
+    input: Text = Field(min_length=1)
+    voice: NonEmpty | VoiceID | None = None
+    instructions: Text | None = Field(None, max_length=4096)
     response_format: ResponseFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: StreamFormat = "audio"
@@ -48,14 +79,14 @@ class SpeechCreateParams(BaseModel):
 
 class SpeechCancelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    request_id: str = Field(min_length=1, max_length=128)
+    request_id: Plain = Field(min_length=1, max_length=128)
 
 
 class VoiceFromPathParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    voice_name: str = Field(min_length=1, max_length=100)
-    prompt_wav_path: str = Field(min_length=1, max_length=1024)
-    prompt_text: str | None = Field(None, max_length=1000)
+    voice_name: Plain = Field(min_length=1, max_length=100)
+    prompt_wav_path: Plain = Field(min_length=1, max_length=1024)
+    prompt_text: Text | None = Field(None, max_length=1000)
     replace: bool = False
 
 

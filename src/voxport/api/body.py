@@ -3,53 +3,80 @@ the same fields plus a recording. Each parser is a dependency that answers 400/4
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, UploadFile
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from voxport.api.deps import SettingsDep
 from voxport.api.errors import validation_error
 from voxport.config import Settings
 from voxport.errors import VoxportError, invalid
-from voxport.protocol import SpeechCreateParams, VoiceUpload
+from voxport.protocol import SpeechCreateParams, VoiceUpload, control_character
 
 M = TypeVar("M", bound=BaseModel)
 _SPEECH_FILES = ("custom_voice_file", "speaker_wav")  # the first one present wins
 _TRUTHY = {"1", "true", "yes", "on", "y", "t"}
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
+    # No Content-Type at all is read as JSON: a client that says nothing has said nothing wrong.
+    return media_type in ("", "application/json") or media_type.endswith("+json")
+
+
+def _is_form(request: Request) -> bool:
+    return _media_type(request) in _FORMS
+
+
+def _wrong_media_type(media_type: str, accepted: str) -> VoxportError:
+    message = f"Content-Type '{media_type}' is not accepted here; send {accepted}."
+    return invalid(message, None, "unsupported_media_type")
+
+
+async def _refuse_json_as_form(request: Request) -> None:
+    """`curl -d '{...}'` without a content type sends the JSON form-encoded: say so, not "missing model"."""
+    if _media_type(request) == "application/x-www-form-urlencoded":
+        raw = (await request.body()).lstrip()  # Starlette keeps it: the form parser reads it again
+        if raw.startswith((b"{", b"[")):
+            message = "The body looks like JSON but was sent form-encoded"
+            raise invalid(f"{message}: send `Content-Type: application/json`.", None, "invalid_body")
 
 
 def json_body(model: type[M]) -> Callable[[Request], Coroutine[Any, Any, M]]:
-    """A dependency: the body as a JSON object validated by `model`."""
+    """A dependency: the body as a JSON object validated strictly by `model` (no coercion of strings or
+    numbers into booleans or integers). JSON nested too deep or with a huge number is invalid JSON."""
 
     async def parse(request: Request) -> M:
+        await _refuse_json_as_form(request)
+        if not _is_json(_media_type(request)):
+            raise _wrong_media_type(_media_type(request), "`Content-Type: application/json`")
         raw = await request.body()
         if not raw.strip():
             raise invalid("The request body is empty; send a JSON object.", None, "invalid_body")
         try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = from_json(raw, allow_inf_nan=False)
+        except ValueError as exc:  # also: nesting deeper than 200, a number beyond 4300 digits
             raise invalid(f"The request body is not valid JSON: {exc}.", None, "invalid_json") from None
         if not isinstance(data, dict):
             raise invalid("The request body must be a JSON object.", None, "invalid_body")
-        return _validate(model, data)
+        return _validate(model, data, strict=True)
 
     return parse
 
 
-def _validate(model: type[M], data: dict[str, Any]) -> M:
+def _validate(model: type[M], data: dict[str, Any], strict: bool = False) -> M:
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise validation_error(exc) from None
-
-
-def _is_form(request: Request) -> bool:
-    content_type = request.headers.get("content-type", "")
-    return content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
 
 
 def _too_large(settings: Settings, what: str, param: str | None = None) -> VoxportError:
@@ -86,6 +113,15 @@ async def _read(files: dict[str, UploadFile], param: str, cap: int, settings: Se
     return VoiceUpload(data, transcript, param)
 
 
+def _text_field(value: str | None, param: str, allow: frozenset[str] = frozenset("\t\n\r")) -> str | None:
+    """A form field outside the protocol models, held to the models' rule on control characters."""
+    found = control_character(value, allow) if value else None
+    if found:
+        raise invalid(f"Invalid value for '{param}': must not contain control characters ({found}).",
+                      param)  # fmt: skip
+    return value
+
+
 @dataclass(frozen=True)
 class SpeechBody:
     params: SpeechCreateParams
@@ -94,9 +130,12 @@ class SpeechBody:
 
 async def _speech_body(request: Request, settings: SettingsDep) -> SpeechBody:
     if not _is_form(request):
+        if not _is_json(_media_type(request)):
+            raise _wrong_media_type(_media_type(request), "application/json, or multipart/form-data")
         return SpeechBody(await json_body(SpeechCreateParams)(request))
+    await _refuse_json_as_form(request)
     fields, files, cap = await _form(request, settings)
-    transcript = fields.pop("prompt_text", None) or None
+    transcript = _text_field(fields.pop("prompt_text", None) or None, "prompt_text")
     unknown = sorted(set(files) - set(_SPEECH_FILES))
     if unknown:
         raise invalid(f"Unrecognized file field '{unknown[0]}'.", unknown[0], "unknown_parameter")
@@ -125,6 +164,7 @@ async def _voice_form(request: Request, settings: SettingsDep) -> VoiceForm:
     name = fields.get("name", "").strip()
     if not name or len(name) > 100:
         raise invalid("'name' is required (1 to 100 characters).", "name")
+    _text_field(name, "name", allow=frozenset())
     if fields.get("consent", "").strip().lower() not in _TRUTHY:
         raise invalid(
             "'consent' must be true: confirm you have the speaker's permission.",
@@ -134,7 +174,7 @@ async def _voice_form(request: Request, settings: SettingsDep) -> VoiceForm:
     param = next((n for n in ("audio_sample", "file") if n in files), None)
     if param is None:
         raise invalid("Missing required file: 'audio_sample'.", "audio_sample", "missing_required_parameter")
-    transcript = fields.get("prompt_text", "").strip() or None
+    transcript = _text_field(fields.get("prompt_text", "").strip() or None, "prompt_text")
     return VoiceForm(name, await _read(files, param, cap, settings, transcript))
 
 

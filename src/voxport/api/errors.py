@@ -11,12 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from voxport.engine.base import EngineInputError, EngineUnavailable
 from voxport.errors import VoxportError, invalid, unavailable
 
 log = logging.getLogger("voxport.api")
 _OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 STATUS: dict[str, int] = {
     "invalid": 400,
@@ -80,7 +82,11 @@ def error_response(error: VoxportError, headers: dict[str, str] | None = None) -
 
 def validation_error(exc: ValidationError | RequestValidationError) -> VoxportError:
     """Turn pydantic's first complaint into a 400 naming the offending request field."""
-    first = exc.errors()[0]
+    errors = exc.errors()
+    # A union (`voice`: a string or {"id"}) reports one complaint per branch: the one that is not about
+    # the other branch's type says what is wrong with what was sent.
+    same_field = [e for e in errors if e.get("loc", ())[:1] == errors[0].get("loc", ())[:1]]
+    first = next((e for e in same_field if not e.get("type", "").endswith("_type")), errors[0])
     loc = [part for part in first.get("loc", ()) if part != "body"]
     param = str(loc[0]) if loc else None
     kind = first.get("type", "")
@@ -92,7 +98,8 @@ def validation_error(exc: ValidationError | RequestValidationError) -> VoxportEr
         return invalid("The request body is not valid JSON.", None, "invalid_json")
     if param is None:
         return invalid(f"The request body is invalid: {first.get('msg')}.", None, "invalid_body")
-    return invalid(f"Invalid value for '{param}': {first.get('msg')}.", param)
+    detail = str(first.get("msg", "")).removeprefix("Value error, ")
+    return invalid(f"Invalid value for '{param}': {detail}.", param)
 
 
 async def _ours(_request: Request, exc: Exception) -> JSONResponse:
@@ -117,14 +124,25 @@ def install_error_handlers(app: FastAPI) -> None:
                 policy.check_api_key(request)
             except VoxportError as refusal:
                 return error_response(refusal)
+        headers = dict(exc.headers or {})
         if exc.status_code == 404:
             message, code = f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url"
         elif exc.status_code == 405:
-            message, code = (
-                f"Method {request.method} is not allowed on {request.url.path}.",
-                "method_not_allowed",
-            )
+            message = f"Method {request.method} is not allowed on {request.url.path}."
+            code = "method_not_allowed"
+            headers["Allow"] = ", ".join(allowed_methods(request))
         else:
             message, code = str(exc.detail), None
         body = error_body(message, error_type(exc.status_code), None, code)
-        return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path. Starlette's own `Allow` names only the first route
+    that matched the path (`GET` for /v1/audio/voices, where POST works too)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends
 
 from voxport.api.auth import require_api_key
 from voxport.api.deps import SettingsDep
+from voxport.api.openapi import errors
 from voxport.errors import VoxportError
 from voxport.protocol import Model, ModelList
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["models"])
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401), tags=["models"])
 _STARTED = int(time.time())
 
 
@@ -20,7 +21,7 @@ async def list_models(settings: SettingsDep) -> ModelList:
     return ModelList(data=[Model(id=m, created=_STARTED) for m in settings.model_ids])
 
 
-@router.get("/v1/models/{model_id}")
+@router.get("/v1/models/{model_id}", responses=errors(404))
 async def retrieve_model(model_id: str, settings: SettingsDep) -> Model:
     if model_id not in settings.model_ids:
         raise VoxportError("not_found", f"The model '{model_id}' does not exist.", param="model",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voxport import __version__
 from voxport.api.auth import require_admin, require_metrics_key
 from voxport.api.deps import CacheDep, MetricsDep, SpeechDep, VoicesDep
+from voxport.api.openapi import errors
 from voxport.errors import unavailable
 from voxport.metrics import gpu_memory_bytes, process_rss_bytes
 from voxport.protocol import (
@@ -24,7 +26,8 @@ from voxport.protocol import (
 from voxport.speech import SpeechService
 
 router = APIRouter(tags=["ops"])  # open: probes and load balancers call these without a key
-admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"])
+admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], responses=errors(401, 403),
+                  tags=["admin"])  # fmt: skip
 
 
 def _engine_state(speech: SpeechService) -> str:
@@ -60,24 +63,28 @@ async def health_report(speech: SpeechService, checkpoint: str) -> Health:
     )  # fmt: skip
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])
+@router.get("/health")
+@router.head("/health")
 async def health(request: Request, speech: SpeechDep) -> Health:
     return await health_report(speech, request.app.state.checkpoint_name)
 
 
-@router.get("/ready")
+@router.get("/ready", responses=errors(503))
 async def ready(speech: SpeechDep) -> Ready:
     if not speech.accepts_requests:
         raise unavailable("The speech engine is not ready.", code="not_ready", retry_after=None)
     return Ready()
 
 
-@router.get("/metrics", dependencies=[Depends(require_metrics_key)])
+@router.get(
+    "/metrics", dependencies=[Depends(require_metrics_key)], response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus' text exposition format."}, **errors(401)},
+)  # fmt: skip
 async def metrics(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@admin.post("/reload-voices")
+@admin.post("/reload-voices", responses=errors(400, 503))
 async def reload_voices(voices: VoicesDep) -> VoicesReloaded:
     return VoicesReloaded(**await voices.reload())
 

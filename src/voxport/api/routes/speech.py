@@ -17,6 +17,7 @@ from voxport.api.auth import require_api_key
 from voxport.api.body import SpeechBodyDep, json_body
 from voxport.api.deps import SpeechDep, SpeechJobDep
 from voxport.api.errors import as_error
+from voxport.api.openapi import BODY_ERRORS, errors, json_request, speech_request
 from voxport.protocol import (
     SpeechAudioDeltaEvent,
     SpeechAudioDoneEvent,
@@ -30,15 +31,21 @@ from voxport.protocol import (
 from voxport.speech import SpeechJob, SpeechResult, SpeechStream
 
 log = logging.getLogger("voxport.api")
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["speech"])
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401), tags=["speech"])
 
-_SPEECH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": SpeechCreateParams.model_json_schema()}},
-    }
+_AUDIO = ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm")
+_SPEECH_ROUTE = {
+    "openapi_extra": speech_request(),
+    "response_class": Response,
+    "responses": {
+        200: {
+            "description": "The audio in `response_format`; OpenAI's speech events for `stream_format: sse`.",
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in _AUDIO}
+            | {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **errors(*BODY_ERRORS, 404, 429, 499, 503, 504),
+    },
 }
-_AUDIO_RESPONSES = {200: {"content": {"audio/mpeg": {}, "text/event-stream": {}}, "description": "Audio."}}
 
 
 @contextlib.asynccontextmanager
@@ -113,9 +120,7 @@ def _response(outcome: SpeechResult | SpeechStream, job: SpeechJob) -> Response:
     return StreamingResponse(body(), media_type=media_type, headers=headers)
 
 
-@router.post(
-    "/v1/audio/speech", openapi_extra=_SPEECH_BODY, response_class=Response, responses=_AUDIO_RESPONSES
-)
+@router.post("/v1/audio/speech", **_SPEECH_ROUTE)
 async def create_speech(
     request: Request, body: SpeechBodyDep, speech: SpeechDep, job: SpeechJobDep
 ) -> Response:
@@ -125,9 +130,7 @@ async def create_speech(
     return _response(outcome, job)
 
 
-@router.post(
-    "/v1/audio/speech/stream", openapi_extra=_SPEECH_BODY, response_class=Response, responses=_AUDIO_RESPONSES
-)
+@router.post("/v1/audio/speech/stream", **_SPEECH_ROUTE)
 async def stream_speech(
     request: Request, body: SpeechBodyDep, speech: SpeechDep, job: SpeechJobDep
 ) -> Response:
@@ -137,7 +140,11 @@ async def stream_speech(
     return _response(outcome, job)
 
 
-@router.post("/v1/audio/speech/cancel")
+@router.post(
+    "/v1/audio/speech/cancel",
+    openapi_extra=json_request(SpeechCancelParams),
+    responses=errors(*BODY_ERRORS, 404),
+)
 async def cancel_speech(
     params: Annotated[SpeechCancelParams, Depends(json_body(SpeechCancelParams))], speech: SpeechDep
 ) -> SpeechCancelled:

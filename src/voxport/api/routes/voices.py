@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from voxport.api.auth import require_admin, require_api_key
 from voxport.api.body import VoiceFormDep, json_body
 from voxport.api.deps import SettingsDep, VoicesDep
+from voxport.api.openapi import BODY_ERRORS, errors, json_request, voice_upload_request
 from voxport.protocol import (
     AudioVoice,
     AudioVoiceList,
@@ -19,8 +20,8 @@ from voxport.protocol import (
 )
 from voxport.voices import Voice, VoiceRegistry
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["voices"])
-admin = APIRouter(dependencies=[Depends(require_admin)], tags=["voices", "admin"])
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401), tags=["voices"])
+admin = APIRouter(dependencies=[Depends(require_admin)], responses=errors(401, 403), tags=["voices", "admin"])
 
 
 def _public(voice: Voice, voices: VoiceRegistry) -> VoiceObject:
@@ -37,13 +38,19 @@ async def list_voices(voices: VoicesDep) -> VoiceList:
     return VoiceList(data=[_public(v, voices) for v in voices.all()])
 
 
-@router.post("/v1/audio/voices", status_code=201)
+@router.post(
+    "/v1/audio/voices", status_code=201, openapi_extra=voice_upload_request(),
+    responses=errors(*BODY_ERRORS, 409, 503),
+)  # fmt: skip
 async def create_voice(form: VoiceFormDep, voices: VoicesDep) -> VoiceObject:
     """Multipart: name, audio_sample (or file), optional prompt_text, consent (required, truthy)."""
     return _public(await voices.add(form.name, form.upload), voices)
 
 
-@router.post("/v1/voices", status_code=201)
+@router.post(
+    "/v1/voices", status_code=201, openapi_extra=json_request(VoiceFromPathParams),
+    responses=errors(*BODY_ERRORS, 403, 409, 503),
+)  # fmt: skip
 async def create_voice_from_path(
     params: Annotated[VoiceFromPathParams, Depends(json_body(VoiceFromPathParams))],
     voices: VoicesDep,
@@ -55,7 +62,7 @@ async def create_voice_from_path(
     return _public(voice, voices)
 
 
-@admin.delete("/v1/audio/voices/{voice_id}")
+@admin.delete("/v1/audio/voices/{voice_id}", responses=errors(404))
 async def delete_voice(voice_id: str, voices: VoicesDep) -> VoiceDeleted:
     await voices.delete(voice_id)
     return VoiceDeleted(id=voice_id)
