@@ -4,9 +4,9 @@ onto OpenAI's one to one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 StreamFormat = Literal["audio", "sse"]
@@ -49,12 +49,54 @@ class SpeechCancelParams(BaseModel):
     request_id: str = Field(min_length=1, max_length=128)
 
 
+# The checks every way of creating a library voice shares (multipart and JSON alike).
+VoiceName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Transcript = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)]
+
+
+class PromptText(BaseModel):
+    """An upload's transcript sent with a speech request: checked as the voice routes check it."""
+
+    prompt_text: Transcript | None = None
+
+
 class VoiceFromPathParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    voice_name: str = Field(min_length=1, max_length=100)
+    voice_name: VoiceName
     prompt_wav_path: str = Field(min_length=1, max_length=1024)
-    prompt_text: str | None = Field(None, max_length=1000)
+    prompt_text: Transcript | None = None
     replace: bool = False
+
+
+class VoiceCreateParams(BaseModel):
+    """POST /v1/audio/voices' form fields besides the recording: openai-python's `VoiceCreateParams`
+    (audio-sample form) plus voxport's `prompt_text`. `consent` is a consent id (`cons_...`) or, from
+    older clients, a truthy string; the voice service checks which."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: VoiceName
+    consent: str | None = Field(None, max_length=100)
+    type: Literal["audio_sample"] = "audio_sample"
+    prompt_text: Transcript | None = None
+
+
+class VoiceConsentCreateParams(BaseModel):
+    """POST /v1/audio/voice_consents' form fields besides `recording` (openai-python's type)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: VoiceName
+    language: str = Field(min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")
+
+
+class VoiceConsentUpdateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: VoiceName
+
+
+class VoiceConsentListParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    after: str | None = Field(None, max_length=100)
+    limit: int = Field(20, ge=1, le=100)
 
 
 @dataclass(frozen=True)
@@ -97,8 +139,15 @@ class AudioVoiceList(BaseModel):
 
 
 class VoiceObject(BaseModel):
+    """openai-python's `Voice` fields first, then voxport's."""
+
     id: str
+    object: Literal["audio.voice"] = "audio.voice"
     name: str
+    type: Literal["audio_sample", "prompt"]
+    created_at: int
+    prompt: str | None = None  # a designed voice's description
+    consent: str | None = None  # the consent id it was created with, if any
     kind: Literal["designed", "recording", "uploaded"]
     source: Literal["built-in", "user"]
     has_transcript: bool
@@ -113,6 +162,29 @@ class VoiceList(BaseModel):
 
 class VoiceDeleted(BaseModel):
     id: str
+    object: Literal["audio.voice.deleted"] = "audio.voice.deleted"
+    deleted: bool = True
+
+
+class VoiceConsent(BaseModel):
+    id: str
+    object: Literal["audio.voice_consent"] = "audio.voice_consent"
+    name: str
+    language: str
+    created_at: int
+
+
+class VoiceConsentList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoiceConsent]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class VoiceConsentDeleted(BaseModel):
+    id: str
+    object: Literal["audio.voice_consent"] = "audio.voice_consent"
     deleted: bool = True
 
 
