@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, make_settings
 from voxport.app import create_app
 from voxport.audio import encode
 from voxport.config import DEFAULT_VOICES_FILE
+from voxport.engine.base import EngineInputError
 
 OPENAI_VOICES = [
     "alloy",
@@ -101,12 +105,23 @@ async def test_voice_lists(http: httpx.AsyncClient) -> None:
     assert all(v["name"] for v in listed)
     rich = (await http.get("/v1/voices")).json()
     alloy = next(v for v in rich["data"] if v["id"] == "alloy")
-    assert alloy == {"id": "alloy", "name": "alloy", "kind": "designed", "source": "built-in",
+    assert isinstance(alloy.pop("created_at"), int) and alloy.pop("prompt")
+    assert alloy == {"id": "alloy", "object": "audio.voice", "name": "alloy", "type": "prompt",
+                     "consent": None, "kind": "designed", "source": "built-in",
                      "has_transcript": False, "duration": None, "default": True}  # fmt: skip
     assert "/" not in json.dumps(rich)  # server paths are never shown
 
 
-async def test_designed_clip_is_made_once_and_reused_after_restart(tiny_model: Path, tmp_path: Path) -> None:
+async def test_designed_clip_is_made_once_and_reused_after_restart(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="voxport.voices"):
+        async with running(tiny_model, tmp_path):
+            pass
+    # Making clips takes seconds per voice with real weights: each one is announced as it starts.
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("designing")] == [
+        f"designing voice alloy (1/{len(OPENAI_VOICES)})…"
+    ]
     async with running(tiny_model, tmp_path) as (app, http):
         # The default voice's clip is made before the server is ready; the others on first use.
         assert [p.name.split("-")[0] for p in (tmp_path / "voices" / "designed").glob("*.wav")] == ["alloy"]
@@ -262,12 +277,13 @@ async def test_upload_list_synthesise_restart_delete(tiny_model: Path, tmp_path:
         )
         assert again.content == first.content
         deleted = await http.delete(f"/v1/audio/voices/{voice['id']}")
-        assert deleted.json() == {"id": voice["id"], "deleted": True}
+        assert deleted.json() == {"id": voice["id"], "object": "audio.voice.deleted", "deleted": True}
         gone = await http.post(
             "/v1/audio/speech", json={"model": "tts-1", "voice": voice["id"], "input": "Mine."}
         )
         assert gone.status_code == 400 and gone.json()["error"]["code"] == "voice_not_found"
-        assert (await http.delete(f"/v1/audio/voices/{voice['id']}")).status_code == 404
+        unknown = await http.delete(f"/v1/audio/voices/{voice['id']}")
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "voice_not_found"
         assert (await http.delete("/v1/audio/voices/alloy")).status_code == 403
     async with running(tiny_model, tmp_path) as (_, http):
         assert voice["id"] not in [v["id"] for v in (await http.get("/v1/audio/voices")).json()["voices"]]
@@ -350,3 +366,174 @@ async def test_reload_voices(tiny_model: Path, tmp_path: Path, voices_dir: Path)
 def test_shipped_registry_is_all_designed_voices() -> None:
     data = json.loads(DEFAULT_VOICES_FILE.read_text())
     assert [v["id"] for v in data["voices"]] == OPENAI_VOICES
+
+
+# -- OpenAI's voice API through the SDK's own methods ------------------------------------------------------
+
+
+async def test_voice_consents_and_voices_through_the_sdk(tiny_model: Path, tmp_path: Path) -> None:
+    async with running(tiny_model, tmp_path) as (_, http):
+        client = sdk(http)
+        consent = await client.audio.voice_consents.create(
+            recording=("consent.wav", audio_file("wav")), language="en-US", name="Ann agrees"
+        )
+        assert consent.id.startswith("cons_") and consent.object == "audio.voice_consent"
+        assert (consent.name, consent.language) == ("Ann agrees", "en-US")
+        assert abs(consent.created_at - time.time()) < 60
+        assert await client.audio.voice_consents.retrieve(consent.id) == consent
+        renamed = await client.audio.voice_consents.update(consent.id, name="Ann, 2026")
+        assert (renamed.id, renamed.name, renamed.language) == (consent.id, "Ann, 2026", "en-US")
+
+        voice = await client.audio.voices.create(
+            audio_sample=("ann.wav", audio_file("wav", 3.0)), consent=consent.id, name="Ann"
+        )
+        assert voice.id.startswith("voice_") and voice.name == "Ann"
+        assert (voice.object, voice.type, voice.prompt) == ("audio.voice", "audio_sample", None)
+        assert abs(voice.created_at - time.time()) < 60
+        assert voice.model_extra["consent"] == consent.id  # voxport's own field, beside OpenAI's
+        spoken = await client.audio.speech.create(
+            model="tts-1", voice=voice.id, input="Hi.", response_format="wav"
+        )
+        assert decode(spoken.content, "wav").duration == pytest.approx(ENGINE_SECONDS, abs=1e-3)
+
+        with pytest.raises(openai.BadRequestError) as unknown:
+            await client.audio.voices.create(
+                audio_sample=("ann.wav", audio_file("wav")), consent="cons_0000", name="Other"
+            )
+        assert (unknown.value.body["param"], unknown.value.body["code"]) == ("consent", "consent_not_found")
+    async with running(tiny_model, tmp_path) as (_, http):  # both are kept across restarts
+        client = sdk(http)
+        assert (await client.audio.voice_consents.retrieve(consent.id)).name == "Ann, 2026"
+        kept = next(v for v in (await http.get("/v1/voices")).json()["data"] if v["id"] == voice.id)
+        assert (kept["consent"], kept["created_at"]) == (consent.id, voice.created_at)
+        deleted = await client.audio.voices.delete(voice.id)
+        assert (deleted.id, deleted.deleted, deleted.object) == (voice.id, True, "audio.voice.deleted")
+        with pytest.raises(openai.NotFoundError):
+            await client.audio.voices.delete(voice.id)
+        gone = await client.audio.voice_consents.delete(consent.id)
+        assert (gone.id, gone.deleted, gone.object) == (consent.id, True, "audio.voice_consent")
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.audio.voice_consents.retrieve(consent.id)
+        assert missing.value.body["code"] == "consent_not_found"
+    assert not list((tmp_path / "voices" / "consents").iterdir())
+
+
+async def test_voice_consents_list_in_pages(tiny_model: Path, tmp_path: Path) -> None:
+    async with running(tiny_model, tmp_path) as (_, http):
+        client = sdk(http)
+        made = [
+            await client.audio.voice_consents.create(
+                recording=(f"{n}.wav", audio_file("wav")), language="fr-FR", name=f"consent {n}"
+            )
+            for n in range(5)
+        ]
+        first = await client.audio.voice_consents.list(limit=2)
+        assert [c.id for c in first.data] == [made[4].id, made[3].id] and first.has_more
+        every = [c.id async for c in client.audio.voice_consents.list(limit=2)]  # the SDK follows `after`
+        assert every == [c.id for c in reversed(made)]
+        for bad, param in [
+            ({"limit": 0}, "limit"),
+            ({"limit": 101}, "limit"),
+            ({"after": "cons_x"}, "after"),
+        ]:
+            refused = await http.get("/v1/audio/voice_consents", params=bad)
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("form", "files", "param", "code"),
+    [
+        ({"name": "x", "language": "en"}, {}, "recording", "missing_required_parameter"),
+        (
+            {"name": "x", "language": "english please"},
+            {"recording": ("a.wav", "WAV")},
+            "language",
+            "invalid_value",
+        ),
+        ({"language": "en"}, {"recording": ("a.wav", "WAV")}, "name", "missing_required_parameter"),
+        ({"name": "x", "language": "en"}, {"recording": ("a.wav", "TEXT")}, "recording", "invalid_audio"),
+    ],
+)
+async def test_voice_consent_needs_a_name_a_language_and_a_recording(
+    http: httpx.AsyncClient, form, files, param: str, code: str
+) -> None:
+    files = {k: (n, audio_file("wav") if c == "WAV" else b"not audio") for k, (n, c) in files.items()}
+    response = await http.post("/v1/audio/voice_consents", data=form, files=files or None)
+    assert response.status_code == 400, response.text
+    assert (response.json()["error"]["param"], response.json()["error"]["code"]) == (param, code)
+
+
+# -- the library under concurrent uploads, and one set of checks on every route -----------------------------
+
+
+@pytest.mark.parametrize("cap", [{"max_user_voices": 2}, {"max_user_voices_mb": 0.15}])  # 2 s: 62.5 KiB
+async def test_concurrent_uploads_never_pass_the_caps(tiny_model: Path, tmp_path: Path, cap: dict) -> None:
+    async with running(tiny_model, tmp_path, **cap) as (_, http):
+
+        async def upload(n: int) -> httpx.Response:
+            form = {"name": f"voice {n}", "consent": "true"}
+            return await http.post("/v1/audio/voices", data=form, files={"audio_sample": ("a.wav", sample)})
+
+        sample = audio_file("wav", 2.0)
+        answers = await asyncio.gather(*(upload(n) for n in range(8)))
+        assert sorted(r.status_code for r in answers) == [201] * 2 + [409] * 6
+        assert {r.json()["error"]["code"] for r in answers if r.status_code == 409} == {"library_full"}
+        assert len(list((tmp_path / "voices" / "library").iterdir())) == 2
+        kept = next(r.json()["id"] for r in answers if r.status_code == 201)
+        assert (await http.delete(f"/v1/audio/voices/{kept}")).status_code == 200
+        assert (await upload(8)).status_code == 201  # a deleted voice gives its room back
+
+
+async def test_a_failed_upload_gives_its_room_back(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(tiny_model, tmp_path, max_user_voices=1) as (app, http):
+        engine = app.state.speech.voices.engine
+
+        async def failing_encode(*_args) -> None:  # a fault: the engine refuses the recording
+            raise EngineInputError("The engine cannot use this recording.", "audio_sample")
+
+        form, files = {"name": "me", "consent": "true"}, {"audio_sample": ("a.wav", audio_file("wav"))}
+        with monkeypatch.context() as patch:
+            patch.setattr(engine, "encode_voice", failing_encode)
+            for _ in range(3):
+                assert (await http.post("/v1/audio/voices", data=form, files=files)).status_code == 400
+        assert (await http.post("/v1/audio/voices", data=form, files=files)).status_code == 201
+
+
+async def test_concurrent_uploads_of_one_name_keep_one(tiny_model: Path, tmp_path: Path) -> None:
+    async with running(tiny_model, tmp_path) as (_, http):
+        form, files = {"name": "twin", "consent": "true"}, {"audio_sample": ("a.wav", audio_file("wav"))}
+        answers = await asyncio.gather(
+            *(http.post("/v1/audio/voices", data=form, files=files) for _ in range(4))
+        )
+        assert sorted(r.status_code for r in answers) == [201, 409, 409, 409]
+        assert {r.json()["error"]["code"] for r in answers if r.status_code == 409} == {"voice_exists"}
+
+
+async def test_every_route_checks_the_transcript_and_the_name_alike(tiny_model: Path, tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "me.wav").write_bytes(audio_file("wav"))
+    long_text = "word " * 201  # 1005 characters: over the 1000 every route allows
+    sample = {"audio_sample": ("a.wav", audio_file("wav"))}
+    async with running(tiny_model, tmp_path / "data", allowed_prompt_dir=allowed) as (_, http):
+        text = {"prompt_text": long_text}
+        too_long = [
+            await http.post("/v1/audio/voices", data={"name": "a", "consent": "true", **text}, files=sample),
+            await http.post("/v1/voices", json={"voice_name": "a", "prompt_wav_path": "me.wav", **text}),
+            await http.post("/v1/audio/speech", data={"model": "tts-1", "input": "Hi.", **text},
+                            files={"custom_voice_file": sample["audio_sample"]}),
+        ]  # fmt: skip
+        for response in too_long:
+            assert response.status_code == 400 and response.json()["error"]["param"] == "prompt_text"
+        made = await http.post("/v1/voices", json={"voice_name": "taken", "prompt_wav_path": "me.wav"})
+        assert made.status_code == 201
+        again = await http.post("/v1/audio/voices", data={"name": " taken ", "consent": "true"}, files=sample)
+        assert again.status_code == 409
+        assert (again.json()["error"]["code"], again.json()["error"]["param"]) == ("voice_exists", "name")
+        json_again = await http.post("/v1/voices", json={"voice_name": "taken", "prompt_wav_path": "me.wav"})
+        assert json_again.status_code == 409 and json_again.json()["error"]["param"] == "voice_name"
+        unknown = await http.post("/v1/audio/voices", data={"name": "b", "consent": "true", "colour": "red"},
+                                  files=sample)  # fmt: skip
+        assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_parameter"

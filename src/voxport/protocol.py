@@ -1,5 +1,8 @@
 """Request, response and SSE event models, named after openai-python's types so that our docs map
-onto OpenAI's one to one."""
+onto OpenAI's one to one.
+
+It is longer than 300 lines because it is the one place a reader looks up any wire shape (speech, voices,
+consents, events, errors); splitting it by feature is the next step once jobs add theirs."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 StreamFormat = Literal["audio", "sse"]
@@ -82,12 +85,56 @@ class SpeechCancelParams(BaseModel):
     request_id: Plain = Field(min_length=1, max_length=128)
 
 
+# The checks every way of creating a library voice shares (multipart and JSON alike).
+VoiceName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_plain)
+]
+Transcript = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000), AfterValidator(_text)]
+
+
+class PromptText(BaseModel):
+    """An upload's transcript sent with a speech request: checked as the voice routes check it."""
+
+    prompt_text: Transcript | None = None
+
+
 class VoiceFromPathParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    voice_name: Plain = Field(min_length=1, max_length=100)
+    voice_name: VoiceName
     prompt_wav_path: Plain = Field(min_length=1, max_length=1024)
-    prompt_text: Text | None = Field(None, max_length=1000)
+    prompt_text: Transcript | None = None
     replace: bool = False
+
+
+class VoiceCreateParams(BaseModel):
+    """POST /v1/audio/voices' form fields besides the recording: openai-python's `VoiceCreateParams`
+    (audio-sample form) plus voxport's `prompt_text`. `consent` is a consent id (`cons_...`) or, from
+    older clients, a truthy string; the voice service checks which."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: VoiceName
+    consent: Plain | None = Field(None, max_length=100)
+    type: Literal["audio_sample"] = "audio_sample"
+    prompt_text: Transcript | None = None
+
+
+class VoiceConsentCreateParams(BaseModel):
+    """POST /v1/audio/voice_consents' form fields besides `recording` (openai-python's type)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: VoiceName
+    language: str = Field(min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")
+
+
+class VoiceConsentUpdateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: VoiceName
+
+
+class VoiceConsentListParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    after: str | None = Field(None, max_length=100)
+    limit: int = Field(20, ge=1, le=100)
 
 
 @dataclass(frozen=True)
@@ -130,8 +177,15 @@ class AudioVoiceList(BaseModel):
 
 
 class VoiceObject(BaseModel):
+    """openai-python's `Voice` fields first, then voxport's."""
+
     id: str
+    object: Literal["audio.voice"] = "audio.voice"
     name: str
+    type: Literal["audio_sample", "prompt"]
+    created_at: int
+    prompt: str | None = None  # a designed voice's description
+    consent: str | None = None  # the consent id it was created with, if any
     kind: Literal["designed", "recording", "uploaded"]
     source: Literal["built-in", "user"]
     has_transcript: bool
@@ -146,6 +200,29 @@ class VoiceList(BaseModel):
 
 class VoiceDeleted(BaseModel):
     id: str
+    object: Literal["audio.voice.deleted"] = "audio.voice.deleted"
+    deleted: bool = True
+
+
+class VoiceConsent(BaseModel):
+    id: str
+    object: Literal["audio.voice_consent"] = "audio.voice_consent"
+    name: str
+    language: str
+    created_at: int
+
+
+class VoiceConsentList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoiceConsent]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class VoiceConsentDeleted(BaseModel):
+    id: str
+    object: Literal["audio.voice_consent"] = "audio.voice_consent"
     deleted: bool = True
 
 

@@ -15,11 +15,16 @@ from voxport.api.deps import SettingsDep
 from voxport.api.errors import validation_error
 from voxport.config import Settings
 from voxport.errors import VoxportError, invalid
-from voxport.protocol import SpeechCreateParams, VoiceUpload, control_character
+from voxport.protocol import (
+    PromptText,
+    SpeechCreateParams,
+    VoiceConsentCreateParams,
+    VoiceCreateParams,
+    VoiceUpload,
+)
 
 M = TypeVar("M", bound=BaseModel)
 _SPEECH_FILES = ("custom_voice_file", "speaker_wav")  # the first one present wins
-_TRUTHY = {"1", "true", "yes", "on", "y", "t"}
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
@@ -72,6 +77,15 @@ def json_body(model: type[M]) -> Callable[[Request], Coroutine[Any, Any, M]]:
     return parse
 
 
+def query(model: type[M]) -> Callable[[Request], Coroutine[Any, Any, M]]:
+    """A dependency: the query string validated by `model` (400 naming the parameter)."""
+
+    async def parse(request: Request) -> M:
+        return _validate(model, dict(request.query_params))
+
+    return parse
+
+
 def _validate(model: type[M], data: dict[str, Any], strict: bool = False) -> M:
     try:
         return model.model_validate(data, strict=strict)
@@ -113,15 +127,6 @@ async def _read(files: dict[str, UploadFile], param: str, cap: int, settings: Se
     return VoiceUpload(data, transcript, param)
 
 
-def _text_field(value: str | None, param: str, allow: frozenset[str] = frozenset("\t\n\r")) -> str | None:
-    """A form field outside the protocol models, held to the models' rule on control characters."""
-    found = control_character(value, allow) if value else None
-    if found:
-        raise invalid(f"Invalid value for '{param}': must not contain control characters ({found}).",
-                      param)  # fmt: skip
-    return value
-
-
 @dataclass(frozen=True)
 class SpeechBody:
     params: SpeechCreateParams
@@ -135,7 +140,7 @@ async def _speech_body(request: Request, settings: SettingsDep) -> SpeechBody:
         return SpeechBody(await json_body(SpeechCreateParams)(request))
     await _refuse_json_as_form(request)
     fields, files, cap = await _form(request, settings)
-    transcript = _text_field(fields.pop("prompt_text", None) or None, "prompt_text")
+    transcript = _validate(PromptText, {"prompt_text": fields.pop("prompt_text", None)}).prompt_text or None
     unknown = sorted(set(files) - set(_SPEECH_FILES))
     if unknown:
         raise invalid(f"Unrecognized file field '{unknown[0]}'.", unknown[0], "unknown_parameter")
@@ -150,33 +155,42 @@ async def _speech_body(request: Request, settings: SettingsDep) -> SpeechBody:
 
 @dataclass(frozen=True)
 class VoiceForm:
-    name: str
+    params: VoiceCreateParams
     upload: VoiceUpload
 
 
 async def _voice_form(request: Request, settings: SettingsDep) -> VoiceForm:
-    """Multipart: name, audio_sample (or file), optional prompt_text, consent (required, truthy)."""
+    """Multipart: VoiceCreateParams' fields (the checks the JSON route shares) and audio_sample (or file)."""
     if not _is_form(request):
         raise invalid(
             "Send multipart/form-data with 'name', 'audio_sample' and 'consent'.", None, "invalid_body"
         )
     fields, files, cap = await _form(request, settings)
-    name = fields.get("name", "").strip()
-    if not name or len(name) > 100:
-        raise invalid("'name' is required (1 to 100 characters).", "name")
-    _text_field(name, "name", allow=frozenset())
-    if fields.get("consent", "").strip().lower() not in _TRUTHY:
-        raise invalid(
-            "'consent' must be true: confirm you have the speaker's permission.",
-            "consent",
-            "consent_required",
-        )
+    params = _validate(VoiceCreateParams, fields)
     param = next((n for n in ("audio_sample", "file") if n in files), None)
     if param is None:
         raise invalid("Missing required file: 'audio_sample'.", "audio_sample", "missing_required_parameter")
-    transcript = _text_field(fields.get("prompt_text", "").strip() or None, "prompt_text")
-    return VoiceForm(name, await _read(files, param, cap, settings, transcript))
+    return VoiceForm(params, await _read(files, param, cap, settings, params.prompt_text or None))
+
+
+@dataclass(frozen=True)
+class ConsentForm:
+    params: VoiceConsentCreateParams
+    upload: VoiceUpload
+
+
+async def _consent_form(request: Request, settings: SettingsDep) -> ConsentForm:
+    """Multipart: name, language, and the consent recording in `recording`."""
+    if not _is_form(request):
+        message = "Send multipart/form-data with 'name', 'language' and 'recording'."
+        raise invalid(message, None, "invalid_body")
+    fields, files, cap = await _form(request, settings)
+    params = _validate(VoiceConsentCreateParams, fields)
+    if "recording" not in files:
+        raise invalid("Missing required file: 'recording'.", "recording", "missing_required_parameter")
+    return ConsentForm(params, await _read(files, "recording", cap, settings, None))
 
 
 SpeechBodyDep = Annotated[SpeechBody, Depends(_speech_body)]
 VoiceFormDep = Annotated[VoiceForm, Depends(_voice_form)]
+ConsentFormDep = Annotated[ConsentForm, Depends(_consent_form)]

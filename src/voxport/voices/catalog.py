@@ -67,11 +67,16 @@ class Voice:
     seed: int | None = None
     duration: float | None = None
     created: float = field(default_factory=time.time)
+    consent: str | None = None  # the consent id a user voice was created with
 
     def public(self, default: str) -> dict:
         return {
             "id": self.id,
             "name": self.name or self.id,
+            "type": "prompt" if self.kind == "designed" else "audio_sample",
+            "created_at": int(self.created),
+            "prompt": self.description,
+            "consent": self.consent,
             "kind": self.kind,
             "source": self.source,
             "has_transcript": bool(self.transcript),

@@ -1,6 +1,7 @@
 """The user's voice library on disk: one folder per voice (`audio.wav` + `voice.json`), written through a
 staging folder and renamed into place so that a crash never leaves half a voice. Every function here
-does blocking file I/O: the registry calls them in worker threads."""
+does blocking file I/O: the registry calls them in worker threads. `Quota` holds the library's caps in
+memory, so that checking them and reserving room is one step with no await in between."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import logging
 import os
 import secrets
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from voxport.audio import write_wav
+from voxport.errors import VoxportError
 from voxport.files import TEMP_PREFIX
 from voxport.voices.catalog import Voice
 
@@ -35,16 +38,58 @@ def read(library: Path) -> dict[str, Voice]:
             voices[meta["id"]] = Voice(
                 meta["id"], "uploaded", "user", meta["key"], name=meta["name"],
                 transcript=meta.get("transcript"), audio=folder / "audio.wav", duration=meta["duration"],
-                created=meta["created"],
+                created=meta["created"], consent=meta.get("consent"),
             )  # fmt: skip
         except (OSError, ValueError, KeyError) as exc:
             log.warning("skipping unreadable library voice %s: %s", folder.name, exc)
     return voices
 
 
-def size(voices: list[Voice]) -> int:
-    """Bytes of recordings the library holds."""
-    return sum(v.audio.stat().st_size for v in voices if v.audio and v.audio.exists())
+def sizes(voices: list[Voice]) -> dict[str, int]:
+    """Bytes of recording each library voice holds."""
+    return {v.id: v.audio.stat().st_size if v.audio and v.audio.exists() else 0 for v in voices}
+
+
+@dataclass(eq=False)
+class Hold:
+    """Room reserved for one voice being created: its name, its bytes, and whether it adds a voice."""
+
+    name: str
+    size: int
+    adds: bool
+
+
+@dataclass
+class Quota:
+    """The library's count and size caps, counting the voices being created as well as those kept."""
+
+    max_voices: int
+    max_bytes: int
+    sizes: dict[str, int] = field(default_factory=dict)  # kept voice id -> bytes
+    holds: list[Hold] = field(default_factory=list)
+
+    def pending(self, name: str) -> bool:
+        return any(hold.name == name for hold in self.holds)
+
+    def reserve(self, name: str, size: int, replacing: str | None) -> Hold:
+        """Room for a voice of `size` bytes (replacing the voice `replacing`), or `library_full`."""
+        count = len(self.sizes) + sum(h.adds for h in self.holds) + (replacing is None)
+        if count > self.max_voices:
+            message = f"The voice library is full ({self.max_voices} voices)."
+            raise VoxportError("conflict", message, code="library_full")
+        used = sum(self.sizes.values()) - self.sizes.get(replacing or "", 0) + sum(h.size for h in self.holds)
+        if used + size > self.max_bytes:
+            message = "The voice library has no room for this recording."
+            raise VoxportError("conflict", message, code="library_full")
+        hold = Hold(name, size, replacing is None)
+        self.holds.append(hold)
+        return hold
+
+    def release(self, hold: Hold, kept_as: str | None = None) -> None:
+        """Give the room back; `kept_as`: the voice was kept under that id and now counts as kept."""
+        self.holds.remove(hold)
+        if kept_as is not None:
+            self.sizes[kept_as] = hold.size
 
 
 def stage(library: Path, samples: np.ndarray, rate: int, meta: dict[str, Any]) -> Path:

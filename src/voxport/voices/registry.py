@@ -1,7 +1,7 @@
 """The voice registry: the catalogue's voices and the user library's, each voice's encoded prompt
 (computed once, off the event loop, kept in memory by the hash of its audio and transcript), designed
-voices' reference clips, and uploads (validated, normalised, encoded). Nothing a client sends becomes a
-file name, and every file operation runs in a worker thread."""
+voices' reference clips, uploads (validated, normalised, encoded) and the consents they are made with.
+Nothing a client sends becomes a file name, and every file operation runs in a worker thread."""
 
 from __future__ import annotations
 
@@ -11,49 +11,25 @@ import logging
 import os
 import secrets
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from voxport.audio import AudioDecodeError, decode_file, encode, write_wav
+from voxport.audio import encode, write_wav
 from voxport.engine.base import Engine, SynthesisRequest, VoicePrompt
 from voxport.errors import VoxportError, invalid
 from voxport.files import atomic_write
 from voxport.protocol import VoiceUpload
 from voxport.voices import library
-from voxport.voices.catalog import Voice, VoicesFileError, content_key, design_prefix, load_voices_file
+from voxport.voices.catalog import Voice, VoicesFileError, design_prefix, load_voices_file
+from voxport.voices.consents import Consent, ConsentStore
+from voxport.voices.uploads import ENCODER_RATE, Upload, read_upload
 
 log = logging.getLogger("voxport.voices")
 
-ENCODER_RATE = 16000  # VoxCPM2's audio encoder reads 16 kHz mono
-MIN_SECONDS, MAX_SECONDS = 1.0, 30.0
 # What a designed voice says in its reference clip.
 DESIGN_CLIP_TEXT = "Hello there. This is how I sound when I read a few ordinary sentences aloud."
-
-
-@dataclass
-class Upload:
-    """A validated, normalised recording: mono float32 at 16 kHz, 1 to 30 s."""
-
-    samples: np.ndarray
-    key: str
-
-    @property
-    def duration(self) -> float:
-        return len(self.samples) / ENCODER_RATE
-
-
-def _decode(data: bytes, scratch: Path) -> np.ndarray:
-    scratch.mkdir(parents=True, exist_ok=True)
-    fd, raw = tempfile.mkstemp(prefix="upload-", dir=scratch)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        return decode_file(raw, ENCODER_RATE, MAX_SECONDS)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(raw)
+_TRUTHY = {"1", "true", "yes", "on", "y", "t"}  # `consent` from clients older than consent ids
 
 
 class VoiceRegistry:
@@ -64,8 +40,8 @@ class VoiceRegistry:
         self.voices_file = voices_file
         self.voices_dir = voices_dir
         self.default_voice = default_voice
-        self.max_user_voices = max_user_voices
-        self.max_user_bytes = max_user_bytes
+        self.quota = library.Quota(max_user_voices, max_user_bytes)
+        self.consents = ConsentStore(data_dir / "voices" / "consents")
         self.design_clip_seconds = design_clip_seconds
         self._library = data_dir / "voices" / "library"
         self._designed = data_dir / "voices" / "designed"
@@ -91,6 +67,8 @@ class VoiceRegistry:
         self.fingerprint = fingerprint
         self.builtin = await asyncio.to_thread(self.validate_file)
         self.user = await asyncio.to_thread(library.read, self._library)
+        self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
+        await self.consents.load()
         await asyncio.to_thread(library.clear_scratch, self._scratch)
         for voice in [*self.builtin.values(), *self.user.values()]:
             if voice.kind != "designed":
@@ -174,6 +152,9 @@ class VoiceRegistry:
         path = self._designed / f"{voice.id}-{voice.key}-{steps}.wav"
         if await asyncio.to_thread(path.is_file):
             return path
+        designed = [v.id for v in self.builtin.values() if v.kind == "designed"]
+        number = designed.index(voice.id) + 1 if voice.id in designed else len(designed)
+        log.info("designing voice %s (%d/%d)…", voice.id, number, len(designed))
         text = design_prefix(voice.description, None) + DESIGN_CLIP_TEXT
         request = SynthesisRequest(text=text, max_length=steps, seed=voice.seed)
         audio = np.concatenate([chunk async for chunk in self.engine.generate(request)])
@@ -186,19 +167,7 @@ class VoiceRegistry:
 
     async def read_upload(self, data: bytes, transcript: str | None, param: str) -> Upload:
         """Validate an uploaded recording: decodable, 1-30 s; mixed to mono and resampled to 16 kHz."""
-        try:
-            samples = await asyncio.to_thread(_decode, data, self._scratch)
-        except AudioDecodeError:
-            raise invalid(f"'{param}' is not audio that can be decoded.", param, "invalid_audio") from None
-        seconds = len(samples) / ENCODER_RATE
-        if seconds < MIN_SECONDS or seconds > MAX_SECONDS:
-            raise invalid(
-                f"'{param}' is {seconds:.2f}s long; "
-                f"recordings must last {MIN_SECONDS:.0f} to {MAX_SECONDS:.0f}s.",
-                param,
-                "invalid_audio_duration",
-            )
-        return Upload(samples, content_key(samples.tobytes(), transcript))
+        return await read_upload(data, transcript, param, self._scratch)
 
     async def adhoc_prompt(self, upload: Upload, transcript: str | None) -> VoicePrompt:
         """Encode an upload for one request; nothing is kept on disk."""
@@ -213,10 +182,32 @@ class VoiceRegistry:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(os.unlink, path)
 
-    async def add(self, name: str, upload: VoiceUpload, replace_id: str | None = None) -> Voice:
-        """Validate a recording and keep it as a user voice."""
+    async def add(self, name: str, upload: VoiceUpload, consent: str | None) -> Voice:
+        """Validate a recording and keep it as a user voice, made with `consent`: a consent id, or (from
+        older clients) a truthy string."""
+        consent_id = self._consent(consent)
+        self._check_name(name, False, "name")
         recording = await self.read_upload(upload.data, upload.transcript, upload.param)
-        return await self.create(name, recording, upload.transcript, replace_id)
+        return await self.create(name, recording, upload.transcript, consent=consent_id)
+
+    def _consent(self, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if value.startswith("cons_"):
+            return self.consents.get(value, "consent").id
+        if value.lower() not in _TRUTHY:
+            raise invalid("'consent' must be a voice consent id (cons_...) or true: confirm you have the "
+                          "speaker's permission.", "consent", "consent_required")  # fmt: skip
+        return None
+
+    def _check_name(self, name: str, replace: bool, param: str) -> Voice | None:
+        """The user voice a new one named `name` replaces, or None; a name taken (or being taken by a
+        creation in progress) without `replace`: `voice_exists`."""
+        existing = self.find_user(name)
+        if self.quota.pending(name) or (existing is not None and not replace):
+            hint = '; pass "replace": true' if param == "voice_name" else ""
+            raise VoxportError("conflict", f"A voice named '{name}' exists{hint}.", param=param,
+                               code="voice_exists")  # fmt: skip
+        return existing
 
     async def add_from_path(self, name: str, relative: str, transcript: str | None, replace: bool,
                             allowed_dir: Path | None) -> Voice:  # fmt: skip
@@ -233,32 +224,35 @@ class VoiceRegistry:
                                code="forbidden") from None  # fmt: skip
         if not await asyncio.to_thread(path.is_file):
             raise invalid(f"'{param}' does not name a file in the allowed directory.", param)
-        existing = self.find_user(name)
-        if existing is not None and not replace:
-            raise VoxportError("conflict", f"A voice named '{name}' exists; pass \"replace\": true.",
-                               param="voice_name", code="voice_exists")  # fmt: skip
+        self._check_name(name, replace, "voice_name")
         data = await asyncio.to_thread(path.read_bytes)
-        replace_id = existing.id if existing else None
-        return await self.add(name, VoiceUpload(data, transcript, param), replace_id)
+        recording = await self.read_upload(data, transcript, param)
+        return await self.create(name, recording, transcript, replace=replace, name_param="voice_name")
 
-    async def create(self, name: str, upload: Upload, transcript: str | None,
-                     replace_id: str | None = None) -> Voice:  # fmt: skip
-        """Store an uploaded recording as a user voice (opaque id), encode it, and keep it across restarts."""
-        if replace_id is None and len(self.user) >= self.max_user_voices:
-            raise VoxportError(
-                "conflict", f"The voice library is full ({self.max_user_voices} voices).", code="library_full"
-            )
-        size = len(upload.samples) * 2 + 44
-        if await asyncio.to_thread(library.size, list(self.user.values())) + size > self.max_user_bytes:
-            raise VoxportError(
-                "conflict", "The voice library has no room for this recording.", code="library_full"
-            )
+    async def create(self, name: str, upload: Upload, transcript: str | None, *, consent: str | None = None,
+                     replace: bool = False, name_param: str = "name") -> Voice:  # fmt: skip
+        """Store an uploaded recording as a user voice (opaque id), encode it, and keep it across restarts.
+
+        The name and the library's room are reserved before anything awaits, and given back if the
+        voice is not kept: concurrent creations never pass the caps or share a name."""
+        existing = self._check_name(name, replace, name_param)
+        hold = self.quota.reserve(name, upload.wav_bytes, existing.id if existing else None)
+        try:
+            voice = await self._keep(name, upload, transcript, consent, existing.id if existing else None)
+        except BaseException:
+            self.quota.release(hold)
+            raise
+        self.quota.release(hold, kept_as=voice.id)
+        return voice
+
+    async def _keep(self, name: str, upload: Upload, transcript: str | None, consent: str | None,
+                    replace_id: str | None) -> Voice:  # fmt: skip
         voice_id = replace_id or f"voice_{secrets.token_hex(8)}"
         folder = self._library / voice_id
         voice = Voice(voice_id, "uploaded", "user", upload.key, name=name, transcript=transcript,
-                      audio=folder / "audio.wav", duration=upload.duration)  # fmt: skip
+                      audio=folder / "audio.wav", duration=upload.duration, consent=consent)  # fmt: skip
         meta = {"id": voice_id, "name": name, "key": upload.key, "transcript": transcript,
-                "duration": upload.duration, "created": voice.created}  # fmt: skip
+                "duration": upload.duration, "created": voice.created, "consent": consent}  # fmt: skip
         staging = await asyncio.to_thread(library.stage, self._library, upload.samples, ENCODER_RATE, meta)
         try:
             # Encoded before it is kept: a recording the engine cannot use never enters the library.
@@ -271,6 +265,12 @@ class VoiceRegistry:
         self._prompts[voice.key] = prompt
         return voice
 
+    async def add_consent(self, name: str, language: str, upload: VoiceUpload) -> Consent:
+        """Keep a consent recording (checked like any upload, stored normalised)."""
+        recording = await self.read_upload(upload.data, None, upload.param)
+        wav = await asyncio.to_thread(encode, recording.samples, ENCODER_RATE, "wav", ENCODER_RATE)
+        return await self.consents.create(name, language, wav)
+
     async def delete(self, voice_id: str) -> None:
         if voice_id in self.builtin:
             raise VoxportError(
@@ -279,5 +279,6 @@ class VoiceRegistry:
         voice = self.user.pop(voice_id, None)
         if voice is None:
             raise VoxportError("not_found", f"No voice '{voice_id}'.", code="voice_not_found")
+        self.quota.sizes.pop(voice_id, None)
         await asyncio.to_thread(library.remove, self._library / voice_id)
         await self._release_unused()

@@ -1,4 +1,5 @@
-"""The voice routes: list (OpenAI's and ours), create from an upload or a server path, delete (admin)."""
+"""The voice routes: list (OpenAI's and ours), create from an upload or a server path, delete (admin), and
+OpenAI's voice consents (create, list, retrieve, rename; delete: admin)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from voxport.api.auth import require_admin, require_api_key
-from voxport.api.body import VoiceFormDep, json_body
+from voxport.api.body import ConsentFormDep, VoiceFormDep, json_body, query
 from voxport.api.deps import SettingsDep, VoicesDep
 from voxport.api.openapi import BODY_ERRORS, errors, json_request, voice_upload_request
 from voxport.protocol import (
     AudioVoice,
     AudioVoiceList,
+    VoiceConsent,
+    VoiceConsentDeleted,
+    VoiceConsentList,
+    VoiceConsentListParams,
+    VoiceConsentUpdateParams,
     VoiceDeleted,
     VoiceFromPathParams,
     VoiceList,
@@ -43,8 +49,8 @@ async def list_voices(voices: VoicesDep) -> VoiceList:
     responses=errors(*BODY_ERRORS, 409, 503),
 )  # fmt: skip
 async def create_voice(form: VoiceFormDep, voices: VoicesDep) -> VoiceObject:
-    """Multipart: name, audio_sample (or file), optional prompt_text, consent (required, truthy)."""
-    return _public(await voices.add(form.name, form.upload), voices)
+    """Multipart: name, audio_sample (or file), consent (a consent id, or true), optional prompt_text."""
+    return _public(await voices.add(form.params.name, form.upload, form.params.consent), voices)
 
 
 @router.post(
@@ -57,7 +63,7 @@ async def create_voice_from_path(
     settings: SettingsDep,
 ) -> VoiceObject:
     """JSON {voice_name, prompt_wav_path, prompt_text, replace}; the file inside allowed_prompt_dir."""
-    voice = await voices.add_from_path(params.voice_name, params.prompt_wav_path, params.prompt_text,
+    voice = await voices.add_from_path(params.voice_name, params.prompt_wav_path, params.prompt_text or None,
                                        params.replace, settings.allowed_prompt_dir)  # fmt: skip
     return _public(voice, voices)
 
@@ -66,3 +72,43 @@ async def create_voice_from_path(
 async def delete_voice(voice_id: str, voices: VoicesDep) -> VoiceDeleted:
     await voices.delete(voice_id)
     return VoiceDeleted(id=voice_id)
+
+
+# -- consents (openai-python: client.audio.voice_consents) ---------------------------------------------
+
+
+@router.post("/v1/audio/voice_consents", status_code=201)
+async def create_voice_consent(form: ConsentFormDep, voices: VoicesDep) -> VoiceConsent:
+    """Multipart: recording (the speaker's consent), name, language (BCP 47)."""
+    consent = await voices.add_consent(form.params.name, form.params.language, form.upload)
+    return VoiceConsent(**consent.public())
+
+
+@router.get("/v1/audio/voice_consents")
+async def list_voice_consents(
+    params: Annotated[VoiceConsentListParams, Depends(query(VoiceConsentListParams))], voices: VoicesDep
+) -> VoiceConsentList:
+    found, more = voices.consents.page(params.after, params.limit)
+    data = [VoiceConsent(**c.public()) for c in found]
+    first, last = (data[0].id, data[-1].id) if data else (None, None)
+    return VoiceConsentList(data=data, first_id=first, last_id=last, has_more=more)
+
+
+@router.get("/v1/audio/voice_consents/{consent_id}")
+async def retrieve_voice_consent(consent_id: str, voices: VoicesDep) -> VoiceConsent:
+    return VoiceConsent(**voices.consents.get(consent_id).public())
+
+
+@router.post("/v1/audio/voice_consents/{consent_id}")
+async def update_voice_consent(
+    consent_id: str,
+    params: Annotated[VoiceConsentUpdateParams, Depends(json_body(VoiceConsentUpdateParams))],
+    voices: VoicesDep,
+) -> VoiceConsent:
+    return VoiceConsent(**(await voices.consents.rename(consent_id, params.name)).public())
+
+
+@admin.delete("/v1/audio/voice_consents/{consent_id}")
+async def delete_voice_consent(consent_id: str, voices: VoicesDep) -> VoiceConsentDeleted:
+    await voices.consents.delete(consent_id)
+    return VoiceConsentDeleted(id=consent_id)

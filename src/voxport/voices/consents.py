@@ -1,0 +1,103 @@
+"""Voice consents (OpenAI's `/v1/audio/voice_consents`): a recording of the speaker agreeing to have their
+voice cloned, with a label and the language of the consent phrase. Each is kept in the data dir as
+`<id>.wav` (the normalised 16 kHz recording) and `<id>.json`, both written atomically; the JSON is written
+last, so a consent exists once its JSON does. Held in memory once loaded; file I/O runs in worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from voxport.errors import VoxportError, invalid
+from voxport.files import TEMP_PREFIX, atomic_write
+
+log = logging.getLogger("voxport.voices")
+
+
+@dataclass
+class Consent:
+    id: str
+    name: str
+    language: str
+    created: float
+
+    def public(self) -> dict:
+        return {"id": self.id, "name": self.name, "language": self.language, "created_at": int(self.created)}
+
+
+def _read(root: Path) -> dict[str, Consent]:
+    found: list[Consent] = []
+    if not root.is_dir():
+        return {}
+    for path in root.iterdir():
+        if path.name.startswith(TEMP_PREFIX):  # a write a crash interrupted
+            with contextlib.suppress(OSError):
+                path.unlink()
+        elif path.suffix == ".json":
+            try:
+                found.append(Consent(**json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("skipping unreadable voice consent %s: %s", path.name, exc)
+    return {c.id: c for c in sorted(found, key=lambda c: (c.created, c.id))}
+
+
+def _write(root: Path, consent: Consent, wav: bytes | None) -> None:
+    if wav is not None:
+        atomic_write(root / f"{consent.id}.wav", wav)
+    atomic_write(root / f"{consent.id}.json", json.dumps(asdict(consent)).encode())
+
+
+def _remove(root: Path, consent_id: str) -> None:
+    for suffix in (".json", ".wav"):  # the JSON first: a consent half removed no longer exists
+        with contextlib.suppress(FileNotFoundError):
+            (root / f"{consent_id}{suffix}").unlink()
+
+
+class ConsentStore:
+    def __init__(self, root: Path):
+        self.root = root
+        self._items: dict[str, Consent] = {}  # oldest first
+
+    async def load(self) -> None:
+        self._items = await asyncio.to_thread(_read, self.root)
+
+    def get(self, consent_id: str, param: str | None = None) -> Consent:
+        """The consent, or `not_found`; with `param`, an unknown id is the request's fault (`invalid`)."""
+        found = self._items.get(consent_id)
+        if found is not None:
+            return found
+        message = f"No voice consent '{consent_id}'."
+        if param is not None:
+            raise invalid(message, param, "consent_not_found")
+        raise VoxportError("not_found", message, code="consent_not_found")
+
+    def page(self, after: str | None, limit: int) -> tuple[list[Consent], bool]:
+        """Newest first; `after`: the page starts after that consent."""
+        newest = list(reversed(self._items.values()))
+        start = 0
+        if after is not None:
+            start = newest.index(self.get(after, "after")) + 1
+        return newest[start : start + limit], start + limit < len(newest)
+
+    async def create(self, name: str, language: str, wav: bytes) -> Consent:
+        consent = Consent(f"cons_{secrets.token_hex(12)}", name, language, time.time())
+        await asyncio.to_thread(_write, self.root, consent, wav)
+        self._items[consent.id] = consent
+        return consent
+
+    async def rename(self, consent_id: str, name: str) -> Consent:
+        renamed = Consent(**{**asdict(self.get(consent_id)), "name": name})
+        await asyncio.to_thread(_write, self.root, renamed, None)
+        self._items[consent_id] = renamed
+        return renamed
+
+    async def delete(self, consent_id: str) -> None:
+        self.get(consent_id)
+        await asyncio.to_thread(_remove, self.root, consent_id)
+        self._items.pop(consent_id, None)
