@@ -1,8 +1,8 @@
 """Audio post-processing: speed, resampling and encoding to the response formats.
 
 pcm and wav are resampled in-process (soxr); mp3, opus and aac at normal speed are encoded in-process on
-FFmpeg's libraries (voxport.codec); the rest (flac, any speed change) goes through the ffmpeg binary,
-from PATH, else from the `imageio-ffmpeg` wheel, so a pip install alone gives a working server.
+FFmpeg's libraries (voxport.codec); buffered flac by libsndfile; the rest goes through the ffmpeg binary
+(PATH, else the `imageio-ffmpeg` wheel's).
 `encode` is synchronous (callers run it in a worker thread); `encode_stream` is an async iterator that
 never blocks the event loop (codec work in a thread pool, or an ffmpeg subprocess on asyncio pipes).
 """
@@ -18,6 +18,7 @@ import struct
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import ffmpeg
 import numpy as np
@@ -27,8 +28,6 @@ import soxr
 ENGINE_CHANNELS = 1
 _READ_SIZE = 1 << 16
 WAV_HEADER_BYTES = 44
-# Encoded in-process (voxport.codec) at normal speed; flac still goes through ffmpeg: it needs a seekable
-# output for its sample count, which libsndfile gives the buffered path.
 IN_PROCESS_CODECS = frozenset({"mp3", "opus", "aac"})
 _COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -76,13 +75,11 @@ def ffmpeg_binary() -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def pyav_available() -> bool:
-    """PyAV is a declared dependency; a host that leaves it out (the GPU session's carried wheel set, where
-    its 40 MB of FFmpeg libraries do not fit) encodes mp3, opus and aac with the ffmpeg binary instead."""
+def pyav_available() -> bool:  # a declared dependency; the GPU session's carried set leaves it out
     return importlib.util.find_spec("av") is not None
 
 
-def in_process(fmt: str, speed: float) -> bool:
+def in_process(fmt: str, speed: float) -> bool:  # without PyAV: the ffmpeg binary, as for flac
     return fmt in IN_PROCESS_CODECS and speed == 1.0 and pyav_available()
 
 
@@ -291,8 +288,7 @@ def decode_file(path: str, rate: int, max_seconds: float) -> np.ndarray:
     proc = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", path,
          "-t", f"{max_seconds + 0.5:.3f}", "-vn", "-ac", "1", "-ar", str(rate), "-f", "f32le", "pipe:"],
-        capture_output=True,
-        check=False,
+        capture_output=True, check=False,
     )  # fmt: skip
     if proc.returncode != 0 or not proc.stdout:
         raise AudioDecodeError("the file is not audio that can be decoded")
@@ -301,5 +297,4 @@ def decode_file(path: str, rate: int, max_seconds: float) -> np.ndarray:
 
 def write_wav(path: str, samples: np.ndarray, rate: int) -> None:
     pcm = to_s16le(samples)
-    with open(path, "wb") as handle:
-        handle.write(wav_header(rate, len(pcm)) + pcm)
+    Path(path).write_bytes(wav_header(rate, len(pcm)) + pcm)

@@ -97,13 +97,24 @@ def speech_request() -> dict[str, Any]:
 def voice_upload_request() -> dict[str, Any]:
     properties = {
         "name": {"type": "string", "minLength": 1, "maxLength": 100},
-        "consent": {"type": "string", "description": "Truthy (`true`, `yes`, `1`, ...): you have the "
-                    "speaker's permission."},
+        "consent": {"type": "string", "description": "A consent id (`cons_...`, from "
+                    "/v1/audio/voice_consents), or truthy (`true`, `yes`, `1`, ...): you have the speaker's "
+                    "permission."},
         "audio_sample": {**_BINARY, "description": "The recording, 1 to 30 s."},
         "file": {**_BINARY, "description": "The same as `audio_sample`."},
         "prompt_text": {"type": "string", "description": "The recording's transcript."},
     }  # fmt: skip
     schema = {"type": "object", "properties": properties, "required": ["name", "consent"]}
+    return _body({"multipart/form-data": {"schema": schema}})
+
+
+def consent_request() -> dict[str, Any]:
+    properties = {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "language": {"type": "string", "description": "The recording's language, BCP 47 (`en`, `en-US`)."},
+        "recording": {**_BINARY, "description": "The speaker saying they consent, 1 to 30 s."},
+    }
+    schema = {"type": "object", "properties": properties, "required": ["name", "language", "recording"]}
     return _body({"multipart/form-data": {"schema": schema}})
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from voxport.api.auth import require_admin, require_api_key
 from voxport.api.body import ConsentFormDep, VoiceFormDep, json_body, query
 from voxport.api.deps import SettingsDep, VoicesDep
-from voxport.api.openapi import BODY_ERRORS, errors, json_request, voice_upload_request
+from voxport.api.openapi import BODY_ERRORS, consent_request, errors, json_request, voice_upload_request
 from voxport.protocol import (
     AudioVoice,
     AudioVoiceList,
@@ -77,14 +77,17 @@ async def delete_voice(voice_id: str, voices: VoicesDep) -> VoiceDeleted:
 # -- consents (openai-python: client.audio.voice_consents) ---------------------------------------------
 
 
-@router.post("/v1/audio/voice_consents", status_code=201)
+@router.post(
+    "/v1/audio/voice_consents", status_code=201, openapi_extra=consent_request(),
+    responses=errors(*BODY_ERRORS, 503),
+)  # fmt: skip
 async def create_voice_consent(form: ConsentFormDep, voices: VoicesDep) -> VoiceConsent:
     """Multipart: recording (the speaker's consent), name, language (BCP 47)."""
     consent = await voices.add_consent(form.params.name, form.params.language, form.upload)
     return VoiceConsent(**consent.public())
 
 
-@router.get("/v1/audio/voice_consents")
+@router.get("/v1/audio/voice_consents", responses=errors(400))
 async def list_voice_consents(
     params: Annotated[VoiceConsentListParams, Depends(query(VoiceConsentListParams))], voices: VoicesDep
 ) -> VoiceConsentList:
@@ -94,12 +97,15 @@ async def list_voice_consents(
     return VoiceConsentList(data=data, first_id=first, last_id=last, has_more=more)
 
 
-@router.get("/v1/audio/voice_consents/{consent_id}")
+@router.get("/v1/audio/voice_consents/{consent_id}", responses=errors(404))
 async def retrieve_voice_consent(consent_id: str, voices: VoicesDep) -> VoiceConsent:
     return VoiceConsent(**voices.consents.get(consent_id).public())
 
 
-@router.post("/v1/audio/voice_consents/{consent_id}")
+@router.post(
+    "/v1/audio/voice_consents/{consent_id}", openapi_extra=json_request(VoiceConsentUpdateParams),
+    responses=errors(*BODY_ERRORS, 404),
+)  # fmt: skip
 async def update_voice_consent(
     consent_id: str,
     params: Annotated[VoiceConsentUpdateParams, Depends(json_body(VoiceConsentUpdateParams))],
@@ -108,7 +114,7 @@ async def update_voice_consent(
     return VoiceConsent(**(await voices.consents.rename(consent_id, params.name)).public())
 
 
-@admin.delete("/v1/audio/voice_consents/{consent_id}")
+@admin.delete("/v1/audio/voice_consents/{consent_id}", responses=errors(404))
 async def delete_voice_consent(consent_id: str, voices: VoicesDep) -> VoiceConsentDeleted:
     await voices.consents.delete(consent_id)
     return VoiceConsentDeleted(id=consent_id)
