@@ -203,7 +203,8 @@ function addHistory(result, blob, body) {
   const item = document.createElement('li');
   const meta = document.createElement('p');
   meta.className = 'meta';
-  meta.textContent = `${body.voice} · ${result.format} · ${fmt(result.seconds)} · first audio ${fmt(result.ttfa)}`
+  const voice = state.voices.find((v) => v.id === body.voice);
+  meta.textContent = `${voice ? voice.name : body.voice} · ${result.format} · ${fmt(result.seconds)} · first audio ${fmt(result.ttfa)}`
     + ` · RTF ${result.rtf.toFixed(2)}`;
   const text = document.createElement('p');
   text.textContent = body.input;
