@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -110,58 +112,107 @@ def _assert_one_sentence(last: dict) -> None:
     assert 0 < last["ttfa"] <= last["elapsed"] and last["rtf"] > 0
 
 
-def test_the_playground_in_a_browser(pg_server: ServerProcess, tmp_path: Path) -> None:
+@contextmanager
+def _browser(tmp_path: Path, **options) -> Iterator:
     sync_playwright = _browser_or_skip()
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+            bypass_csp=True,  # Playwright's wait_for_function evaluates strings; the page itself never does
+            **options,
+        )  # fmt: skip
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def test_the_playground_in_a_browser(pg_server: ServerProcess, tmp_path: Path) -> None:
     tone = tmp_path / "tone.wav"
     t = np.arange(3 * 24000) / 24000
     sf.write(tone, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 24000)
     requests: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1100, "height": 900},
-            bypass_csp=True,  # Playwright's wait_for_function evaluates strings; the page itself never does
-        )  # fmt: skip
-        try:
-            page = browser.new_page()
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("dialog", lambda d: d.accept())
-            page.goto(f"{pg_server.base_url}/playground")
-            page.wait_for_function("document.querySelectorAll('#voice option').length > 0")
-            assert "alloy" in page.locator("#voice").inner_text()
+    with _browser(tmp_path, viewport={"width": 1100, "height": 900}) as browser:
+        page = browser.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("dialog", lambda d: d.accept())
+        page.goto(f"{pg_server.base_url}/playground")
+        page.wait_for_function("document.querySelectorAll('#voice option').length > 0")
+        assert "alloy" in page.locator("#voice").inner_text()
 
-            page.select_option("#voice", "echo")
-            page.fill("#input", "The quick brown fox jumps over the lazy dog.")
-            _assert_one_sentence(_speak(page))
-            assert page.locator("#history li").count() == 1
-            assert "RTF" in page.locator("#history li").first.inner_text()
+        page.select_option("#voice", "echo")
+        page.fill("#input", "The quick brown fox jumps over the lazy dog.")
+        _assert_one_sentence(_speak(page))
+        assert page.locator("#history li").count() == 1
+        assert "RTF" in page.locator("#history li").first.inner_text()
 
-            page.fill("#clone-name", "tone")
-            page.set_input_files("#clone-file", str(tone))
-            page.fill("#clone-text", "A steady tone.")
-            page.check("#clone-consent")
-            page.get_by_role("button", name="Save voice").click()
-            picked = "document.querySelector('#voice option:checked').textContent === 'tone (yours)'"
-            page.wait_for_function(picked, timeout=60_000)
-            cloned = page.eval_on_selector("#voice", "el => el.value")
-            assert cloned.startswith("voice_")
-            assert not page.locator("#delete-voice").is_disabled()
-            _assert_one_sentence(_speak(page))
-            assert page.locator("#history li").count() == 2
+        page.fill("#clone-name", "tone")
+        page.set_input_files("#clone-file", str(tone))
+        page.fill("#clone-text", "A steady tone.")
+        page.check("#clone-consent")
+        page.get_by_role("button", name="Save voice").click()
+        picked = "document.querySelector('#voice option:checked').textContent === 'tone (yours)'"
+        page.wait_for_function(picked, timeout=60_000)
+        cloned = page.eval_on_selector("#voice", "el => el.value")
+        assert cloned.startswith("voice_")
+        assert not page.locator("#delete-voice").is_disabled()
+        _assert_one_sentence(_speak(page))
+        assert page.locator("#history li").count() == 2
 
-            page.fill("#speed", "9")
-            page.get_by_role("button", name="Speak", exact=True).click()
-            error = page.locator('[data-param="speed"] .err')
-            error.wait_for(state="visible")
-            assert "speed" in error.inner_text().lower()
-            assert page.locator("#speed").get_attribute("aria-invalid") == "true"
-            page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
-            shutil.copy(tmp_path / "playground.png", ROOT / "docs" / "playground.png")
+        page.fill("#speed", "9")
+        page.get_by_role("button", name="Speak", exact=True).click()
+        error = page.locator('[data-param="speed"] .err')
+        error.wait_for(state="visible")
+        assert "speed" in error.inner_text().lower()
+        assert page.locator("#speed").get_attribute("aria-invalid") == "true"
+        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+        shutil.copy(tmp_path / "playground.png", ROOT / "docs" / "playground.png")
 
-            page.locator("#delete-voice").click()
-            page.wait_for_function(f"!document.querySelector('#voice option[value={cloned}]')")
-        finally:
-            browser.close()
+        page.locator("#delete-voice").click()
+        page.wait_for_function(f"!document.querySelector('#voice option[value={cloned}]')")
     foreign = [u for u in requests if not u.startswith(pg_server.base_url) and urlsplit(u).scheme not in
                ("blob", "data")]  # fmt: skip
     assert requests and foreign == []
+
+
+def test_the_playground_asks_for_a_key_on_a_phone(tiny_model: Path, tmp_path: Path) -> None:
+    _browser_or_skip()
+    server = ServerProcess(["--model", str(tiny_model), "--data-dir", str(tmp_path / "data"),
+                            "--max-length", str(TEST_MAX_LENGTH), "--api-keys", "secret"])  # fmt: skip
+    sent: list[tuple[str, str | None]] = []
+    try:
+        server.wait_ready()
+        with _browser(
+            tmp_path, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+        ) as ctx:
+            page = ctx.new_page()
+            page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+            page.goto(server.base_url + "/")
+            page.locator("#key-section").wait_for(state="visible")
+            assert page.evaluate("document.activeElement.id") == "api-key"  # focus moves to the key field
+            page.keyboard.type("secret")
+            page.keyboard.press("Enter")
+            page.wait_for_function("document.querySelectorAll('#voice option').length > 0")
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways
+            page.fill("#input", "Hi.")
+            last = _speak(page)
+            assert last["seconds"] == pytest.approx(SENTENCE_SECONDS, abs=0.02)
+            assert page.evaluate("sessionStorage.getItem('voxport.apiKey')") == "secret"
+    finally:
+        server.stop()
+    api = [(url, auth) for url, auth in sent if "/v1/" in url]
+    keyed = api[[auth for _, auth in api].index("Bearer secret") :]
+    assert keyed and all(auth == "Bearer secret" for _, auth in keyed)
+    assert any(url.endswith("/v1/audio/speech/stream") for url, _ in keyed)
+
+
+def test_a_missing_browser_skips_only_when_not_required(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.delenv("VOXPORT_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-chromium is not installed"):
+        _browser_or_skip()
+    monkeypatch.setenv("VOXPORT_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="VOXPORT_REQUIRE_BROWSER is set"):
+        _browser_or_skip()
