@@ -139,6 +139,7 @@ def test_the_playground_in_a_browser(pg_server: ServerProcess, tmp_path: Path) -
         page.goto(f"{pg_server.base_url}/playground")
         page.wait_for_function("document.querySelectorAll('#voice option').length > 0")
         assert "alloy" in page.locator("#voice").inner_text()
+        assert "a neutral, clear adult voice" in page.locator("#voice-desc").inner_text()  # alloy
 
         page.select_option("#voice", "echo")
         page.fill("#input", "The quick brown fox jumps over the lazy dog.")

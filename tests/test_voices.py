@@ -102,7 +102,8 @@ async def test_voice_lists(http: httpx.AsyncClient) -> None:
     rich = (await http.get("/v1/voices")).json()
     alloy = next(v for v in rich["data"] if v["id"] == "alloy")
     assert alloy == {"id": "alloy", "name": "alloy", "kind": "designed", "source": "built-in",
-                     "has_transcript": False, "duration": None, "default": True}  # fmt: skip
+                     "has_transcript": False, "duration": None, "default": True,
+                     "description": "a neutral, clear adult voice with an even, friendly tone"}  # fmt: skip
     assert "/" not in json.dumps(rich)  # server paths are never shown
 
 

@@ -137,6 +137,7 @@ class VoiceObject(BaseModel):
     has_transcript: bool
     duration: float | None
     default: bool
+    description: str | None = None  # a designed voice's description
 
 
 class VoiceList(BaseModel):

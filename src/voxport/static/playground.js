@@ -69,7 +69,8 @@ function describe(voice) {
 
 function showVoice() {
   const voice = state.voices.find((v) => v.id === $('#voice').value);
-  $('#voice-desc').textContent = voice ? `${voice.name}: ${describe(voice)}` : '';
+  const about = voice && voice.description ? `${voice.description} (${describe(voice)})` : voice && describe(voice);
+  $('#voice-desc').textContent = voice ? `${voice.name}: ${about}` : '';
   $('#delete-voice').disabled = !voice || voice.source !== 'user';
 }
 

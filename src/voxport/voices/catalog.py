@@ -77,6 +77,7 @@ class Voice:
             "has_transcript": bool(self.transcript),
             "duration": None if self.duration is None else round(self.duration, 2),
             "default": self.id == default,
+            "description": self.description,
         }
 
 
