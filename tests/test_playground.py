@@ -159,6 +159,13 @@ def test_the_playground_in_a_browser(pg_server: ServerProcess, tmp_path: Path) -
         assert not page.locator("#delete-voice").is_disabled()
         _assert_one_sentence(_speak(page))
         assert page.locator("#history li").count() == 2
+        assert page.locator("#history a[download]").first.get_attribute("download").endswith(".wav")
+
+        page.select_option("#response_format", "wav")  # streamed whole, played in an audio element
+        wav = _speak(page)
+        assert wav["decodedSeconds"] == pytest.approx(SENTENCE_SECONDS, abs=0.02)
+        assert wav["samples"] == wav["decodedSamples"] and wav["scheduledSamples"] is None
+        page.select_option("#response_format", "pcm")
 
         page.fill("#speed", "9")
         page.get_by_role("button", name="Speak", exact=True).click()

@@ -185,6 +185,15 @@ function wavBlob(pcm, rate) {
   return new Blob([head, pcm.subarray(0, size)], { type: 'audio/wav' });
 }
 
+// A streamed wav says "length unknown" (0xFFFFFFFF); once all of it is here, write the real sizes.
+function fixWavSizes(bytes) {
+  if (bytes.length < 44) return bytes;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, 44);
+  if (view.getUint32(4, true) === 0xFFFFFFFF) view.setUint32(4, bytes.length - 8, true);
+  if (view.getUint32(40, true) === 0xFFFFFFFF) view.setUint32(40, bytes.length - 44, true);
+  return bytes;
+}
+
 // Decoding the whole result proves it is audio a browser can play, and measures it.
 async function decode(blob, rate) {
   try {
@@ -267,7 +276,7 @@ async function receive(resp, body, started) {
     if (player) player.push(value);
   }
   const elapsed = (performance.now() - started) / 1000;
-  const bytes = concat(parts);
+  const bytes = body.response_format === 'wav' ? fixWavSizes(concat(parts)) : concat(parts);
   const blob = pcm ? wavBlob(bytes, rate) : new Blob([bytes], { type: resp.headers.get('Content-Type') || '' });
   const decoded = await decode(blob, rate);
   const samples = pcm ? bytes.length >> 1 : (decoded ? decoded.length : null);
