@@ -113,11 +113,12 @@ def _assert_one_sentence(last: dict) -> None:
 
 
 @contextmanager
-def _browser(tmp_path: Path, **options) -> Iterator:
+def _browser(tmp_path: Path, extra_args: tuple[str, ...] = (), **options) -> Iterator:
     sync_playwright = _browser_or_skip()
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *extra_args],
+            headless=True,
             bypass_csp=True,  # Playwright's wait_for_function evaluates strings; the page itself never does
             **options,
         )  # fmt: skip
@@ -183,16 +184,17 @@ def test_the_playground_in_a_browser(pg_server: ServerProcess, tmp_path: Path) -
     assert requests and foreign == []
 
 
-def test_the_playground_asks_for_a_key_on_a_phone(tiny_model: Path, tmp_path: Path) -> None:
+def test_a_phone_with_a_key_records_a_voice(tiny_model: Path, tmp_path: Path) -> None:
     _browser_or_skip()
     server = ServerProcess(["--model", str(tiny_model), "--data-dir", str(tmp_path / "data"),
                             "--max-length", str(TEST_MAX_LENGTH), "--api-keys", "secret"])  # fmt: skip
     sent: list[tuple[str, str | None]] = []
     try:
         server.wait_ready()
-        with _browser(
-            tmp_path, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
-        ) as ctx:
+        # A fake microphone (Chromium's beep) that needs no permission prompt, for the recording.
+        fake_mic = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+        phone = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+        with _browser(tmp_path, fake_mic, **phone) as ctx:
             page = ctx.new_page()
             page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
             page.goto(server.base_url + "/")
@@ -206,6 +208,17 @@ def test_the_playground_asks_for_a_key_on_a_phone(tiny_model: Path, tmp_path: Pa
             last = _speak(page)
             assert last["seconds"] == pytest.approx(SENTENCE_SECONDS, abs=0.02)
             assert page.evaluate("sessionStorage.getItem('voxport.apiKey')") == "secret"
+
+            page.get_by_role("button", name="Record from microphone").click()
+            page.get_by_role("button", name="Stop recording").wait_for()
+            page.wait_for_timeout(2500)
+            page.get_by_role("button", name="Stop recording").click()
+            page.locator("#recorded").wait_for(state="visible")
+            page.fill("#clone-name", "mic")
+            page.check("#clone-consent")
+            page.get_by_role("button", name="Save voice").click()
+            picked = "document.querySelector('#voice option:checked').textContent === 'mic (yours)'"
+            page.wait_for_function(picked, timeout=60_000)
     finally:
         server.stop()
     api = [(url, auth) for url, auth in sent if "/v1/" in url]
