@@ -175,6 +175,9 @@ class Settings(BaseSettings):
         ge=1,
         description="Torch CPU threads for the reference engine (default: the CPUs available, less one).",
     )
+    playground: bool = Field(
+        True, description="Serve the browser playground at / and /playground; off: those answer 404."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from voxport.api.routes import models, ops, speech, voices
+from voxport.api.routes import models, ops, playground, speech, voices
 
 ROUTERS: tuple[APIRouter, ...] = (
     speech.router,
@@ -11,4 +11,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     models.router,
     ops.router,
     ops.admin,
+    playground.router,
 )
