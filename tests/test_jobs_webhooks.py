@@ -1,0 +1,142 @@
+"""Webhooks on their own: Standard Webhooks signatures (checked with the standardwebhooks library),
+the SSRF policy at submission and at delivery, a real delivery to a loopback receiver, and retries
+recorded in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from tests.webhook_receiver import Receiver
+from voxport.jobs.store import JobStore
+from voxport.jobs.webhooks import (
+    Allowlist,
+    WebhookDispatcher,
+    WebhookSender,
+    WebhookURLError,
+    check_url,
+    event_payload,
+    load_secret,
+    public,
+    resolve,
+)
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+LOOPBACK = Allowlist.parse(["127.0.0.1"])
+
+
+def test_signature_verifies_with_the_library() -> None:
+    sender = WebhookSender(SECRET, Allowlist(), timeout_s=5)
+    payload = event_payload("speech.job.succeeded", {"id": "speechjob_1"})
+    headers = sender.headers("msg_1", payload)
+    assert Webhook(SECRET).verify(payload, headers)["type"] == "speech.job.succeeded"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(payload.replace("1", "2"), headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + "QUFBQUFBQUFBQUFBQUFBQQ==").verify(payload, headers)
+
+
+def test_secret_is_made_once_and_kept(tmp_path: Path) -> None:
+    made = load_secret(None, tmp_path)
+    assert made.startswith("whsec_") and load_secret(None, tmp_path) == made
+    assert (tmp_path / "jobs" / "webhook_secret").stat().st_mode & 0o077 == 0
+    Webhook(made)  # a valid Standard Webhooks secret
+    assert load_secret("whsec_configured", tmp_path) == "whsec_configured"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x", "file:///etc/passwd", "http:///nohost", "http://user:pw@example.com/",
+        "http://127.0.0.1/", "http://10.0.0.5/", "http://192.168.1.1:8080/", "http://169.254.169.254/latest",
+        "http://[::1]/", "http://[fd00::1]/", "http://0.0.0.0/", "http://224.0.0.1/", "http://100.64.0.1/",
+        "http://[::ffff:127.0.0.1]/", "http://240.0.0.1/", "http://example.com:notaport/",
+    ],
+)  # fmt: skip
+def test_refused_at_submission(url: str) -> None:
+    with pytest.raises(WebhookURLError):
+        check_url(url, Allowlist())
+
+
+def test_allowed_at_submission() -> None:
+    check_url("https://example.com/hooks", Allowlist())
+    check_url("http://8.8.8.8/x", Allowlist())
+    check_url("http://localhost/x", Allowlist())  # a name: judged by its addresses at delivery
+    check_url("http://127.0.0.1:9/x", LOOPBACK)
+    check_url("http://10.1.2.3/x", Allowlist.parse(["10.0.0.0/8"]))
+    assert not public(ipaddress.ip_address("fe80::1")) and public(ipaddress.ip_address("2606:4700::1"))
+
+
+async def test_name_resolving_to_loopback_is_refused_at_delivery() -> None:
+    with pytest.raises(WebhookURLError):
+        await resolve("localhost", 80, Allowlist())
+    assert str(await resolve("localhost", 80, Allowlist.parse(["localhost"]))) in ("127.0.0.1", "::1")
+    with Receiver() as receiver:
+        sender = WebhookSender(SECRET, Allowlist(), timeout_s=5)
+        outcome = await sender.send("msg_x", f"http://localhost:{receiver.port}/hook", "{}")
+        assert outcome.refused and not outcome.ok
+        assert receiver.received == []  # nothing was sent
+
+
+async def test_delivery_to_an_allowed_receiver_is_signed() -> None:
+    with Receiver() as receiver:
+        sender = WebhookSender(SECRET, LOOPBACK, timeout_s=5)
+        payload = event_payload("speech.job.failed", {"id": "speechjob_2"})
+        outcome = await sender.send("msg_y", receiver.url, payload)
+        assert outcome.ok and outcome.status == 204
+        got = receiver.received[0]
+        assert got.path == "/hook" and got.headers["Host"] == f"127.0.0.1:{receiver.port}"
+        assert Webhook(SECRET).verify(got.body, got.headers)["data"] == {"id": "speechjob_2"}
+
+
+async def test_redirects_are_not_followed() -> None:
+    with Receiver() as target, Receiver(redirect_to=target.url) as redirector:
+        sender = WebhookSender(SECRET, LOOPBACK, timeout_s=5)
+        outcome = await sender.send("msg_r", redirector.url, "{}")
+        assert not outcome.ok and outcome.status == 302
+        assert target.received == []
+
+
+async def test_retries_until_delivered_and_attempts_are_recorded(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs")
+    await store.open()
+    outcomes: list[str] = []
+    with Receiver(fail_first=2) as receiver:
+        dispatcher = WebhookDispatcher(store, WebhookSender(SECRET, LOOPBACK, timeout_s=5), retry_s=600,
+                                       on_outcome=outcomes.append)  # fmt: skip
+        dispatcher.start()
+        delivery = await dispatcher.enqueue("speechjob_3", "speech.job.succeeded", receiver.url, {"id": "x"})
+        for _ in range(200):
+            (row,) = await store.deliveries("speechjob_3")
+            if row.status != "pending":
+                break
+            await asyncio.sleep(0.1)
+        await dispatcher.close()
+    assert (row.id, row.status, row.attempts, row.last_status) == (delivery.id, "delivered", 3, 204)
+    assert outcomes == ["retry", "retry", "delivered"]
+    ids = {r.headers["webhook-id"] for r in receiver.received}
+    assert ids == {delivery.id}  # the same message id on every attempt: receivers can deduplicate
+    assert json.loads(receiver.accepted()[0].body)["type"] == "speech.job.succeeded"
+    await store.close()
+
+
+async def test_retries_stop_after_the_bounded_time(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs")
+    await store.open()
+    with Receiver(fail_first=100) as receiver:
+        dispatcher = WebhookDispatcher(store, WebhookSender(SECRET, LOOPBACK, timeout_s=5), retry_s=0.5)
+        dispatcher.start()
+        await dispatcher.enqueue("speechjob_4", "speech.job.failed", receiver.url, {})
+        for _ in range(100):
+            (row,) = await store.deliveries("speechjob_4")
+            if row.status != "pending":
+                break
+            await asyncio.sleep(0.1)
+        await dispatcher.close()
+    assert (row.status, row.attempts, row.last_status) == ("failed", 1, 500)
+    await store.close()
