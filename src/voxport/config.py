@@ -63,10 +63,11 @@ class Settings(BaseSettings):
     inference_timesteps: int = Field(
         10, ge=1, le=100, description="nanovllm: diffusion timesteps for every request (set server-wide)."
     )
-    attention: Literal["auto", "flash-attn", "sdpa"] = Field(
+    attention: Literal["auto", "flash-attn", "triton", "sdpa"] = Field(
         "auto",
-        description="nanovllm: attention kernels: flash-attn, torch SDPA (a drop-in used when flash-attn is "
-        "not installed), or auto.",
+        description="nanovllm: attention kernels: flash-attn; triton (voxport's drop-in: a Triton paged "
+        "decode kernel, prefill on torch SDPA); sdpa (the drop-in with decode on SDPA over gathered pages, "
+        "for comparison); or auto (flash-attn when importable, else triton).",
     )
     data_dir: Path = Field(
         default_factory=_default_data_dir,

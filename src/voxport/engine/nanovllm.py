@@ -114,7 +114,10 @@ class NanoVllmEngine:
     async def start(self) -> None:
         from voxport.engine.sdpa_attention import install_as_flash_attn
 
-        attention = install_as_flash_attn(force=self._attention == "sdpa")
+        # "auto" keeps a real flash-attn; without one the drop-in decodes with the Triton kernel, which
+        # nano-vllm's own Triton dependency guarantees can be imported here.
+        decode = "sdpa" if self._attention == "sdpa" else "triton"
+        attention = install_as_flash_attn(force=self._attention in ("sdpa", "triton"), decode=decode)
         if self._attention == "flash-attn" and attention != "flash-attn":
             raise EngineError("--attention flash-attn was asked for, but flash_attn is not importable")
         from nanovllm_voxcpm import VoxCPM

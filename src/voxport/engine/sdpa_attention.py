@@ -19,13 +19,20 @@ Options that change the result and that the engine never passes (sliding windows
 appending new K/V or rotary inside the kernel, returning the log-sum-exp) raise NotImplementedError
 instead of being silently ignored; performance knobs (`num_splits`, `deterministic`, the
 `max_seqlen_*` hints) are accepted and ignored.
+
+Decode (one query per sequence over the paged cache) has two implementations, chosen by
+`install_as_flash_attn(decode=...)`: "triton", voxport's paged kernel (`triton_decode`), which reads
+K/V in place through the block table; and "sdpa", which gathers each sequence's whole block table into
+a dense copy and runs SDPA, kept as the reference the kernel is compared against. Prefill stays on SDPA.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +47,11 @@ __all__ = [
 
 DROPIN_VERSION = "sdpa-dropin"
 _MARKER = "__voxport_sdpa_dropin__"
+DecodeKernel = Literal["sdpa", "triton"]
+# The decode choice travels to nano-vllm's spawned model worker through its environment (a spawned
+# interpreter inherits the parent's environment, not its module state).
+DECODE_ENV = "VOXPORT_DROPIN_DECODE"
+_decode: DecodeKernel = "triton" if os.environ.get(DECODE_ENV) == "triton" else "sdpa"
 # Holds the `flash_attn` package that re-exports this module; on sys.path only while the drop-in is in use.
 _SHIM_DIR = str(Path(__file__).with_name("flash_attn_dropin"))
 
@@ -266,6 +278,17 @@ def flash_attn_with_kvcache(
     )
     scale = _softmax_scale(softmax_scale, q)
     batch, seqlen_q = q.shape[0], q.shape[1]
+    if (
+        _decode == "triton"
+        and block_table is not None
+        and seqlen_q == 1
+        and isinstance(cache_seqlens, torch.Tensor)
+        and cache_batch_idx is None
+    ):
+        # nano-vllm's decode call. Imported here so that the SDPA paths work where triton is absent.
+        from voxport.engine.triton_decode import paged_decode_attention
+
+        return paged_decode_attention(q, k_cache, v_cache, block_table, cache_seqlens, scale)
     # Everything below is shape-static and free of host syncs: the engine captures decode in CUDA graphs
     # (with a block table as wide as max_model_len allows, and zero cache_seqlens on padded rows).
     if block_table is not None:
@@ -304,11 +327,25 @@ def flash_attn_with_kvcache(
     return _attend(q, keys, values, scale=scale, mask=mask)
 
 
-def install_as_flash_attn(force: bool = False) -> str:
+def set_decode_kernel(decode: DecodeKernel) -> None:
+    """Choose the drop-in's decode implementation, here and in processes started from here later."""
+    global _decode
+    if decode not in ("sdpa", "triton"):
+        raise ValueError(f"unknown decode kernel {decode!r}")
+    _decode = decode
+    os.environ[DECODE_ENV] = decode
+
+
+def decode_kernel() -> DecodeKernel:
+    return _decode
+
+
+def install_as_flash_attn(force: bool = False, decode: DecodeKernel = "sdpa") -> str:
     """Make `import flash_attn` work, backed by this module when the real package cannot be imported.
 
-    Returns "flash-attn" when the real package is in use, "sdpa" when the drop-in is. With `force`, the
-    drop-in replaces whatever `flash_attn` is (modules that already imported from it keep what they got).
+    Returns "flash-attn" when the real package is in use, else the drop-in's decode implementation,
+    `decode` ("sdpa" or "triton"). With `force`, the drop-in replaces whatever `flash_attn` is (modules
+    that already imported from it keep what they got).
 
     The drop-in is installed as an importable package (its directory goes first on `sys.path`), not
     only as a `sys.modules` entry: nano-vllm loads the model in a worker started with the `spawn`
@@ -318,7 +355,8 @@ def install_as_flash_attn(force: bool = False) -> str:
     current = sys.modules.get("flash_attn")
     ours = getattr(current, _MARKER, False)
     if ours and _SHIM_DIR in sys.path:
-        return "sdpa"
+        set_decode_kernel(decode)
+        return decode
     if not force and not ours:
         if current is not None:
             return "flash-attn"
@@ -328,6 +366,7 @@ def install_as_flash_attn(force: bool = False) -> str:
         except Exception:  # a build for another CUDA/torch fails with more than ImportError
             sys.modules.pop("flash_attn", None)
 
+    set_decode_kernel(decode)
     if _SHIM_DIR in sys.path:
         sys.path.remove(_SHIM_DIR)
     sys.path.insert(0, _SHIM_DIR)
@@ -337,4 +376,4 @@ def install_as_flash_attn(force: bool = False) -> str:
     module = importlib.import_module("flash_attn")
     if not getattr(module, _MARKER, False):  # only if something replaced sys.path[0] under us
         raise RuntimeError(f"import flash_attn gave {module.__file__}, not voxport's drop-in")
-    return "sdpa"
+    return decode
