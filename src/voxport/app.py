@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from voxport import __version__
 from voxport.api.errors import install_error_handlers
+from voxport.api.jobs import router as jobs_router
 from voxport.api.limits import BodyLimitMiddleware, BodyLimits
 from voxport.api.middleware import AccessPolicy, RequestContextMiddleware
 from voxport.api.routes import router
@@ -20,6 +21,7 @@ from voxport.cache import AudioCache, checkpoint_fingerprint
 from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
+from voxport.jobs.service import JobService
 from voxport.metrics import Metrics
 from voxport.speech import SpeechService
 from voxport.voices import VoiceRegistry
@@ -60,6 +62,7 @@ def create_app(
         cache_entries=lambda: cache.entries,
     )
     metrics.generating.set_function(lambda: speech.generating)
+    jobs = JobService(settings, speech, metrics)
     limits = {"engine_batch": engine.capacity, "max_concurrent": speech.max_concurrent,
               "max_queue": speech.max_queue}  # fmt: skip
     for limit, value in limits.items():
@@ -77,12 +80,14 @@ def create_app(
         if cache.enabled:
             await asyncio.to_thread(cache.load_index)
             sweeper = asyncio.create_task(cache.run_sweeper(settings.cache_sweep_s))
+        await jobs.start()
         log.info(
             "voxport %s ready: model %s, engine %s", __version__, settings.served_model_id, engine.info.name
         )
         try:
             yield
         finally:
+            await jobs.close()  # before the engine: running jobs stop and resume at the next start
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -93,6 +98,7 @@ def create_app(
     app.state.settings = settings
     app.state.speech = speech
     app.state.metrics = metrics
+    app.state.jobs = jobs
     # The directory name only: server paths are never shown to clients.
     app.state.checkpoint_name = Path(model_dir).name if Path(model_dir).is_dir() else settings.model
     install_error_handlers(app)
@@ -109,6 +115,10 @@ def create_app(
             json_bytes=settings.max_json_body_bytes,
             upload_bytes=settings.max_upload_body_bytes,
             read_timeout_s=settings.body_read_timeout_s,
+            json_bytes_by_path=(
+                ("/v1/audio/speech/jobs", settings.max_job_body_bytes),
+                ("/v1/audio/speech/batches", settings.max_batch_body_bytes),
+            ),
         ),
     )
     app.add_middleware(RequestContextMiddleware, policy=policy, metrics=metrics)
@@ -123,4 +133,5 @@ def create_app(
             expose_headers=["X-Request-Id", "X-Sample-Rate", "X-Audio-Duration", "X-Cache", "X-Route"],
         )
     app.include_router(router)
+    app.include_router(jobs_router)
     return app

@@ -318,6 +318,7 @@ async def health(request: Request, settings: SettingsDep, speech: SpeechDep) -> 
             "evictions": cache.stats.evictions,
         },
         "routing": {"load_score": speech.load_score, "accepts_requests": speech.accepts_requests},
+        "jobs": request.app.state.jobs.health(),  # speech jobs waiting (queued) and being run
         "rss_bytes": process_rss_bytes(),
         # This process and its children (nano-vllm's worker) on the GPU, per NVML; null off CUDA.
         "gpu_memory_bytes": (

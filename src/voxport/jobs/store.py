@@ -401,13 +401,13 @@ class JobStore:
 
         return await self._run(list_)
 
-    async def next_queued(self) -> list[Job]:
+    async def next_queued(self, limit: int = 100) -> list[Job]:
         """Jobs to run, oldest first: those left running by a crash first, then the queued ones."""
 
         def next_() -> list[Job]:
             rows = self.db.execute(
-                "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY (status = ?) DESC, seq",
-                (RUNNING, QUEUED, RUNNING),
+                "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY (status = ?) DESC, seq LIMIT ?",
+                (RUNNING, QUEUED, RUNNING, limit),
             ).fetchall()
             return [_job(r) for r in rows]
 
