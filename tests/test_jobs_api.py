@@ -230,3 +230,27 @@ def test_name_resolving_to_loopback_is_refused_at_delivery(tmp_path: Path) -> No
             assert receiver.received == []
     finally:
         proc.stop()
+
+
+def test_jobs_belong_to_the_key_that_made_them(tmp_path: Path) -> None:
+    proc = sim_server(tmp_path, "--api-keys", "key-a,key-b")
+    try:
+        proc.wait_ready()
+        a = httpx.Client(base_url=proc.base_url, headers={"Authorization": "Bearer key-a"}, timeout=30)
+        b = httpx.Client(base_url=proc.base_url, headers={"Authorization": "Bearer key-b"}, timeout=30)
+        with a, b:
+            job = a.post(
+                "/v1/audio/speech/jobs", json={**BODY, "input": "Mine."}, headers={"Idempotency-Key": "x"}
+            )
+            job_id = job.json()["id"]
+            assert a.get(f"/v1/audio/speech/jobs/{job_id}").status_code == 200
+            assert b.get(f"/v1/audio/speech/jobs/{job_id}").status_code == 404
+            assert b.post(f"/v1/audio/speech/jobs/{job_id}/cancel").status_code == 404
+            assert b.get("/v1/audio/speech/jobs").json()["data"] == []
+            theirs = b.post(
+                "/v1/audio/speech/jobs", json={**BODY, "input": "Mine."}, headers={"Idempotency-Key": "x"}
+            )
+            assert theirs.json()["id"] != job_id  # idempotency keys are per API key too
+            assert httpx.get(f"{proc.base_url}/v1/audio/speech/jobs").status_code == 401
+    finally:
+        proc.stop()

@@ -140,3 +140,9 @@ async def test_retries_stop_after_the_bounded_time(tmp_path: Path) -> None:
         await dispatcher.close()
     assert (row.status, row.attempts, row.last_status) == ("failed", 1, 500)
     await store.close()
+
+
+async def test_a_name_that_does_not_resolve_is_retried_not_refused() -> None:
+    sender = WebhookSender(SECRET, Allowlist(), timeout_s=5)
+    outcome = await sender.send("msg_z", "http://no-such-host.invalid/hook", "{}")
+    assert not outcome.ok and not outcome.refused

@@ -108,6 +108,7 @@ def create_app(
         metrics_require_key=settings.metrics_require_key,
         log_request_text=settings.log_request_text,
     )
+    app.state.api_keys_configured = bool(policy.api_keys)  # jobs then belong to the key that made them
     # Inside the request context: a body is refused only after its request was authenticated and logged.
     app.add_middleware(
         BodyLimitMiddleware,

@@ -28,7 +28,7 @@ JobsDep = Annotated[JobService, Depends(_jobs)]
 
 def _scope(request: Request) -> str:
     """Jobs belong to the API key that created them (the middleware has checked it already)."""
-    if not request.app.state.settings.all_api_keys():
+    if not request.app.state.api_keys_configured:
         return ""
     auth = request.headers.get("authorization", "")
     return key_scope(auth[7:].strip() if auth.lower().startswith("bearer ") else None)

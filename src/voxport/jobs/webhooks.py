@@ -48,6 +48,10 @@ class WebhookURLError(ValueError):
     """The URL can never be delivered to (bad scheme, no host, a refused literal address)."""
 
 
+class ResolveError(OSError):
+    """The host name did not resolve this time."""
+
+
 @dataclass(frozen=True)
 class Allowlist:
     """Hosts (exact names, case-insensitive) and networks (CIDRs or single addresses) webhooks may reach
@@ -124,8 +128,8 @@ async def resolve(host: str, port: int, allow: Allowlist) -> IPAddress:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise WebhookURLError(f"cannot resolve {host}: {exc}") from None
+        except OSError as exc:  # perhaps passing (DNS down): worth another attempt, unlike a refusal
+            raise ResolveError(f"cannot resolve {host}: {exc}") from None
         candidates = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
     for address in candidates:
         if public(address) or allow.permits(host, address):
@@ -210,8 +214,8 @@ class WebhookSender:
             address = await asyncio.wait_for(resolve(host, port, self.allow), self.timeout_s)
         except WebhookURLError as exc:
             return Outcome(False, error=f"refused: {exc}", refused=True)
-        except asyncio.TimeoutError:
-            return Outcome(False, error="timed out resolving the host")
+        except (asyncio.TimeoutError, ResolveError) as exc:
+            return Outcome(False, error=str(exc) or "timed out resolving the host")
         timeout = {"connect": self.timeout_s, "read": self.timeout_s, "write": self.timeout_s,
                    "pool": self.timeout_s}  # fmt: skip
         async with httpcore.AsyncConnectionPool(
