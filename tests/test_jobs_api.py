@@ -125,8 +125,25 @@ def test_idempotent_resubmit_returns_the_same_job(api: httpx.Client) -> None:
     assert first["id"] == again["id"] != other["id"]
 
 
-def test_cancel_while_running_and_while_queued(api: httpx.Client) -> None:
-    running = api.post("/v1/audio/speech/jobs", json={**BODY, "input": long_text(20_000)}).json()
+def test_a_live_request_is_served_while_a_job_runs(api: httpx.Client) -> None:
+    job = api.post("/v1/audio/speech/jobs", json={**BODY, "input": long_text(30_000)}).json()
+    wait_for(api, job["id"], lambda j: j["progress"]["segments_done"] >= 1)
+    live = api.post("/v1/audio/speech", json={**BODY, "input": "Not behind the job.", "cache": False})
+    assert live.status_code == 200 and live.content[:4] == b"RIFF"
+    during = api.get(f"/v1/audio/speech/jobs/{job['id']}").json()
+    assert during["status"] == "running"  # the live request did not wait for the job to finish
+    api.post(f"/v1/audio/speech/jobs/{job['id']}/cancel")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def test_cancel_while_running_and_while_queued(api: httpx.Client, receiver: Receiver) -> None:
+    running = api.post("/v1/audio/speech/jobs", json={**BODY, "input": long_text(20_000),
+                                                      "webhook_url": receiver.url}).json()  # fmt: skip
     queued = api.post("/v1/audio/speech/jobs", json={**BODY, "input": "Never spoken."}).json()
     wait_for(api, running["id"], lambda j: j["progress"]["segments_done"] >= 1)
     r = api.post(f"/v1/audio/speech/jobs/{queued['id']}/cancel")
@@ -141,6 +158,8 @@ def test_cancel_while_running_and_while_queued(api: httpx.Client) -> None:
     never = api.get(f"/v1/audio/speech/jobs/{queued['id']}").json()
     assert never["status"] == "cancelled" and never["started_at"] is None
     assert api.get(f"/v1/audio/speech/jobs/{running['id']}/content").status_code == 409
+    got = wait_until(lambda: receiver.accepted())
+    assert Webhook(SECRET).verify(got[0].body, got[0].headers)["type"] == "speech.job.cancelled"
     assert api.post(f"/v1/audio/speech/jobs/{running['id']}/cancel").json()["status"] == "cancelled"
     deleted = api.delete(f"/v1/audio/speech/jobs/{running['id']}")
     assert deleted.json() == {"id": running["id"], "object": "speech.job.deleted", "deleted": True}
@@ -252,5 +271,27 @@ def test_jobs_belong_to_the_key_that_made_them(tmp_path: Path) -> None:
             )
             assert theirs.json()["id"] != job_id  # idempotency keys are per API key too
             assert httpx.get(f"{proc.base_url}/v1/audio/speech/jobs").status_code == 401
+    finally:
+        proc.stop()
+
+
+def test_quota_and_result_expiry(tmp_path: Path) -> None:
+    proc = sim_server(tmp_path, "--max-queued-jobs-per-key", "1", "--job-result-ttl-hours", "0.0003")
+    try:
+        proc.wait_ready()
+        with httpx.Client(base_url=proc.base_url, timeout=30) as api:
+            first = api.post("/v1/audio/speech/jobs", json={**BODY, "input": long_text(20_000)}).json()
+            refused = api.post("/v1/audio/speech/jobs", json={**BODY, "input": "One too many."})
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "job_quota_exceeded"
+            done = wait_for(api, first["id"])
+            assert done["status"] == "succeeded" and done["expires_at"] is not None
+            # About a second later the audio is gone; the job stays, without a result.
+            gone = wait_for(api, first["id"], lambda j: j["result"] is None, timeout=60)
+            assert gone["status"] == "succeeded"
+            assert api.get(f"/v1/audio/speech/jobs/{first['id']}/content").status_code == 404
+            assert (
+                api.post("/v1/audio/speech/jobs", json={**BODY, "input": "Now there is room."}).status_code
+                == 202
+            )
     finally:
         proc.stop()

@@ -148,7 +148,8 @@ class JobRunner:
                     await asyncio.to_thread(self.files.remove, job_id)
             except Exception:
                 log.exception("job result expiry failed")
-            await asyncio.sleep(EXPIRY_SWEEP_S)
+            # A short TTL is honoured closely: sweep at least twice per TTL.
+            await asyncio.sleep(min(EXPIRY_SWEEP_S, max(0.1, self.settings.job_result_ttl_hours * 1800)))
 
     # -- one job ----------------------------------------------------------------------------------
 
