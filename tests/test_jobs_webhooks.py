@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import shutil
+import ssl
+import subprocess
 from pathlib import Path
 
+import httpcore
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -16,6 +20,7 @@ from tests.webhook_receiver import Receiver
 from voxport.jobs.store import JobStore
 from voxport.jobs.webhooks import (
     Allowlist,
+    PinnedBackend,
     WebhookDispatcher,
     WebhookSender,
     WebhookURLError,
@@ -146,3 +151,42 @@ async def test_a_name_that_does_not_resolve_is_retried_not_refused() -> None:
     sender = WebhookSender(SECRET, Allowlist(), timeout_s=5)
     outcome = await sender.send("msg_z", "http://no-such-host.invalid/hook", "{}")
     assert not outcome.ok and not outcome.refused
+
+
+async def test_the_connection_goes_to_the_pinned_address_not_a_new_lookup() -> None:
+    """The backend connects to the checked address whatever the URL's host resolves to now (here: to
+    nothing at all), and the request still names the URL's host."""
+    with Receiver() as receiver:
+        backend = PinnedBackend(ipaddress.ip_address("127.0.0.1"))
+        async with httpcore.AsyncConnectionPool(network_backend=backend) as pool:
+            response = await pool.request(
+                "POST", f"http://rebinding.invalid:{receiver.port}/hook", content=b"{}"
+            )
+        assert response.status == 204
+        assert receiver.received[0].headers["Host"] == f"rebinding.invalid:{receiver.port}"
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}", "-keyout", str(key), "-out",
+                    str(cert)], check=True, capture_output=True)  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_https_delivery_checks_the_certificate_against_the_url_host(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path, "localhost")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    with Receiver(tls=server_tls) as receiver:
+        sender = WebhookSender(SECRET, Allowlist.parse(["localhost"]), timeout_s=5, ssl_context=trusting)
+        payload = event_payload("speech.job.succeeded", {"id": "speechjob_tls"})
+        outcome = await sender.send("msg_tls", f"https://localhost:{receiver.port}/hook", payload)
+        assert outcome.ok, outcome
+        assert Webhook(SECRET).verify(receiver.received[0].body, receiver.received[0].headers)
+        # The same server reached by its address: the certificate does not name 127.0.0.1, so no delivery.
+        by_address = WebhookSender(SECRET, LOOPBACK, timeout_s=5, ssl_context=trusting)
+        outcome = await by_address.send("msg_tls2", f"https://127.0.0.1:{receiver.port}/hook", payload)
+        assert not outcome.ok and len(receiver.received) == 1

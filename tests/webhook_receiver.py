@@ -3,6 +3,7 @@ receives and answers 500 to the first `fail_first` deliveries."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,8 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, fail_first: int = 0, status: int = 204, redirect_to: str | None = None):
+    def __init__(self, fail_first: int = 0, status: int = 204, redirect_to: str | None = None,
+                 tls: ssl.SSLContext | None = None):  # fmt: skip
         self.fail_first = fail_first
         self.received: list[Received] = []
         self.lock = threading.Lock()
@@ -40,8 +42,10 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> Receiver:

@@ -137,7 +137,7 @@ async def resolve(host: str, port: int, allow: Allowlist) -> IPAddress:
     raise WebhookURLError(f"{host} resolves only to non-public addresses ({', '.join(map(str, candidates))})")
 
 
-class _PinnedBackend(httpcore.AsyncNetworkBackend):
+class PinnedBackend(httpcore.AsyncNetworkBackend):
     """Connects to one checked address whatever host the URL names; TLS (SNI and certificate checks)
     still uses the URL's host, since httpcore passes it to start_tls itself."""
 
@@ -188,12 +188,13 @@ def event_payload(event: str, data: dict[str, Any], at: float | None = None) -> 
 class WebhookSender:
     """One delivery attempt: sign, resolve and check, connect to the checked address, POST, no redirects."""
 
-    def __init__(self, secret: str, allow: Allowlist, timeout_s: float, user_agent: str = "voxport-webhooks"):
+    def __init__(self, secret: str, allow: Allowlist, timeout_s: float, user_agent: str = "voxport-webhooks",
+                 ssl_context: ssl.SSLContext | None = None):  # fmt: skip
         self.signer = Webhook(secret)
         self.allow = allow
         self.timeout_s = timeout_s
         self.user_agent = user_agent
-        self._ssl = ssl.create_default_context()
+        self._ssl = ssl_context or ssl.create_default_context()  # the system's CAs, hostname checked
 
     def headers(self, msg_id: str, payload: str, at: datetime | None = None) -> dict[str, str]:
         at = at or datetime.now(timezone.utc)
@@ -219,7 +220,7 @@ class WebhookSender:
         timeout = {"connect": self.timeout_s, "read": self.timeout_s, "write": self.timeout_s,
                    "pool": self.timeout_s}  # fmt: skip
         async with httpcore.AsyncConnectionPool(
-            ssl_context=self._ssl, network_backend=_PinnedBackend(address), max_connections=1, retries=0
+            ssl_context=self._ssl, network_backend=PinnedBackend(address), max_connections=1, retries=0
         ) as pool:
             try:
                 response = await asyncio.wait_for(
