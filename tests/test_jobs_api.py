@@ -295,3 +295,18 @@ def test_quota_and_result_expiry(tmp_path: Path) -> None:
             )
     finally:
         proc.stop()
+
+
+MP3_STARTS = (b"ID3", b"\xff\xfb", b"\xff\xf3")
+
+
+@pytest.mark.parametrize(("fmt", "content_type", "magic"), [("mp3", "audio/mpeg", MP3_STARTS),
+                         ("flac", "audio/flac", (b"fLaC",)), ("pcm", "audio/pcm", (b"",))])  # fmt: skip
+def test_other_formats(api: httpx.Client, fmt: str, content_type: str, magic: tuple[bytes, ...]) -> None:
+    body = {**BODY, "response_format": fmt, "speed": 1.5, "input": "One sentence. And another one."}
+    job = api.post("/v1/audio/speech/jobs", json=body).json()
+    done = wait_for(api, job["id"])
+    assert done["status"] == "succeeded", done
+    content = api.get(f"/v1/audio/speech/jobs/{job['id']}/content")
+    assert content.headers["content-type"] == content_type and len(content.content) == done["result"]["bytes"]
+    assert content.content.startswith(magic) and len(content.content) > 1000

@@ -190,3 +190,28 @@ async def test_https_delivery_checks_the_certificate_against_the_url_host(tmp_pa
         by_address = WebhookSender(SECRET, LOOPBACK, timeout_s=5, ssl_context=trusting)
         outcome = await by_address.send("msg_tls2", f"https://127.0.0.1:{receiver.port}/hook", payload)
         assert not outcome.ok and len(receiver.received) == 1
+
+
+async def test_pending_deliveries_survive_a_restart(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs")
+    await store.open()
+    with Receiver(fail_first=1) as receiver:
+        first = WebhookDispatcher(store, WebhookSender(SECRET, LOOPBACK, timeout_s=5), retry_s=600)
+        first.start()
+        await first.enqueue("speechjob_5", "speech.job.succeeded", receiver.url, {"id": "speechjob_5"})
+        while not receiver.received:
+            await asyncio.sleep(0.05)
+        await first.close()  # the process ends after one failed attempt
+        await store.close()
+        reopened = JobStore(tmp_path / "jobs")
+        await reopened.open()
+        (pending,) = await reopened.deliveries("speechjob_5")
+        assert (pending.status, pending.attempts) == ("pending", 1)
+        second = WebhookDispatcher(reopened, WebhookSender(SECRET, LOOPBACK, timeout_s=5), retry_s=600)
+        second.start()
+        while not receiver.accepted():
+            await asyncio.sleep(0.05)
+        await second.close()
+        (row,) = await reopened.deliveries("speechjob_5")
+    assert (row.status, row.attempts) == ("delivered", 2)
+    await reopened.close()
