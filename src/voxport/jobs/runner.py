@@ -34,6 +34,7 @@ from voxport.text import segment
 log = logging.getLogger("voxport.jobs")
 
 EXPIRY_SWEEP_S = 60.0
+OUTAGE_PAUSE_S = 1.0  # a job the engine failed under waits this long before it is taken up again
 _POLL_S = 0.05  # how often a job waiting for headroom looks again
 
 
@@ -61,6 +62,7 @@ class JobRunner:
         self.on_segment = on_segment
         self.on_started = on_started
         self.running: dict[str, asyncio.Event] = {}  # job id -> its cancel switch
+        self.interrupted = 0  # segments abandoned because the engine was unavailable
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
@@ -172,6 +174,13 @@ class JobRunner:
         except asyncio.CancelledError:
             raise  # shutting down: the job resumes at the next start
         except APIError as exc:
+            if exc.code == "engine_unavailable":
+                # An outage, not the job's fault: it stays running and resumes from its segment files
+                # once the engine answers again (the loop takes it up; headroom waits for readiness).
+                self.interrupted += 1
+                log.warning("job %s paused: %s", job.id, exc.message)
+                await asyncio.sleep(OUTAGE_PAUSE_S)
+                return
             error = error_object(exc.message, exc.type, exc.param, exc.code)
             await self._fail(job, error)
         except Exception as exc:
