@@ -37,8 +37,8 @@ def test_asking_for_nanovllm_without_cuda_fails_with_the_reason(tiny_model: Path
         timeout=60,
     )
     assert result.returncode != 0
-    assert "--engine nanovllm cannot run here: CUDA is not available" in result.stderr
-    assert "Traceback" not in result.stderr  # the usual one-line error, not a crash
+    assert "voxport serve: --engine nanovllm cannot run here: CUDA is not available" in result.stderr
+    assert "Traceback" not in result.stderr  # the usual one-line refusal, not a crash
 
 
 @pytest.mark.parametrize(
@@ -113,4 +113,4 @@ def test_the_server_sizes_admission_from_the_engine_it_built(tmp_path: Path) -> 
     app = create_app(settings)
     speech = app.state.speech
     assert speech.engine.capacity == 100
-    assert (speech.max_concurrent, speech.max_queue) == (100, 400)
+    assert (speech.admission.max_concurrent, speech.admission.max_queue) == (100, 400)

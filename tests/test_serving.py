@@ -21,6 +21,7 @@ from tests.audio_check import decode
 from tests.conftest import STEP_SECONDS, ServerProcess, make_settings
 from tests.faults import FaultInjectingEngine
 from voxport.app import create_app
+from voxport.config import DEFAULT_VOICES_FILE
 from voxport.engine.reference import ReferenceEngine
 
 SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Cache me if you can.", "response_format": "wav"}
@@ -152,7 +153,7 @@ async def test_cache_survives_restart_and_a_changed_voice_invalidates(
     async with running(tiny_model, data) as (_, http):
         again = await http.post("/v1/audio/speech", json=SPEECH)
         assert again.headers["x-cache"] == "HIT" and again.content == original.content
-    voices = json.loads(Path("voices.json").read_text())
+    voices = json.loads(DEFAULT_VOICES_FILE.read_text())
     for voice in voices["voices"]:
         if voice["id"] == "alloy":
             voice["description"] = "a completely different voice"
@@ -181,21 +182,21 @@ async def test_full_server_answers_429_at_once(tiny_model: Path, tmp_path: Path)
     async with running(tiny_model, tmp_path, max_length=200, max_concurrent=1, max_queue=1) as (app, http):
         speech = app.state.speech
         first = ASGIRequest(app, "/v1/audio/speech", slow)
-        while speech.generating < 1:
+        while speech.admission.generating < 1:
             await asyncio.sleep(0.01)
         second = ASGIRequest(app, "/v1/audio/speech", slow)
-        while speech.queued < 1:
+        while speech.admission.queued < 1:
             await asyncio.sleep(0.01)
         refused = await http.post("/v1/audio/speech", json=slow)
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
         assert "x-should-retry" not in refused.headers  # the SDK may retry a 429 after Retry-After
-        speech.cancel(first.scope["state"]["request_id"])
-        speech.cancel(second.scope["state"]["request_id"])
+        speech.jobs.cancel(first.scope["state"]["request_id"])
+        speech.jobs.cancel(second.scope["state"]["request_id"])
         for request in (first, second):
             await request.finish()
-        assert (speech.generating, speech.queued, speech.in_flight) == (0, 0, 0)
+        assert (speech.admission.generating, speech.admission.queued, speech.jobs.in_flight) == (0, 0, 0)
 
 
 async def test_deadline_answers_504(tiny_model: Path, tmp_path: Path) -> None:
@@ -203,7 +204,7 @@ async def test_deadline_answers_504(tiny_model: Path, tmp_path: Path) -> None:
         response = await http.post("/v1/audio/speech", json={**SPEECH, "max_length": 2048, "cache": False})
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "timeout"
-        assert app.state.speech.in_flight == 0
+        assert app.state.speech.jobs.in_flight == 0
         ok = await http.post("/v1/audio/speech", json={**SPEECH, "max_length": 1})
         assert ok.status_code == 200
 
@@ -215,7 +216,7 @@ async def test_dead_engine_fails_fast_with_503(tiny_model: Path, tmp_path: Path)
         short = {**SPEECH, "max_length": 2}
         assert (await http.post("/v1/audio/speech", json=short)).headers["x-cache"] == "MISS"
         in_flight = asyncio.create_task(http.post("/v1/audio/speech", json={**SPEECH, "max_length": 200}))
-        while app.state.speech.generating < 1:
+        while app.state.speech.admission.generating < 1:
             await asyncio.sleep(0.01)
         engine.kill()
         assert (await in_flight).status_code == 503
@@ -411,7 +412,8 @@ def test_sigterm_drains_a_running_request(tiny_model: Path, tmp_path: Path) -> N
         time.sleep(0.02)
     server.proc.send_signal(signal.SIGTERM)
     worker.join(120)
-    output = server.proc.communicate(timeout=60)[0].decode(errors="replace")
+    server.proc.wait(timeout=60)
+    output = server.output()  # the server logs to a file (ServerProcess), not a pipe
     # uvicorn re-raises the signal once its shutdown is complete, so supervisors see a SIGTERM stop.
     assert server.proc.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output

@@ -1,4 +1,6 @@
-"""create_app(settings) -> FastAPI. The lifespan loads the engine before the first request."""
+"""create_app(settings) -> FastAPI: the composition root. Every collaborator is built here and passed
+in at construction; what is only known once the engine has started (the checkpoint's fingerprint) is
+passed as a provider. The lifespan loads the engine before the first request."""
 
 from __future__ import annotations
 
@@ -6,27 +8,74 @@ import asyncio
 import contextlib
 import logging
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from voxport import __version__
+from voxport.api.auth import AccessPolicy
 from voxport.api.errors import install_error_handlers
-from voxport.api.jobs import router as jobs_router
 from voxport.api.limits import BodyLimitMiddleware, BodyLimits
-from voxport.api.middleware import AccessPolicy, RequestContextMiddleware
-from voxport.api.routes import router
+from voxport.api.middleware import RequestContextMiddleware
+from voxport.api.routes import ROUTERS
 from voxport.cache import AudioCache, checkpoint_fingerprint
 from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
 from voxport.jobs.service import JobService
-from voxport.metrics import Metrics
+from voxport.metrics import Gauges, Metrics
 from voxport.speech import SpeechService
+from voxport.speech.admission import Admission
+from voxport.speech.jobs import JobRegistry
 from voxport.voices import VoiceRegistry
 
 log = logging.getLogger("voxport")
+
+
+@dataclass
+class Loaded:
+    """What start-up learns about the checkpoint."""
+
+    fingerprint: str = ""
+
+
+def _voices(settings: Settings, engine: Engine) -> VoiceRegistry:
+    return VoiceRegistry(
+        engine, settings.voices_file, settings.voices_dir, settings.data_dir, settings.default_voice,
+        max_user_voices=settings.max_user_voices, max_user_bytes=int(settings.max_user_voices_mb * 2**20),
+        design_clip_seconds=settings.design_clip_seconds,
+    )  # fmt: skip
+
+
+def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: Loaded) -> SpeechService:
+    speech: SpeechService | None = None  # the gauges read it once it exists
+    # Sized from the engine (what it runs at once) unless the settings say otherwise.
+    max_concurrent, max_queue = settings.admission(engine.capacity)
+    limits = {"engine_batch": engine.capacity, "max_concurrent": max_concurrent, "max_queue": max_queue}
+    metrics = Metrics(
+        Gauges(
+            queue_depth=lambda: admission.queued,
+            generating=lambda: admission.generating,
+            in_flight=lambda: jobs.in_flight,
+            engine_ready=lambda: float(speech is not None and speech.accepts_requests),
+            cache_bytes=lambda: cache.bytes,
+            cache_entries=lambda: cache.entries,
+        ),
+        limits,
+    )
+    cache = AudioCache(
+        settings.data_dir / "cache",
+        ttl_seconds=settings.cache_ttl_minutes * 60,
+        max_bytes=int(settings.cache_max_mb * 2**20),
+        on_evict=metrics.cache_evictions.inc,
+    )
+    admission = Admission(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
+    jobs = JobRegistry(on_cancelled=metrics.cancelled.inc)
+    speech = SpeechService(settings, engine, voices, cache, metrics, admission, jobs,
+                           weights_fingerprint=lambda: loaded.fingerprint)  # fmt: skip
+    return speech
 
 
 def create_app(
@@ -35,47 +84,21 @@ def create_app(
     """Build the app. `checkpoint_dir` is the resolved local model directory (default: settings.model)."""
     model_dir = checkpoint_dir or settings.model
     engine = engine or create_engine(settings, model_dir)
-    voices = VoiceRegistry(
-        engine,
-        settings.voices_file,
-        settings.voices_dir,
-        settings.data_dir,
-        settings.default_voice,
-        max_user_voices=settings.max_user_voices,
-        max_user_bytes=int(settings.max_user_voices_mb * 2**20),
-        design_clip_seconds=settings.design_clip_seconds,
-    )
+    voices = _voices(settings, engine)
     voices.validate_file()  # a bad voices.json stops start-up before anything is loaded
-    metrics = Metrics()
-    cache = AudioCache(
-        settings.data_dir / "cache",
-        ttl_seconds=settings.cache_ttl_minutes * 60,
-        max_bytes=int(settings.cache_max_mb * 2**20),
-    )
-    cache.on_evict = metrics.cache_evictions.inc
-    speech = SpeechService(settings, engine, voices, cache, metrics)
-    metrics.bind(
-        queue_depth=lambda: speech.queued,
-        in_flight=lambda: speech.in_flight,
-        engine_ready=lambda: float(speech.accepts_requests),
-        cache_bytes=lambda: cache.bytes,
-        cache_entries=lambda: cache.entries,
-    )
-    metrics.generating.set_function(lambda: speech.generating)
-    jobs = JobService(settings, speech, metrics)
-    limits = {"engine_batch": engine.capacity, "max_concurrent": speech.max_concurrent,
-              "max_queue": speech.max_queue}  # fmt: skip
-    for limit, value in limits.items():
-        metrics.capacity.labels(limit).set(value)
+    loaded = Loaded()
+    speech = _speech(settings, engine, voices, loaded)
+    cache = speech.cache
+    jobs = JobService(settings, speech, speech.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
         if Path(model_dir).is_dir():
-            speech.weights_fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
+            loaded.fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
         else:  # no weights (the sim engine): its audio and clips must never pass for a model's
-            speech.weights_fingerprint = f"engine:{engine.info.name}"
-        await voices.load(speech.weights_fingerprint)
+            loaded.fingerprint = f"engine:{engine.info.name}"
+        await voices.load(loaded.fingerprint)
         sweeper = None
         if cache.enabled:
             await asyncio.to_thread(cache.load_index)
@@ -97,18 +120,16 @@ def create_app(
     app = FastAPI(title="voxport", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.speech = speech
-    app.state.metrics = metrics
+    app.state.metrics = speech.metrics
     app.state.jobs = jobs
-    # The directory name only: server paths are never shown to clients.
-    app.state.checkpoint_name = Path(model_dir).name if Path(model_dir).is_dir() else settings.model
-    install_error_handlers(app)
-    policy = AccessPolicy(
+    app.state.policy = AccessPolicy(
         api_keys=tuple(settings.all_api_keys()),
         admin_key=settings.admin_api_key,
         metrics_require_key=settings.metrics_require_key,
-        log_request_text=settings.log_request_text,
     )
-    app.state.api_keys_configured = bool(policy.api_keys)  # jobs then belong to the key that made them
+    # The directory name only: server paths are never shown to clients.
+    app.state.checkpoint_name = Path(model_dir).name if Path(model_dir).is_dir() else settings.model
+    install_error_handlers(app)
     # Inside the request context: a body is refused only after its request was authenticated and logged.
     app.add_middleware(
         BodyLimitMiddleware,
@@ -122,7 +143,9 @@ def create_app(
             ),
         ),
     )
-    app.add_middleware(RequestContextMiddleware, policy=policy, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=speech.metrics, log_request_text=settings.log_request_text
+    )
     if settings.cors_allow_origins:
         # Outermost, so that preflights are answered before auth and errors carry CORS headers too.
         app.add_middleware(
@@ -133,6 +156,6 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Request-Id", "X-Sample-Rate", "X-Audio-Duration", "X-Cache", "X-Route"],
         )
-    app.include_router(router)
-    app.include_router(jobs_router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

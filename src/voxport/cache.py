@@ -88,13 +88,13 @@ class AudioCache:
     directory: Path
     ttl_seconds: float
     max_bytes: int
+    on_evict: Callable[[int], None] | None = None  # told how many entries each sweep evicted
     stats: CacheStats = field(default_factory=CacheStats)
 
     def __post_init__(self) -> None:
         self._index: dict[str, _Entry] = {}
         self._lock = threading.Lock()  # the index is touched from worker threads
         self._inflight: dict[str, asyncio.Future[Any]] = {}
-        self.on_evict: Callable[[int], None] | None = None
 
     @property
     def enabled(self) -> bool:

@@ -9,10 +9,12 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_REPO = Path(__file__).resolve().parents[2]
-# The repository's voices.json and recordings (editable installs and the Docker image have them).
-DEFAULT_VOICES_FILE = _REPO / "voices.json"
-DEFAULT_VOICES_DIR = _REPO / "assets" / "voices"
+# The built-in voices ship inside the package (package data), so a wheel install finds them.
+DEFAULT_VOICES_FILE = Path(__file__).resolve().parent / "voices.json"
+# Recordings are not package data: the repository's assets/voices (a checkout, an editable install, the
+# Docker image). The shipped voices.json names none, so a wheel install needs --voices-dir only for
+# recordings it adds itself.
+DEFAULT_VOICES_DIR = Path(__file__).resolve().parents[2] / "assets" / "voices"
 
 
 # Admission defaults (Settings.admission): at least this many generate at once, whatever the engine,
@@ -87,7 +89,7 @@ class Settings(BaseSettings):
     )
     voices_file: Path = Field(
         DEFAULT_VOICES_FILE,
-        description="The voice registry file (default: the repository's voices.json).",
+        description="The voice registry file (default: the voices.json shipped in the package).",
     )
     segment_max_chars: int = Field(
         300,

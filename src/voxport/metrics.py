@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -13,8 +13,19 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 12
 _RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 
 
+class Gauges(NamedTuple):
+    """Live values the gauges read at scrape time (providers: the objects they read are built later)."""
+
+    queue_depth: Callable[[], float]
+    generating: Callable[[], float]
+    in_flight: Callable[[], float]
+    engine_ready: Callable[[], float]
+    cache_bytes: Callable[[], float]
+    cache_entries: Callable[[], float]
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, gauges: Gauges | None = None, limits: dict[str, int] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -71,21 +82,11 @@ class Metrics:
         self.engine_ready = Gauge("voxport_engine_ready", "1 when the engine can take requests.", registry=r)
         self.cache_bytes = Gauge("voxport_cache_bytes", "Bytes held by the audio cache.", registry=r)
         self.cache_entries = Gauge("voxport_cache_entries", "Entries in the audio cache.", registry=r)
-
-    def bind(
-        self,
-        queue_depth: Callable[[], float],
-        in_flight: Callable[[], float],
-        engine_ready: Callable[[], float],
-        cache_bytes: Callable[[], float],
-        cache_entries: Callable[[], float],
-    ) -> None:
-        """Gauges read live state at scrape time."""
-        self.queue_depth.set_function(queue_depth)
-        self.in_flight.set_function(in_flight)
-        self.engine_ready.set_function(engine_ready)
-        self.cache_bytes.set_function(cache_bytes)
-        self.cache_entries.set_function(cache_entries)
+        for limit, value in (limits or {}).items():
+            self.capacity.labels(limit).set(value)
+        if gauges is not None:
+            for name, read in gauges._asdict().items():
+                getattr(self, name).set_function(read)
 
 
 def process_rss_bytes() -> int | None:

@@ -1,57 +1,84 @@
-"""OpenAI's error envelope, and the handlers that put every non-2xx answer into it."""
+"""OpenAI's error envelope, the one table from error kind to HTTP status, and the handlers that put
+every non-2xx answer into the envelope: one per error base (ours, the engine's, FastAPI's)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from voxport.engine.base import EngineInputError, EngineUnavailable
+from voxport.errors import VoxportError, invalid, unavailable
+
 log = logging.getLogger("voxport.api")
+_OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+STATUS: dict[str, int] = {
+    "invalid": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "busy": 429,
+    "cancelled": 499,  # nginx's "client closed request"
+    "internal": 500,
+    "unavailable": 503,
+    "timeout": 504,
+}
 
 
-class APIError(Exception):
-    """An answer other than success, in OpenAI's shape: {"error": {message, type, param, code}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-
-def invalid(message: str, param: str | None, code: str | None = "invalid_value") -> APIError:
-    return APIError(400, message, param=param, code=code)
+def error_type(status: int) -> str:
+    """OpenAI's `type` for a status: its SDK reads 429 as "requests", any 5xx as a server error."""
+    if status == 429:
+        return "requests"
+    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def error_response(exc: APIError) -> JSONResponse:
+def as_error(exc: BaseException) -> VoxportError | None:
+    """Our error for an exception the API answers in the envelope; engine errors are mapped here, once."""
+    if isinstance(exc, VoxportError):
+        return exc
+    if isinstance(exc, EngineInputError):
+        return invalid(str(exc), exc.param)
+    if isinstance(exc, EngineUnavailable):
+        return unavailable(str(exc))
+    return None
+
+
+def status_of(error: VoxportError) -> int:
+    return STATUS[error.kind]
+
+
+def headers_of(error: VoxportError) -> dict[str, str]:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    if error.kind == "unauthorized":
+        headers["WWW-Authenticate"] = 'Bearer realm="voxport"'
+    return headers
+
+
+def envelope(error: VoxportError) -> dict[str, Any]:
+    return error_body(error.message, error_type(status_of(error)), error.param, error.code)
+
+
+def error_response(error: VoxportError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=exc.headers
+        envelope(error), status_code=status_of(error), headers={**headers_of(error), **(headers or {})}
     )
 
 
-def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
+def validation_error(exc: ValidationError | RequestValidationError) -> VoxportError:
     """Turn pydantic's first complaint into a 400 naming the offending request field."""
     first = exc.errors()[0]
     loc = [part for part in first.get("loc", ()) if part != "body"]
@@ -68,27 +95,15 @@ def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
     return invalid(f"Invalid value for '{param}': {first.get('msg')}.", param)
 
 
-async def parse_json_body(request: Request, model: type[BaseModel]) -> Any:
-    """Parse and validate a JSON object body, answering 400s that name the field at fault."""
-    raw = await request.body()
-    if not raw.strip():
-        raise invalid("The request body is empty; send a JSON object.", None, "invalid_body")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid(f"The request body is not valid JSON: {exc}.", None, "invalid_json") from None
-    if not isinstance(data, dict):
-        raise invalid("The request body must be a JSON object.", None, "invalid_body")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+async def _ours(_request: Request, exc: Exception) -> JSONResponse:
+    error = as_error(exc)
+    assert error is not None
+    return error_response(error)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
+    for base in (VoxportError, EngineInputError, EngineUnavailable):
+        app.add_exception_handler(base, _ours)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -96,6 +111,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        policy = getattr(request.app.state, "policy", None)
+        if policy is not None and request.url.path not in _OPEN_PATHS:
+            try:  # no route matched, so no router's key check ran: a client without a key learns nothing
+                policy.check_api_key(request)
+            except VoxportError as refusal:
+                return error_response(refusal)
         if exc.status_code == 404:
             message, code = f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url"
         elif exc.status_code == 405:
@@ -105,4 +126,5 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         else:
             message, code = str(exc.detail), None
-        return error_response(APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {})))
+        body = error_body(message, error_type(exc.status_code), None, code)
+        return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))

@@ -93,6 +93,15 @@ class EngineInfo:
     inference_timesteps: int | None = None  # set when the engine fixes it server-wide
     max_batch: int = 1  # sequences generated at once (the engine's `capacity`)
 
+    @property
+    def step_seconds(self) -> float:
+        """Seconds of audio one LM step (one chunk) makes."""
+        return self.samples_per_step / self.sample_rate
+
+    def fits(self, prompt_positions: int, text_tokens: int, max_length: int) -> bool:
+        """Whether a voice prompt, a text and the most audio steps it may generate fit one window."""
+        return prompt_positions + text_tokens + 1 + steps_cap(text_tokens, max_length) <= self.max_model_len
+
 
 @runtime_checkable
 class Engine(Protocol):

@@ -67,6 +67,15 @@ def generation_length(text_tokens: int, max_length: int, prompt_positions: int, 
     return max(0, min(steps_cap(text_tokens, max_length), room))
 
 
+def _worker_died(exc: BaseException) -> bool:
+    """Whether the pool says its worker process is gone (nano-vllm-voxcpm's public WorkerDiedError)."""
+    try:
+        from nanovllm_voxcpm.utils.worker_link import WorkerDiedError
+    except ImportError:  # an older package without it: no way to tell from outside
+        return False
+    return isinstance(exc, WorkerDiedError)
+
+
 class NanoVllmEngine:
     def __init__(
         self,
@@ -90,6 +99,7 @@ class NanoVllmEngine:
         self._tokenizer: Any = None
         self._info: EngineInfo | None = None
         self._closed = False
+        self._worker_died = False  # learnt from the pool's WorkerDiedError: its link state is private
         self.steps_generated = 0
 
     @property
@@ -106,10 +116,7 @@ class NanoVllmEngine:
 
     @property
     def ready(self) -> bool:
-        if self._pool is None or self._closed:
-            return False
-        links = [getattr(server, "_link", None) for server in getattr(self._pool, "servers", [])]
-        return not any(getattr(link, "dead", False) for link in links)
+        return self._pool is not None and not self._closed and not self._worker_died
 
     async def start(self) -> None:
         from voxport.engine.sdpa_attention import install_as_flash_attn
@@ -173,7 +180,13 @@ class NanoVllmEngine:
     async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
         self._require_ready()
         data = await asyncio.to_thread(Path(wav_path).read_bytes)
-        latents = await self._pool.encode_latents(data, "wav")
+        try:
+            latents = await self._pool.encode_latents(data, "wav")
+        except Exception as exc:
+            if _worker_died(exc):
+                self._worker_died = True
+                raise EngineUnavailable(f"the nano-vllm worker died: {exc}") from exc
+            raise
         patches = len(latents) // 4 // (_FEAT_DIM * _PATCH_SIZE)  # float32 latent frames, 4 per patch
         if transcript:
             # Sent with each request, as the pool's add_prompt/prompt_id would send them (it only keeps
@@ -241,7 +254,8 @@ class NanoVllmEngine:
         except (EngineInputError, asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
-            if not self.ready:
+            if _worker_died(exc):
+                self._worker_died = True
                 raise EngineUnavailable(f"the nano-vllm worker died: {exc}") from exc
             raise EngineError(f"generation failed: {exc}") from exc
         finally:

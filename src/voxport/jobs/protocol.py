@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from voxport.api.protocol import SpeechCreateParams
 from voxport.jobs.store import Batch, Job
+from voxport.protocol import SpeechCreateParams
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY = 64

@@ -22,13 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from voxport.api.errors import APIError
-from voxport.api.protocol import SpeechCreateParams
 from voxport.audio import FORMATS, encode, encode_stream, wav_header
 from voxport.config import Settings
+from voxport.engine.base import EngineInputError, EngineUnavailable
+from voxport.errors import RequestCancelled, VoxportError
 from voxport.files import atomic_writer
 from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore, SegmentFiles
-from voxport.speech import CrossFader, PreparedSpeech, RequestCancelled, SpeechJob, SpeechService
+from voxport.protocol import SpeechCreateParams
+from voxport.speech import SpeechJob, SpeechService
+from voxport.speech.joiner import CrossFader
+from voxport.speech.prepare import PreparedSpeech
 from voxport.text import segment
 
 log = logging.getLogger("voxport.jobs")
@@ -38,9 +41,10 @@ OUTAGE_PAUSE_S = 1.0  # a job the engine failed under waits this long before it 
 _POLL_S = 0.05  # how often a job waiting for headroom looks again
 
 
-def error_object(message: str, type: str = "server_error", param: str | None = None,
-                 code: str | None = None) -> dict[str, Any]:  # fmt: skip
-    return {"message": message, "type": type, "param": param, "code": code}
+def error_object(error: VoxportError) -> dict[str, Any]:
+    """OpenAI's error object for a failed job (the API's envelope, without the HTTP status)."""
+    kind = "server_error" if error.kind in ("internal", "unavailable", "timeout") else "invalid_request_error"
+    return {"message": error.message, "type": kind, "param": error.param, "code": error.code}
 
 
 class JobRunner:
@@ -73,17 +77,18 @@ class JobRunner:
     @property
     def reserve(self) -> int:
         """Slots kept for live requests."""
-        return max(1, self.speech.max_concurrent // 4)
+        return max(1, self.speech.admission.max_concurrent // 4)
 
     @property
     def parallel(self) -> int:
         """Jobs generating at once."""
-        width = min(self.speech.max_concurrent, self.speech.engine.capacity)
+        width = min(self.speech.admission.max_concurrent, self.speech.engine.capacity)
         return max(1, width - max(1, width // 4)) if width > 1 else 1
 
     def _headroom(self) -> bool:
-        s = self.speech
-        return s.accepts_requests and s.queued == 0 and s.generating < max(1, s.max_concurrent - self.reserve)
+        a = self.speech.admission
+        free = a.queued == 0 and a.generating < max(1, a.max_concurrent - self.reserve)
+        return free and self.speech.accepts_requests
 
     @contextlib.asynccontextmanager
     async def _low_priority_slot(self, cancel: asyncio.Event) -> AsyncIterator[None]:
@@ -91,7 +96,7 @@ class JobRunner:
             if cancel.is_set():
                 raise RequestCancelled
             await asyncio.sleep(_POLL_S)
-        async with self.speech.admit():
+        async with self.speech.admission.slot():
             yield
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -162,8 +167,8 @@ class JobRunner:
 
     async def prepare(self, params: SpeechCreateParams, text: str) -> PreparedSpeech:
         """One segment as a live request for that text would be prepared (voice, limits, prefix)."""
-        return await self.speech.prepare(params.model_copy(update={"input": text, "stream": False,
-                                                                   "stream_format": "audio"}))  # fmt: skip
+        update = {"input": text, "stream": False, "stream_format": "audio"}
+        return await self.speech.preparer.prepare(params.model_copy(update=update))
 
     async def _run(self, job: Job) -> None:
         cancel = self.running[job.id]
@@ -173,21 +178,21 @@ class JobRunner:
             await asyncio.to_thread(self.files.remove, job.id)
         except asyncio.CancelledError:
             raise  # shutting down: the job resumes at the next start
-        except APIError as exc:
-            if exc.code == "engine_unavailable":
+        except (EngineUnavailable, VoxportError) as exc:
+            if isinstance(exc, EngineUnavailable) or exc.kind == "unavailable":
                 # An outage, not the job's fault: it stays running and resumes from its segment files
                 # once the engine answers again (the loop takes it up; headroom waits for readiness).
                 self.interrupted += 1
-                log.warning("job %s paused: %s", job.id, exc.message)
+                log.warning("job %s paused: %s", job.id, exc)
                 await asyncio.sleep(OUTAGE_PAUSE_S)
                 return
-            error = error_object(exc.message, exc.type, exc.param, exc.code)
-            await self._fail(job, error)
+            await self._fail(job, error_object(exc))
+        except EngineInputError as exc:
+            await self._fail(job, error_object(VoxportError("invalid", str(exc), param=exc.param)))
         except Exception as exc:
             log.exception("job %s failed", job.id)
-            await self._fail(
-                job, error_object(f"Internal error: {type(exc).__name__}.", code="internal_error")
-            )
+            error = VoxportError("internal", f"Internal error: {type(exc).__name__}.", code="internal_error")
+            await self._fail(job, error_object(error))
         finally:
             self.running.pop(job.id, None)
 
@@ -214,7 +219,7 @@ class JobRunner:
             prepared = await self.prepare(params, plan[index])
             ticket = SpeechJob(f"{job.id}/{index}", cancel=cancel)
             async with self._low_priority_slot(cancel):
-                chunks = [chunk async for chunk in self.speech.audio(prepared, ticket)]
+                chunks = [chunk async for chunk in self.speech.joiner.audio(prepared.segments, ticket)]
             audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
             await asyncio.to_thread(self.files.write_segment, job.id, index, audio)
             samples += len(audio)

@@ -1,5 +1,5 @@
 """The jobs service: what the /v1/audio/speech/jobs and /batches routes call. HTTP-free: it raises
-`JobError`s with a kind, which the API layer turns into status codes."""
+`VoxportError`s, which the API layer turns into status codes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
-from voxport.api.errors import APIError
-from voxport.api.protocol import SpeechCreateParams
 from voxport.config import Settings
+from voxport.errors import Kind, VoxportError
 from voxport.jobs.protocol import (
     SpeechBatchCreateParams,
     SpeechJobCreateParams,
@@ -40,17 +39,14 @@ from voxport.jobs.webhooks import (
     load_secret,
 )
 from voxport.metrics import Metrics
+from voxport.protocol import SpeechCreateParams
 from voxport.speech import SpeechService
 
 log = logging.getLogger("voxport.jobs")
 
 
-class JobError(Exception):
-    """kind: invalid | not_found | conflict | busy (the API maps it to 400 / 404 / 409 / 429)."""
-
-    def __init__(self, kind: str, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.kind, self.message, self.param, self.code = kind, message, param, code
+def _error(kind: Kind, message: str, param: str | None = None, code: str | None = None) -> VoxportError:
+    return VoxportError(kind, message, param=param, code=code)
 
 
 class JobMetrics:
@@ -125,28 +121,26 @@ class JobService:
         try:
             check_url(url, self.allow)
         except WebhookURLError as exc:
-            raise JobError("invalid", str(exc), param, "invalid_webhook_url") from None
+            raise _error("invalid", str(exc), param, "invalid_webhook_url") from None
 
     async def _validate_speech(self, params: SpeechCreateParams, limit: int, prefix: str = "") -> None:
         """What the speech service would refuse (model, voice, format, rates), refused now, with the
         field named; and the job's own input limit."""
         if not params.input.strip():
-            raise JobError("invalid", "'input' must contain text to speak.", f"{prefix}input")
+            raise _error("invalid", "'input' must contain text to speak.", f"{prefix}input")
         if len(params.input) > limit:
-            raise JobError("invalid", f"'input' is {len(params.input)} characters; the maximum is {limit}.",
+            raise _error("invalid", f"'input' is {len(params.input)} characters; the maximum is {limit}.",
                            f"{prefix}input", "string_too_long")  # fmt: skip
         try:
             await self.runner.prepare(params, self.runner.plan(params.input)[0])
-        except APIError as exc:
-            if exc.status >= 500:
+        except VoxportError as exc:
+            if not exc.client_fault or not prefix:
                 raise
-            param = f"{prefix}{exc.param}" if exc.param else None
-            raise JobError(
-                "not_found" if exc.status == 404 else "invalid", exc.message, param, exc.code
-            ) from None
+            param = f"{prefix}{exc.param}" if exc.param else None  # which request of the batch
+            raise VoxportError(exc.kind, exc.message, param=param, code=exc.code) from None
 
-    def _quota_error(self, exc: QuotaExceeded) -> JobError:
-        return JobError("busy", str(exc), None, "job_quota_exceeded")
+    def _quota_error(self, exc: QuotaExceeded) -> VoxportError:
+        return VoxportError("busy", str(exc), code="job_quota_exceeded", retry_after=60)
 
     async def create(
         self, params: SpeechJobCreateParams, *, scope: str, idempotency_key: str | None
@@ -171,7 +165,7 @@ class JobService:
     ) -> dict[str, Any]:
         if len(params.requests) > self.settings.max_batch_requests:
             most = self.settings.max_batch_requests
-            raise JobError("invalid", f"A batch holds at most {most} requests; this one has "
+            raise _error("invalid", f"A batch holds at most {most} requests; this one has "
                            f"{len(params.requests)}.", "requests", "too_many_requests")  # fmt: skip
         self._check_webhook(params.webhook_url)
         bodies = []
@@ -182,7 +176,7 @@ class JobService:
             except ValidationError as exc:
                 first = exc.errors()[0]
                 field = ".".join(str(p) for p in first.get("loc", ()))
-                raise JobError("invalid", f"Invalid value for '{prefix}{field}': {first.get('msg')}.",
+                raise _error("invalid", f"Invalid value for '{prefix}{field}': {first.get('msg')}.",
                                f"{prefix}{field}") from None  # fmt: skip
             await self._validate_speech(speech, self.settings.max_input_chars, prefix)
             body = speech.model_dump(exclude_none=True, mode="json")
@@ -207,7 +201,7 @@ class JobService:
     async def _job(self, job_id: str, scope: str) -> Job:
         job = await self.store.get(job_id, scope)
         if job is None:
-            raise JobError("not_found", f"No job '{job_id}'.", "job_id", "job_not_found")
+            raise _error("not_found", f"No job '{job_id}'.", "job_id", "job_not_found")
         return job
 
     async def get(self, job_id: str, scope: str) -> dict[str, Any]:
@@ -215,11 +209,11 @@ class JobService:
 
     async def list(self, scope: str, limit: int, after: str | None) -> dict[str, Any]:
         if not 1 <= limit <= 100:
-            raise JobError("invalid", "'limit' must be between 1 and 100.", "limit")
+            raise _error("invalid", "'limit' must be between 1 and 100.", "limit")
         try:
             jobs, more = await self.store.list_jobs(scope, limit, after)
         except KeyError:
-            raise JobError("invalid", f"'after' names no job: '{after}'.", "after") from None
+            raise _error("invalid", f"'after' names no job: '{after}'.", "after") from None
         data = [job_object(j) for j in jobs]
         return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None, "has_more": more}  # fmt: skip
@@ -228,18 +222,18 @@ class JobService:
         """(path of the audio, its content type)."""
         job = await self._job(job_id, scope)
         if job.status != "succeeded":
-            raise JobError("conflict", f"Job '{job_id}' is {job.status}; its audio exists once it has "
+            raise _error("conflict", f"Job '{job_id}' is {job.status}; its audio exists once it has "
                            "succeeded.", "job_id", "job_not_succeeded")  # fmt: skip
         path = self.files.audio_path(job_id)
         if job.result is None or not await asyncio.to_thread(path.exists):
-            raise JobError("not_found", f"The audio of job '{job_id}' has expired or was deleted.",
+            raise _error("not_found", f"The audio of job '{job_id}' has expired or was deleted.",
                            "job_id", "job_content_expired")  # fmt: skip
         return path, job.result["content_type"]
 
     async def get_batch(self, batch_id: str, scope: str) -> dict[str, Any]:
         batch = await self.store.get_batch(batch_id, scope)
         if batch is None:
-            raise JobError("not_found", f"No batch '{batch_id}'.", "batch_id", "batch_not_found")
+            raise _error("not_found", f"No batch '{batch_id}'.", "batch_id", "batch_not_found")
         return batch_object(batch)
 
     # -- changes ----------------------------------------------------------------------------------
@@ -249,7 +243,7 @@ class JobService:
         if job.status == CANCELLED:
             return job_object(job)
         if job.status in FINISHED:
-            raise JobError("conflict", f"Job '{job_id}' has already {job.status}.", "job_id", "job_finished")
+            raise _error("conflict", f"Job '{job_id}' has already {job.status}.", "job_id", "job_finished")
         finished = await self.store.finish(job_id, CANCELLED)
         if finished is None:  # it finished meanwhile
             return job_object(await self._job(job_id, scope))

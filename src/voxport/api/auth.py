@@ -1,0 +1,90 @@
+"""API keys and admin access, as router dependencies: a router declares who may call it.
+
+`require_api_key` guards the API routers; `require_admin` guards the admin routers (the admin key when
+one is configured, which then suffices alone; else loopback clients only, with an API key when those are
+configured). `/health` and `/ready` are open; `/metrics` needs a key only when `metrics_require_key`."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from voxport.errors import VoxportError
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    api_keys: tuple[str, ...] = ()
+    admin_key: str | None = None
+    metrics_require_key: bool = False
+    _encoded: tuple[bytes, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_encoded", tuple(k.encode() for k in self.api_keys))
+
+    @staticmethod
+    def _matches(token: bytes | None, keys: tuple[bytes, ...]) -> bool:
+        # Compare against every key, in constant time each, without stopping at the first match.
+        found = False
+        for key in keys:
+            found |= token is not None and hmac.compare_digest(token, key)
+        return found
+
+    def check_api_key(self, request: Request) -> None:
+        if self._encoded and not self._matches(_bearer(request), self._encoded):
+            raise _unauthorized("Incorrect or missing API key: send `Authorization: Bearer <key>`.")
+
+    def check_admin(self, request: Request) -> None:
+        if self.admin_key is not None:
+            if not self._matches(_bearer(request), (self.admin_key.encode(),)):
+                raise _unauthorized("This route needs the admin API key.")
+            return
+        if not _from_loopback(request):
+            raise VoxportError(
+                "forbidden",
+                "Admin routes are reachable from loopback only while no admin key is configured.",
+                code="forbidden",
+            )
+        self.check_api_key(request)
+
+
+def _unauthorized(message: str) -> VoxportError:
+    return VoxportError("unauthorized", message, code="invalid_api_key")
+
+
+def _bearer(request: Request) -> bytes | None:
+    value = request.headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.encode("latin-1").partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" and token.strip() else None
+
+
+def _from_loopback(request: Request) -> bool:
+    if not request.client:
+        return False
+    try:
+        return ipaddress.ip_address(request.client.host).is_loopback
+    except ValueError:
+        return False
+
+
+def _policy(request: Request) -> AccessPolicy:
+    return request.app.state.policy
+
+
+async def require_api_key(request: Request) -> None:
+    _policy(request).check_api_key(request)
+
+
+async def require_admin(request: Request) -> None:
+    _policy(request).check_admin(request)
+
+
+async def require_metrics_key(request: Request) -> None:
+    policy = _policy(request)
+    if policy.metrics_require_key:
+        policy.check_api_key(request)

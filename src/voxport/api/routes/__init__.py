@@ -1,0 +1,15 @@
+"""One router per feature; a handler makes one service call and shapes the response."""
+
+from fastapi import APIRouter
+
+from voxport.api.routes import jobs, models, ops, speech, voices
+
+ROUTERS: tuple[APIRouter, ...] = (
+    speech.router,
+    jobs.router,
+    voices.router,
+    voices.admin,
+    models.router,
+    ops.router,
+    ops.admin,
+)

@@ -1,0 +1,145 @@
+"""POST /v1/audio/speech (and /stream, /cancel): one service call, then the response's shape: bytes,
+a raw audio stream, or OpenAI's speech SSE events."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+
+from voxport.api.auth import require_api_key
+from voxport.api.body import SpeechBodyDep, json_body
+from voxport.api.deps import SpeechDep, SpeechJobDep
+from voxport.api.errors import as_error
+from voxport.protocol import (
+    SpeechAudioDeltaEvent,
+    SpeechAudioDoneEvent,
+    SpeechCancelled,
+    SpeechCancelParams,
+    SpeechCreateParams,
+    SpeechErrorEvent,
+    StreamError,
+    Usage,
+)
+from voxport.speech import SpeechJob, SpeechResult, SpeechStream
+
+log = logging.getLogger("voxport.api")
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["speech"])
+
+_SPEECH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": SpeechCreateParams.model_json_schema()}},
+    }
+}
+_AUDIO_RESPONSES = {200: {"content": {"audio/mpeg": {}, "text/event-stream": {}}, "description": "Audio."}}
+
+
+@contextlib.asynccontextmanager
+async def _cancel_on_disconnect(request: Request, cancel: asyncio.Event) -> AsyncIterator[None]:
+    """While the body is open, a client that disconnects cancels its job (and so its generation)."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        cancel.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _no_cache(request: Request, params: SpeechCreateParams) -> bool:
+    directives = request.headers.get("cache-control", "").lower()
+    return not params.cache or "no-cache" in directives or "no-store" in directives
+
+
+def _cache_headers(job: SpeechJob) -> dict[str, str]:
+    route = "CACHE" if job.cache == "HIT" else "ADHOC" if job.voice_kind == "adhoc" else "HOT"
+    return {"X-Cache": job.cache, "X-Route": route}
+
+
+def _event(event: SpeechAudioDeltaEvent | SpeechAudioDoneEvent | SpeechErrorEvent) -> bytes:
+    return b"data: " + event.model_dump_json().encode() + b"\n\n"
+
+
+async def _sse(stream: SpeechStream) -> AsyncIterator[bytes]:
+    """OpenAI's speech SSE events: speech.audio.delta per encoded block, then speech.audio.done."""
+    job = stream.job
+    try:
+        async for data in stream:
+            yield _event(SpeechAudioDeltaEvent(audio=base64.b64encode(data).decode()))
+    except Exception as exc:  # the stream has begun: report in-band, then close
+        log.exception("request %s failed mid-stream", job.request_id)
+        error = as_error(exc)
+        message = error.message if error is not None else "Internal error while streaming."
+        yield _event(SpeechErrorEvent(error=StreamError(message=message, type="server_error", code=None)))
+        return
+    if job.cancel.is_set():
+        error = StreamError(message="The request was cancelled.", type="invalid_request_error",
+                            code="request_cancelled")  # fmt: skip
+        yield _event(SpeechErrorEvent(error=error))
+        return
+    yield _event(SpeechAudioDoneEvent(usage=Usage(**job.usage)))
+
+
+def _response(outcome: SpeechResult | SpeechStream, job: SpeechJob) -> Response:
+    if isinstance(outcome, SpeechResult):
+        headers = {"X-Sample-Rate": str(outcome.sample_rate), "X-Audio-Duration": f"{outcome.duration:.3f}",
+                   **_cache_headers(job)}  # fmt: skip
+        return Response(outcome.audio, media_type=outcome.content_type, headers=headers)
+    prepared = outcome.prepared
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for data in _sse(outcome) if prepared.sse else outcome:
+                yield data
+        finally:
+            await outcome.aclose()
+
+    headers = {"X-Sample-Rate": str(prepared.sample_rate), "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no", **_cache_headers(job)}  # fmt: skip
+    media_type = "text/event-stream" if prepared.sse else prepared.content_type
+    return StreamingResponse(body(), media_type=media_type, headers=headers)
+
+
+@router.post(
+    "/v1/audio/speech", openapi_extra=_SPEECH_BODY, response_class=Response, responses=_AUDIO_RESPONSES
+)
+async def create_speech(
+    request: Request, body: SpeechBodyDep, speech: SpeechDep, job: SpeechJobDep
+) -> Response:
+    no_cache = _no_cache(request, body.params)
+    async with _cancel_on_disconnect(request, job.cancel):
+        outcome = await speech.create(body.params, job, upload=body.upload, no_cache=no_cache)
+    return _response(outcome, job)
+
+
+@router.post(
+    "/v1/audio/speech/stream", openapi_extra=_SPEECH_BODY, response_class=Response, responses=_AUDIO_RESPONSES
+)
+async def stream_speech(
+    request: Request, body: SpeechBodyDep, speech: SpeechDep, job: SpeechJobDep
+) -> Response:
+    no_cache = _no_cache(request, body.params)
+    async with _cancel_on_disconnect(request, job.cancel):
+        outcome = await speech.create(body.params, job, stream=True, upload=body.upload, no_cache=no_cache)
+    return _response(outcome, job)
+
+
+@router.post("/v1/audio/speech/cancel")
+async def cancel_speech(
+    params: Annotated[SpeechCancelParams, Depends(json_body(SpeechCancelParams))], speech: SpeechDep
+) -> SpeechCancelled:
+    speech.cancel(params.request_id)
+    return SpeechCancelled(request_id=params.request_id)

@@ -1,0 +1,161 @@
+"""From segments to one stream of audio: each segment through the engine, raced against the request's
+cancel switch and against an engine that stops answering, consecutive segments cross-faded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+
+from voxport.engine.base import Engine, GenerationStats, SynthesisRequest
+from voxport.errors import RequestCancelled, unavailable
+from voxport.metrics import Metrics
+from voxport.speech.jobs import SpeechJob
+
+# Consecutive segments are cross-faded over this long to join without a click.
+CROSSFADE_SECONDS = 0.01
+
+
+class CrossFader:
+    """Joins consecutive segments' audio without a click: the last CROSSFADE_SECONDS of every segment but
+    the last are held back and faded into the start of the next. Fed chunk by chunk (live synthesis) or
+    a whole segment at a time (jobs, from their segment files): the joins are the same."""
+
+    def __init__(self, rate: int, segments: int):
+        self.overlap = max(1, int(rate * CROSSFADE_SECONDS))
+        self.last = segments - 1
+        self.held = np.zeros(0, dtype=np.float32)
+
+    def push(self, index: int, chunk: np.ndarray, fresh: bool) -> np.ndarray:
+        """The audio that is final once `chunk` (of segment `index`; `fresh`: its first) is known."""
+        held = self.held
+        if fresh and len(held):
+            n = min(len(held), len(chunk))
+            ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+            chunk = chunk.copy()
+            chunk[:n] = held[len(held) - n :] * (1.0 - ramp) + chunk[:n] * ramp
+            held = held[: len(held) - n]
+        joined = np.concatenate([held, chunk]) if len(held) else chunk
+        if index < self.last:
+            joined, self.held = joined[: -self.overlap], joined[-self.overlap :]
+        else:
+            self.held = held[:0]
+        return joined
+
+    def flush(self) -> np.ndarray:
+        """What is still held back once every segment has been pushed."""
+        held, self.held = self.held, self.held[:0]
+        return held
+
+
+class EngineWatch:
+    """Notices an engine that stops answering: work is waiting and nothing has moved for too long."""
+
+    def __init__(self, stall_after: float):
+        self.stall_after = stall_after
+        self.waiting = 0
+        self.last_progress = time.monotonic()
+        self.stalled = False
+
+    def progress(self) -> None:
+        self.last_progress = time.monotonic()
+        self.stalled = False
+
+    @contextlib.contextmanager
+    def waiting_for_engine(self):
+        if self.waiting == 0:  # the clock starts when work starts waiting, not at the last chunk ever
+            self.last_progress = time.monotonic()
+        self.waiting += 1
+        try:
+            yield
+        finally:
+            self.waiting -= 1
+
+    def check(self) -> None:
+        if time.monotonic() - self.last_progress > self.stall_after:
+            self.stalled = True
+            raise unavailable(f"The speech engine has not answered for {self.stall_after:.0f}s.")
+
+
+class Joiner:
+    def __init__(self, engine: Engine, watch: EngineWatch, metrics: Metrics):
+        self.engine = engine
+        self.watch = watch
+        self.metrics = metrics
+
+    async def _until_cancelled(
+        self, chunks: AsyncIterator[np.ndarray], cancel: asyncio.Event
+    ) -> AsyncIterator[np.ndarray]:
+        """Pass the engine's chunks through until `cancel` is set; then abandon them at once (the
+        engine stops within one step) and raise RequestCancelled. An engine that stops moving while
+        work waits on it turns into `unavailable` (see EngineWatch)."""
+        waiter = asyncio.ensure_future(cancel.wait())
+        step: asyncio.Future[np.ndarray] | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(chunks.__anext__())
+                with self.watch.waiting_for_engine():
+                    while True:
+                        await asyncio.wait({step, waiter}, timeout=self.watch.stall_after,
+                                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                        if step.done() or waiter.done():
+                            break
+                        self.watch.check()
+                if not step.done():
+                    raise RequestCancelled
+                try:
+                    chunk = step.result()
+                except StopAsyncIteration:
+                    return
+                step = None
+                self.watch.progress()
+                yield chunk
+        finally:
+            # Whatever ends this (cancel, our own consumer leaving, an error), the pending step is
+            # cancelled first: the engine's iterator cannot be closed while a step is running in it.
+            waiter.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def audio(self, segments: Sequence[SynthesisRequest], job: SpeechJob) -> AsyncIterator[np.ndarray]:
+        """The joined float32 audio of every segment, at the engine's rate, as it is generated.
+
+        The last few milliseconds of each segment are held back and cross-faded into the next one.
+        """
+        rate = self.engine.info.sample_rate
+        job.sample_rate = rate
+        fader = CrossFader(rate, len(segments))
+        generation_started = time.perf_counter()
+        try:
+            for index, request in enumerate(segments):
+                stats = GenerationStats()
+                fresh = True
+                async for chunk in self._until_cancelled(self.engine.generate(request, stats), job.cancel):
+                    joined = fader.push(index, chunk, fresh)
+                    fresh = False
+                    if len(joined):
+                        yield self._count(job, joined)
+                job.input_tokens += stats.input_tokens
+                job.output_steps += stats.steps
+            tail = fader.flush()
+            if len(tail):
+                yield self._count(job, tail)
+        finally:
+            seconds = job.samples / rate
+            if seconds > 0:
+                self.metrics.audio_seconds.inc(seconds)
+                if not job.cancel.is_set():
+                    self.metrics.rtf.observe((time.perf_counter() - generation_started) / seconds)
+
+    def _count(self, job: SpeechJob, chunk: np.ndarray) -> np.ndarray:
+        if job.first_audio is None:
+            job.first_audio = time.perf_counter() - job.started
+            self.metrics.first_audio_seconds.observe(job.first_audio)
+        job.samples += len(chunk)
+        return chunk

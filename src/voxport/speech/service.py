@@ -1,0 +1,277 @@
+"""The speech service: one call, `create`, from request parameters to a result or a stream.
+
+    prepare (voice, limits, segments) -> cache lookup (HIT: bytes out) -> engine check -> admission
+    -> joiner (engine, cancel race, joins) -> encoder -> cache store
+
+A buffered request comes back as a `SpeechResult`; a streamed one as a `SpeechStream` that owns its
+job's registration, its admission slot and its cleanup (`aclose`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from voxport.audio import encode, encode_stream
+from voxport.cache import AudioCache, cache_key
+from voxport.config import Settings
+from voxport.engine.base import Engine, EngineUnavailable
+from voxport.errors import RequestCancelled, VoxportError, unavailable
+from voxport.metrics import Metrics
+from voxport.protocol import SpeechCreateParams, VoiceUpload
+from voxport.speech.admission import Admission, Slot
+from voxport.speech.jobs import JobRegistry, SpeechJob, with_deadline
+from voxport.speech.joiner import EngineWatch, Joiner
+from voxport.speech.prepare import PreparedSpeech, Preparer
+from voxport.voices import VoiceRegistry
+
+# A request that waited on an identical one tries itself when that one failed on its own account.
+_NOT_OURS = frozenset({"cancelled", "internal", "unavailable", "timeout"})
+
+
+@dataclass(frozen=True)
+class SpeechResult:
+    audio: bytes
+    content_type: str
+    sample_rate: int
+    duration: float  # seconds of audio in `audio`, after speed
+    usage: dict[str, int]
+
+    def meta(self) -> dict[str, Any]:
+        return {"content_type": self.content_type, "sample_rate": self.sample_rate, "duration": self.duration,
+                "usage": self.usage}  # fmt: skip
+
+    @classmethod
+    def from_cache(cls, payload: bytes, meta: dict[str, Any]) -> SpeechResult:
+        return cls(payload, meta["content_type"], meta["sample_rate"], meta["duration"], meta["usage"])
+
+
+class SpeechStream:
+    """Encoded audio as it is generated (or an earlier identical stream's cached bytes). Iterate it once;
+    `aclose` (idempotent) stops the generation, frees the admission slot and unregisters the job."""
+
+    def __init__(self, prepared: PreparedSpeech, job: SpeechJob, chunks: AsyncIterator[bytes],
+                 close: Callable[[], Awaitable[None]]):  # fmt: skip
+        self.prepared = prepared
+        self.job = job
+        self._chunks = chunks
+        self._close = close
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                await self._chunks.aclose()  # type: ignore[attr-defined]
+            finally:
+                await self._close()
+
+
+class SpeechService:
+    def __init__(self, settings: Settings, engine: Engine, voices: VoiceRegistry, cache: AudioCache,
+                 metrics: Metrics, admission: Admission, jobs: JobRegistry,
+                 weights_fingerprint: Callable[[], str] = str):  # fmt: skip
+        self.settings = settings
+        self.engine = engine
+        self.voices = voices
+        self.cache = cache
+        self.metrics = metrics
+        self.admission = admission
+        self.jobs = jobs
+        self.watch = EngineWatch(settings.engine_stall_s)
+        self.preparer = Preparer(settings, engine, voices, weights_fingerprint)
+        self.joiner = Joiner(engine, self.watch, metrics)
+
+    @property
+    def accepts_requests(self) -> bool:
+        return self.engine.ready and not self.watch.stalled and self.voices.loaded
+
+    def cancel(self, request_id: str) -> None:
+        if not self.jobs.cancel(request_id):
+            raise VoxportError("not_found", f"No request '{request_id}' is in flight.",
+                               param="request_id", code="request_not_found")  # fmt: skip
+
+    async def create(
+        self,
+        params: SpeechCreateParams,
+        job: SpeechJob,
+        *,
+        stream: bool = False,
+        upload: VoiceUpload | None = None,
+        no_cache: bool = False,
+    ) -> SpeechResult | SpeechStream:
+        """Serve one request. `job` is the request's ticket: its id, arrival time and cancel switch."""
+        prepared = await self.preparer.prepare(params, stream=stream, upload=upload)
+        job.voice_kind, job.chars = prepared.voice_kind, prepared.chars
+        if self.settings.log_request_text:
+            job.text = " ".join(s.text for s in prepared.segments)
+        self.jobs.open(job)
+        if prepared.stream:
+            try:
+                return await self._stream(prepared, job, no_cache)
+            except BaseException:
+                self.jobs.close(job)
+                raise
+        try:
+            return await self._respond(prepared, job, no_cache)
+        finally:
+            self.jobs.close(job)
+
+    # -- the parts --------------------------------------------------------------------------------
+
+    def _cache_state(self, no_cache: bool, voice_kind: str) -> str:
+        """USE, or why the cache is not used for this request (the X-Cache value)."""
+        if voice_kind == "adhoc":
+            return "ADHOC"  # an uploaded voice is used once and never kept, its audio neither
+        if not self.cache.enabled:
+            return "DISABLED"
+        return "BYPASS" if no_cache else "USE"
+
+    async def _admit(self) -> Slot:
+        if not self.engine.ready:
+            raise unavailable("The speech engine is not available.")
+        if self.watch.stalled:
+            raise unavailable("The speech engine has stopped answering.")
+        return await self.admission.acquire()
+
+    async def _synthesize(self, prepared: PreparedSpeech, job: SpeechJob) -> SpeechResult:
+        """The whole utterance, encoded: admitted, generated, encoded, within the deadline."""
+
+        async def run() -> SpeechResult:
+            slot = await self._admit()
+            try:
+                chunks = [chunk async for chunk in self.joiner.audio(prepared.segments, job)]
+            finally:
+                slot.release()
+            audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+            rate = self.engine.info.sample_rate
+            data = await asyncio.to_thread(
+                encode, audio, rate, prepared.response_format, prepared.sample_rate, prepared.speed
+            )
+            duration = round(len(audio) / rate / prepared.speed, 3)
+            return SpeechResult(data, prepared.content_type, prepared.sample_rate, duration, job.usage)
+
+        return await with_deadline(run(), self.settings.request_timeout_s)
+
+    def _looked_up(self, job: SpeechJob, state: str) -> None:
+        job.cache = state
+        self.metrics.cache_lookups.labels(state).inc()
+
+    def _hit(self, job: SpeechJob, payload: bytes, meta: dict[str, Any]) -> SpeechResult:
+        self._looked_up(job, "HIT")
+        result = SpeechResult.from_cache(payload, meta)
+        job.input_tokens = result.usage["input_tokens"]
+        job.output_steps = result.usage["output_tokens"]
+        return result
+
+    async def _respond(self, prepared: PreparedSpeech, job: SpeechJob, no_cache: bool) -> SpeechResult:
+        """A buffered response, through the cache: a hit, or one synthesis shared by identical requests."""
+        state = self._cache_state(no_cache, prepared.voice_kind)
+        if state != "USE":
+            self._looked_up(job, state)
+            return await self._synthesize(prepared, job)
+        key = cache_key(prepared.cache_fields)
+        hit = await self.cache.get(key)
+        if hit is not None:
+            return self._hit(job, hit.payload, hit.meta)
+
+        async def produce() -> SpeechResult:
+            result = await self._synthesize(prepared, job)
+            await self.cache.put(key, result.audio, result.meta())
+            return result
+
+        try:
+            result, produced = await self.cache.single_flight(key, produce)
+        except (VoxportError, EngineUnavailable) as exc:
+            theirs = isinstance(exc, EngineUnavailable) or exc.kind in _NOT_OURS
+            if not theirs or job.cancel.is_set():
+                raise  # the same request would fail the same way, or this one was cancelled
+            self._looked_up(job, "MISS")
+            return await self._synthesize(prepared, job)
+        if not produced:  # served by an identical request that was already synthesising
+            return self._hit(job, result.audio, result.meta())
+        self._looked_up(job, "MISS")
+        return result
+
+    async def _stream(self, prepared: PreparedSpeech, job: SpeechJob, no_cache: bool) -> SpeechStream:
+        """The first audio chunk is awaited before this returns, so that a request that fails early
+        still gets a proper error before any byte is sent. The slot is held until the stream ends."""
+        state = self._cache_state(no_cache, prepared.voice_kind)
+        key = cache_key(prepared.cache_fields) if state == "USE" else None
+        if key is not None:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                payload = self._hit(job, hit.payload, hit.meta).audio
+                return SpeechStream(prepared, job, _once(payload), lambda: _closed(self.jobs, job))
+        self._looked_up(job, "MISS" if key is not None else state)
+        slot = await self._admit()
+        audio = self.joiner.audio(prepared.segments, job)
+        try:
+            first = await with_deadline(_first(audio), self.settings.request_timeout_s)
+        except BaseException:
+            await audio.aclose()
+            slot.release()
+            raise
+
+        async def close() -> None:
+            slot.release()
+            self.jobs.close(job)
+
+        chunks = self._encoded(prepared, job, _resume(first, audio), slot, key)
+        return SpeechStream(prepared, job, chunks, close)
+
+    async def _encoded(self, prepared: PreparedSpeech, job: SpeechJob, audio: AsyncIterator[np.ndarray],
+                       slot: Slot, key: str | None) -> AsyncIterator[bytes]:  # fmt: skip
+        rate = self.engine.info.sample_rate
+        parts: list[bytes] = []
+        try:
+            async for data in encode_stream(
+                audio, rate, prepared.response_format, prepared.sample_rate, prepared.speed
+            ):
+                parts.append(data)
+                yield data
+        except (asyncio.CancelledError, GeneratorExit):
+            job.cancel.set()  # the client went away mid-stream
+            raise
+        finally:
+            slot.release()
+        if key is not None and not job.cancel.is_set():
+            payload = b"".join(parts)
+            duration = round(job.samples / rate / prepared.speed, 3)
+            meta = SpeechResult(payload, prepared.content_type, prepared.sample_rate, duration, job.usage)
+            await self.cache.put(key, payload, meta.meta())
+
+
+async def _first(audio: AsyncIterator[np.ndarray]) -> np.ndarray | None:
+    try:
+        return await audio.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _resume(first: np.ndarray | None, audio: AsyncIterator[np.ndarray]) -> AsyncIterator[np.ndarray]:
+    """The first chunk, then the rest; a cancel ends the audio cleanly (the encoded file stays valid)."""
+    try:
+        if first is not None:
+            yield first
+            async for chunk in audio:
+                yield chunk
+    except RequestCancelled:
+        pass
+    finally:
+        await audio.aclose()  # type: ignore[attr-defined]
+
+
+async def _once(payload: bytes) -> AsyncIterator[bytes]:
+    yield payload
+
+
+async def _closed(jobs: JobRegistry, job: SpeechJob) -> None:
+    jobs.close(job)

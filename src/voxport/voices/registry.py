@@ -1,0 +1,283 @@
+"""The voice registry: the catalogue's voices and the user library's, each voice's encoded prompt
+(computed once, off the event loop, kept in memory by the hash of its audio and transcript), designed
+voices' reference clips, and uploads (validated, normalised, encoded). Nothing a client sends becomes a
+file name, and every file operation runs in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voxport.audio import AudioDecodeError, decode_file, encode, write_wav
+from voxport.engine.base import Engine, SynthesisRequest, VoicePrompt
+from voxport.errors import VoxportError, invalid
+from voxport.files import atomic_write
+from voxport.protocol import VoiceUpload
+from voxport.voices import library
+from voxport.voices.catalog import Voice, VoicesFileError, content_key, design_prefix, load_voices_file
+
+log = logging.getLogger("voxport.voices")
+
+ENCODER_RATE = 16000  # VoxCPM2's audio encoder reads 16 kHz mono
+MIN_SECONDS, MAX_SECONDS = 1.0, 30.0
+# What a designed voice says in its reference clip.
+DESIGN_CLIP_TEXT = "Hello there. This is how I sound when I read a few ordinary sentences aloud."
+
+
+@dataclass
+class Upload:
+    """A validated, normalised recording: mono float32 at 16 kHz, 1 to 30 s."""
+
+    samples: np.ndarray
+    key: str
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / ENCODER_RATE
+
+
+def _decode(data: bytes, scratch: Path) -> np.ndarray:
+    scratch.mkdir(parents=True, exist_ok=True)
+    fd, raw = tempfile.mkstemp(prefix="upload-", dir=scratch)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return decode_file(raw, ENCODER_RATE, MAX_SECONDS)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(raw)
+
+
+class VoiceRegistry:
+    def __init__(self, engine: Engine, voices_file: Path, voices_dir: Path, data_dir: Path,
+                 default_voice: str, max_user_voices: int = 100, max_user_bytes: int = 500 * 2**20,
+                 design_clip_seconds: float = 6.0):  # fmt: skip
+        self.engine = engine
+        self.voices_file = voices_file
+        self.voices_dir = voices_dir
+        self.default_voice = default_voice
+        self.max_user_voices = max_user_voices
+        self.max_user_bytes = max_user_bytes
+        self.design_clip_seconds = design_clip_seconds
+        self._library = data_dir / "voices" / "library"
+        self._designed = data_dir / "voices" / "designed"
+        self._scratch = data_dir / "tmp"
+        self.fingerprint = ""
+        self.builtin: dict[str, Voice] = {}
+        self.user: dict[str, Voice] = {}
+        self._prompts: dict[str, VoicePrompt] = {}
+        self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
+        self.loaded = False
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    def validate_file(self) -> dict[str, Voice]:
+        voices = load_voices_file(self.voices_file, self.voices_dir, self.fingerprint)
+        if self.default_voice not in voices:
+            raise VoicesFileError(f"default voice {self.default_voice!r} is not in {self.voices_file}")
+        return voices
+
+    async def load(self, fingerprint: str) -> None:
+        """Read voices.json and the library, encode every recording and the default voice (other designed
+        voices: on first use)."""
+        self.fingerprint = fingerprint
+        self.builtin = await asyncio.to_thread(self.validate_file)
+        self.user = await asyncio.to_thread(library.read, self._library)
+        await asyncio.to_thread(library.clear_scratch, self._scratch)
+        for voice in [*self.builtin.values(), *self.user.values()]:
+            if voice.kind != "designed":
+                await self.prompt(voice)
+        # The default voice is the one most requests get: its clip is made (or read) before the server
+        # is ready, so that no request waits for it. Other designed voices are made on first use.
+        default = self.get(None)
+        if default is not None:
+            await self.prompt(default)
+        self.loaded = True
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read voices.json. An invalid file leaves the registry as it was (an `invalid` error)."""
+        try:
+            fresh = await asyncio.to_thread(self.validate_file)
+        except VoicesFileError as exc:
+            raise invalid(
+                f"voices.json was not reloaded, the previous voices stay: {exc}", None, "invalid_voices_file"
+            ) from None
+        for voice in fresh.values():
+            if voice.kind != "designed":
+                await self.prompt(voice)
+        old = self.builtin
+        diff = {
+            "added": sorted(set(fresh) - set(old)),
+            "changed": sorted(i for i in set(fresh) & set(old) if fresh[i].key != old[i].key),
+            "removed": sorted(set(old) - set(fresh)),
+        }
+        self.builtin = fresh
+        await self._release_unused()
+        return diff
+
+    async def _release_unused(self) -> None:
+        live = {v.key for v in self.all()}
+        for key in [k for k in self._prompts if k not in live]:
+            await self.engine.release_voice(self._prompts.pop(key))
+
+    # -- lookup -----------------------------------------------------------------------------------
+
+    def get(self, voice_id: str | None) -> Voice | None:
+        voice_id = voice_id or self.default_voice
+        return self.user.get(voice_id) or self.builtin.get(voice_id)
+
+    def all(self) -> list[Voice]:
+        return [*self.builtin.values(), *self.user.values()]
+
+    def find_user(self, name: str) -> Voice | None:
+        return next((v for v in self.user.values() if v.name == name), None)
+
+    async def prompt(self, voice: Voice) -> VoicePrompt:
+        """The voice's encoded prompt: computed once per content hash, shared by concurrent callers."""
+        found = self._prompts.get(voice.key)
+        if found is not None:
+            return found
+        pending = self._encoding.get(voice.key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[VoicePrompt] = asyncio.get_running_loop().create_future()
+        self._encoding[voice.key] = future
+        try:
+            if voice.kind == "designed":
+                path = await self._design_clip(voice)
+                prompt = await self.engine.encode_voice(str(path), None, voice.key)
+            else:
+                assert voice.audio is not None
+                prompt = await self.engine.encode_voice(str(voice.audio), voice.transcript, voice.key)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+            future.exception()
+            raise
+        finally:
+            self._encoding.pop(voice.key, None)
+        future.set_result(prompt)
+        self._prompts[voice.key] = prompt
+        return prompt
+
+    async def _design_clip(self, voice: Voice) -> Path:
+        """The designed voice's reference clip: made once from its description and seed, then kept."""
+        info = self.engine.info
+        steps = max(1, round(self.design_clip_seconds / info.step_seconds))
+        path = self._designed / f"{voice.id}-{voice.key}-{steps}.wav"
+        if await asyncio.to_thread(path.is_file):
+            return path
+        text = design_prefix(voice.description, None) + DESIGN_CLIP_TEXT
+        request = SynthesisRequest(text=text, max_length=steps, seed=voice.seed)
+        audio = np.concatenate([chunk async for chunk in self.engine.generate(request)])
+        wav = await asyncio.to_thread(encode, audio, info.sample_rate, "wav", info.sample_rate)
+        await asyncio.to_thread(atomic_write, path, wav)
+        log.info("designed voice %s: reference clip of %.1fs stored", voice.id, len(audio) / info.sample_rate)
+        return path
+
+    # -- uploads ----------------------------------------------------------------------------------
+
+    async def read_upload(self, data: bytes, transcript: str | None, param: str) -> Upload:
+        """Validate an uploaded recording: decodable, 1-30 s; mixed to mono and resampled to 16 kHz."""
+        try:
+            samples = await asyncio.to_thread(_decode, data, self._scratch)
+        except AudioDecodeError:
+            raise invalid(f"'{param}' is not audio that can be decoded.", param, "invalid_audio") from None
+        seconds = len(samples) / ENCODER_RATE
+        if seconds < MIN_SECONDS or seconds > MAX_SECONDS:
+            raise invalid(
+                f"'{param}' is {seconds:.2f}s long; "
+                f"recordings must last {MIN_SECONDS:.0f} to {MAX_SECONDS:.0f}s.",
+                param,
+                "invalid_audio_duration",
+            )
+        return Upload(samples, content_key(samples.tobytes(), transcript))
+
+    async def adhoc_prompt(self, upload: Upload, transcript: str | None) -> VoicePrompt:
+        """Encode an upload for one request; nothing is kept on disk."""
+        fd, path = await asyncio.to_thread(
+            tempfile.mkstemp, prefix="adhoc-", suffix=".wav", dir=self._scratch
+        )
+        os.close(fd)
+        try:
+            await asyncio.to_thread(write_wav, path, upload.samples, ENCODER_RATE)
+            return await self.engine.encode_voice(path, transcript, upload.key)
+        finally:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(os.unlink, path)
+
+    async def add(self, name: str, upload: VoiceUpload, replace_id: str | None = None) -> Voice:
+        """Validate a recording and keep it as a user voice."""
+        recording = await self.read_upload(upload.data, upload.transcript, upload.param)
+        return await self.create(name, recording, upload.transcript, replace_id)
+
+    async def add_from_path(self, name: str, relative: str, transcript: str | None, replace: bool,
+                            allowed_dir: Path | None) -> Voice:  # fmt: skip
+        """A user voice from a recording on the server, inside `allowed_dir` (unset: refused)."""
+        param = "prompt_wav_path"
+        if allowed_dir is None:
+            message = "Reading recordings from server paths is off (no allowed_prompt_dir)."
+            raise VoxportError("forbidden", message, code="forbidden")
+        path = (allowed_dir / relative).resolve()
+        try:
+            path.relative_to(allowed_dir.resolve())
+        except ValueError:
+            raise VoxportError("forbidden", f"'{param}' is outside the allowed directory.", param=param,
+                               code="forbidden") from None  # fmt: skip
+        if not await asyncio.to_thread(path.is_file):
+            raise invalid(f"'{param}' does not name a file in the allowed directory.", param)
+        existing = self.find_user(name)
+        if existing is not None and not replace:
+            raise VoxportError("conflict", f"A voice named '{name}' exists; pass \"replace\": true.",
+                               param="voice_name", code="voice_exists")  # fmt: skip
+        data = await asyncio.to_thread(path.read_bytes)
+        replace_id = existing.id if existing else None
+        return await self.add(name, VoiceUpload(data, transcript, param), replace_id)
+
+    async def create(self, name: str, upload: Upload, transcript: str | None,
+                     replace_id: str | None = None) -> Voice:  # fmt: skip
+        """Store an uploaded recording as a user voice (opaque id), encode it, and keep it across restarts."""
+        if replace_id is None and len(self.user) >= self.max_user_voices:
+            raise VoxportError(
+                "conflict", f"The voice library is full ({self.max_user_voices} voices).", code="library_full"
+            )
+        size = len(upload.samples) * 2 + 44
+        if await asyncio.to_thread(library.size, list(self.user.values())) + size > self.max_user_bytes:
+            raise VoxportError(
+                "conflict", "The voice library has no room for this recording.", code="library_full"
+            )
+        voice_id = replace_id or f"voice_{secrets.token_hex(8)}"
+        folder = self._library / voice_id
+        voice = Voice(voice_id, "uploaded", "user", upload.key, name=name, transcript=transcript,
+                      audio=folder / "audio.wav", duration=upload.duration)  # fmt: skip
+        meta = {"id": voice_id, "name": name, "key": upload.key, "transcript": transcript,
+                "duration": upload.duration, "created": voice.created}  # fmt: skip
+        staging = await asyncio.to_thread(library.stage, self._library, upload.samples, ENCODER_RATE, meta)
+        try:
+            # Encoded before it is kept: a recording the engine cannot use never enters the library.
+            prompt = await self.engine.encode_voice(str(staging / "audio.wav"), transcript, upload.key)
+            await asyncio.to_thread(library.commit, staging, folder)
+        except BaseException:
+            await asyncio.to_thread(library.remove, staging)
+            raise
+        self.user[voice_id] = voice
+        self._prompts[voice.key] = prompt
+        return voice
+
+    async def delete(self, voice_id: str) -> None:
+        if voice_id in self.builtin:
+            raise VoxportError(
+                "forbidden", f"'{voice_id}' is a built-in voice and cannot be deleted.", code="forbidden"
+            )
+        voice = self.user.pop(voice_id, None)
+        if voice is None:
+            raise VoxportError("not_found", f"No voice '{voice_id}'.", code="voice_not_found")
+        await asyncio.to_thread(library.remove, self._library / voice_id)
+        await self._release_unused()
