@@ -24,7 +24,9 @@ from voxport.app import create_app
 from voxport.config import DEFAULT_VOICES_FILE
 from voxport.engine.reference import ReferenceEngine
 
-SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Cache me if you can.", "response_format": "wav"}
+# The buffered form: these tests are about the whole-file path (its deadline, its cache entry).
+SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Cache me if you can.", "response_format": "wav",
+          "stream": False}  # fmt: skip
 
 
 @asynccontextmanager
@@ -371,7 +373,9 @@ def test_burst_is_answered_200_or_429_and_metrics_account_for_it(tiny_model: Pat
             async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
 
                 async def one(i: int) -> httpx.Response:
-                    body = {"model": "tts-1", "input": f"Sentence {i % 20}.", "response_format": "pcm"}
+                    # Buffered: identical requests in flight share one synthesis (streams do not).
+                    body = {"model": "tts-1", "input": f"Sentence {i % 20}.", "response_format": "pcm",
+                            "stream": False}  # fmt: skip
                     async with limit:
                         return await http.post("/v1/audio/speech", json=body)
 

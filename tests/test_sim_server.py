@@ -43,7 +43,7 @@ def test_health_reports_the_sim_engine_and_its_capacity(sim_server: ServerProces
 @pytest.mark.parametrize("fmt", ["wav", "pcm"])
 def test_speech_has_the_expected_duration(sim_server: ServerProcess, fmt: str) -> None:
     body = {"model": "tts-1", "voice": "alloy", "input": "Hello from the simulator.", "max_length": 25,
-            "response_format": fmt}  # fmt: skip
+            "response_format": fmt, "stream": False}  # fmt: skip
     response = httpx.post(f"{sim_server.base_url}/v1/audio/speech", json=body, timeout=60)
     assert response.status_code == 200
     audio = decode(response.content, fmt)

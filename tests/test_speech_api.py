@@ -27,9 +27,10 @@ TEXT = "The quick brown fox jumps over the lazy dog."
 async def test_every_format_decodes_to_the_engine_output(aclient: openai.AsyncOpenAI, fmt: str) -> None:
     codec, content_type, rate = FORMATS[fmt]
     response = await aclient.audio.speech.with_raw_response.create(
-        model="tts-1", voice="alloy", input=TEXT, response_format=fmt
+        model="tts-1", voice="alloy", input=TEXT, response_format=fmt, extra_body={"stream": False}
     )
     assert response.headers["content-type"] == content_type
+    assert int(response.headers["content-length"]) == len(response.content)
     assert int(response.headers["x-sample-rate"]) == rate
     assert float(response.headers["x-audio-duration"]) == pytest.approx(ENGINE_SECONDS, abs=1e-3)
     assert response.headers["x-request-id"]

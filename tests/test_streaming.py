@@ -41,10 +41,14 @@ def _wait_idle(server: ServerProcess, cancelled_before: int | None = None) -> di
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_sdk_streams_every_format_to_the_same_audio(client: openai.OpenAI, fmt: str) -> None:
     codec, content_type, rate = FORMATS[fmt]
-    whole = client.audio.speech.create(model="tts-1", voice="alloy", input=ONE_SENTENCE, response_format=fmt)
+    whole = client.audio.speech.create(
+        model="tts-1", voice="alloy", input=ONE_SENTENCE, response_format=fmt, extra_body={"stream": False}
+    )
+    assert int(whole.response.headers["content-length"]) == len(whole.content)
     parts: list[bytes] = []
+    # OpenAI's documented way to stream, with nothing voxport-specific: /v1/audio/speech streams by default.
     with client.audio.speech.with_streaming_response.create(
-        model="tts-1", voice="alloy", input=ONE_SENTENCE, response_format=fmt, extra_body={"stream": True}
+        model="tts-1", voice="alloy", input=ONE_SENTENCE, response_format=fmt, extra_body={"cache": False}
     ) as response:
         assert response.headers["content-type"] == content_type
         assert response.headers["x-sample-rate"] == str(rate)
@@ -236,3 +240,41 @@ async def test_cancel_a_buffered_request_answers_499(slow_app) -> None:
     assert json.loads(await request.body_part())["error"]["code"] == "request_cancelled"
     await request.finish()
     assert speech.jobs.in_flight == 0
+
+
+def _in_flight_at_first_byte(client: openai.OpenAI, server: ServerProcess, **extra) -> tuple[int, int]:
+    """(requests in flight when the first body byte arrived, body size): five sentences of generation, so
+    a streamed body starts long before its synthesis ends, and a buffered one only after."""
+    text = " ".join(f"Sentence number {i} is here." for i in range(5))
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=text, response_format="pcm", extra_body={"cache": False, **extra}
+    ) as response:
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        in_flight = httpx.get(f"{server.base_url}/health", timeout=5).json()["requests_in_flight"]
+        size = len(first) + sum(len(c) for c in chunks)
+    return in_flight, size
+
+
+def test_sdk_streaming_response_gets_audio_before_the_synthesis_ends(
+    client: openai.OpenAI, server: ServerProcess
+) -> None:
+    in_flight, size = _in_flight_at_first_byte(client, server)
+    assert in_flight == 1  # still generating when the first audio arrived
+    buffered_in_flight, buffered_size = _in_flight_at_first_byte(client, server, stream=False)
+    assert buffered_in_flight == 0  # `stream: false`: nothing is sent before the synthesis ends
+    assert size > 0 and buffered_size > 0
+
+
+def test_a_cache_hit_on_the_streaming_default_is_served_whole(client: openai.OpenAI) -> None:
+    body = {"model": "tts-1", "voice": "alloy", "input": "Stream me once, then serve me whole.",
+            "response_format": "wav"}  # fmt: skip
+    first = client.audio.speech.with_raw_response.create(**body)
+    assert first.headers["x-cache"] == "MISS" and "content-length" not in first.headers
+    second = client.audio.speech.with_raw_response.create(**body)
+    assert second.headers["x-cache"] == "HIT"
+    assert int(second.headers["content-length"]) == len(second.content)
+    assert float(second.headers["x-audio-duration"]) > 0
+    # The stored wav carries its real sizes (the streamed one said "unknown").
+    assert struct.unpack("<I", second.content[40:44])[0] == len(second.content) - 44
+    assert second.content[44:] == first.content[44:]

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         description=f"Requests waiting for a generation slot; beyond: 429 (default: {QUEUE_BATCHES} x "
         "max_concurrent).",
     )
+    stream_speech: bool = Field(
+        True,
+        description="POST /v1/audio/speech sends audio as it is generated (as OpenAI's does) unless a "
+        "request says stream: false; --no-stream-speech: the whole file at once unless it says true.",
+    )
     request_timeout_s: float = Field(
         300, gt=0, description="Deadline of a request (to its first audio, when streaming); past it: 504."
     )

@@ -29,7 +29,9 @@ class SpeechCreateParams(BaseModel):
     response_format: ResponseFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: StreamFormat = "audio"
-    stream: bool = False  # voxport: stream /v1/audio/speech as it is generated
+    # voxport: false = the whole file at once, with Content-Length and X-Audio-Duration; unset = the
+    # server's setting (stream_speech, on by default: sent as it is generated, as OpenAI's endpoint does).
+    stream: bool | None = None
     cache: bool = True  # voxport: false = nothing about this request is read from or written to the cache
 
     cfg_value: float = Field(2.0, ge=0.0, le=10.0)

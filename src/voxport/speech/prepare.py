@@ -131,7 +131,8 @@ class Preparer:
         voice = adhoc or await self._named(params)
         seed = params.seed if params.seed is not None else voice.seed
         sse = params.stream_format == "sse"
-        stream = stream or sse or params.stream
+        requested = params.stream if params.stream is not None else self.settings.stream_speech
+        stream = stream or sse or requested
         prefix = design_prefix(None, params.instructions)
         texts = self._segments(params.input, prefix, max_length, stream, voice.prompt.positions)
         segments = tuple(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from voxport.audio import encode, encode_stream
+from voxport.audio import WAV_HEADER_BYTES, encode, encode_stream, wav_header
 from voxport.cache import AudioCache, cache_key
 from voxport.config import Settings
 from voxport.engine.base import Engine, EngineUnavailable
@@ -115,10 +115,13 @@ class SpeechService:
         self.jobs.open(job)
         if prepared.stream:
             try:
-                return await self._stream(prepared, job, no_cache)
+                outcome = await self._stream(prepared, job, no_cache)
             except BaseException:
                 self.jobs.close(job)
                 raise
+            if isinstance(outcome, SpeechResult):  # a cache hit: nothing left to generate
+                self.jobs.close(job)
+            return outcome
         try:
             return await self._respond(prepared, job, no_cache)
         finally:
@@ -200,16 +203,21 @@ class SpeechService:
         self._looked_up(job, "MISS")
         return result
 
-    async def _stream(self, prepared: PreparedSpeech, job: SpeechJob, no_cache: bool) -> SpeechStream:
+    async def _stream(
+        self, prepared: PreparedSpeech, job: SpeechJob, no_cache: bool
+    ) -> SpeechStream | SpeechResult:
         """The first audio chunk is awaited before this returns, so that a request that fails early
-        still gets a proper error before any byte is sent. The slot is held until the stream ends."""
+        still gets a proper error before any byte is sent. The slot is held until the stream ends.
+        A cache hit has nothing to wait for: it comes back whole (as SSE events, a one-chunk stream)."""
         state = self._cache_state(no_cache, prepared.voice_kind)
         key = cache_key(prepared.cache_fields) if state == "USE" else None
         if key is not None:
             hit = await self.cache.get(key)
             if hit is not None:
-                payload = self._hit(job, hit.payload, hit.meta).audio
-                return SpeechStream(prepared, job, _once(payload), lambda: _closed(self.jobs, job))
+                result = self._hit(job, hit.payload, hit.meta)
+                if not prepared.sse:
+                    return result
+                return SpeechStream(prepared, job, _once(result.audio), lambda: _closed(self.jobs, job))
         self._looked_up(job, "MISS" if key is not None else state)
         slot = await self._admit()
         audio = self.joiner.audio(prepared.segments, job)
@@ -244,6 +252,11 @@ class SpeechService:
             slot.release()
         if key is not None and not job.cancel.is_set():
             payload = b"".join(parts)
+            if prepared.response_format == "wav":  # kept with its real sizes, so a hit is a plain file
+                payload = (
+                    wav_header(prepared.sample_rate, len(payload) - WAV_HEADER_BYTES)
+                    + payload[WAV_HEADER_BYTES:]
+                )
             duration = round(job.samples / rate / prepared.speed, 3)
             meta = SpeechResult(payload, prepared.content_type, prepared.sample_rate, duration, job.usage)
             await self.cache.put(key, payload, meta.meta())
