@@ -71,6 +71,7 @@ class JobRunner:
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
+        self._closing = False
 
     # -- priority ---------------------------------------------------------------------------------
 
@@ -110,6 +111,8 @@ class JobRunner:
 
     async def close(self) -> None:
         """Stop: jobs being run stay `running` in the store and resume at the next start."""
+        self._closing = True  # see WebhookDispatcher.close: a cancel alone can be swallowed by wait_for
+        self._wake.set()
         for task in (self._loop_task, self._sweeper, *self._tasks):
             if task is not None:
                 task.cancel()
@@ -127,7 +130,7 @@ class JobRunner:
         return True
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             room = self.parallel - len(self.running)
             if room > 0:

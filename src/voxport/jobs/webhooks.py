@@ -259,6 +259,7 @@ class WebhookDispatcher:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
     _sending: set[str] = field(default_factory=set)
+    _closing: bool = False
 
     async def enqueue(self, subject: str, event: str, url: str, data: dict[str, Any]) -> Delivery:
         delivery = await self.store.enqueue_delivery(subject, event, url, event_payload(event, data))
@@ -269,6 +270,10 @@ class WebhookDispatcher:
         self._task = asyncio.create_task(self._loop(), name="voxport-webhooks")
 
     async def close(self) -> None:
+        # The flag as well as the cancel: asyncio.wait_for can swallow a cancellation that arrives as
+        # the wake-up it waits for completes (Python < 3.12), and the loop must still end.
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -278,7 +283,7 @@ class WebhookDispatcher:
         limit = asyncio.Semaphore(self.max_parallel)
         running: set[asyncio.Task] = set()
         try:
-            while True:
+            while not self._closing:
                 self._wake.clear()
                 due, next_at = await self.store.due_deliveries(self.clock())
                 for delivery in due:
