@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voxport.jobs.segments import SegmentFiles
 from voxport.jobs.store import (
     CANCELLED,
     QUEUED,
@@ -15,7 +16,6 @@ from voxport.jobs.store import (
     SUCCEEDED,
     JobStore,
     QuotaExceeded,
-    SegmentFiles,
     key_scope,
 )
 

@@ -27,7 +27,8 @@ from voxport.config import Settings
 from voxport.engine.base import EngineInputError, EngineUnavailable
 from voxport.errors import RequestCancelled, VoxportError
 from voxport.files import atomic_writer
-from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore, SegmentFiles
+from voxport.jobs.segments import SegmentFiles
+from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore
 from voxport.protocol import SpeechCreateParams
 from voxport.speech import SpeechJob, SpeechService
 from voxport.speech.joiner import CrossFader

@@ -20,6 +20,7 @@ from voxport.jobs.protocol import (
     job_object,
 )
 from voxport.jobs.runner import JobRunner
+from voxport.jobs.segments import SegmentFiles
 from voxport.jobs.store import (
     CANCELLED,
     FINISHED,
@@ -28,7 +29,6 @@ from voxport.jobs.store import (
     Job,
     JobStore,
     QuotaExceeded,
-    SegmentFiles,
 )
 from voxport.jobs.webhooks import (
     Allowlist,

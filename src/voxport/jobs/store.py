@@ -4,9 +4,12 @@ SQLite is embedded (no server to run) and survives kill -9 (WAL, each change its
 call runs on one dedicated worker thread that owns the connection, so the event loop never waits on disk
 and the connection is never shared between threads.
 
-Segment audio lives beside the database, one directory per job (see `SegmentFiles`): the rows say what is
+Segment audio lives beside the database, one directory per job (`segments.SegmentFiles`): the rows say what is
 known about a job, the files are its work. A finished segment is written atomically before its progress is
 recorded, so after a crash the files are the truth and the counters are recomputed from them.
+
+It is longer than 300 lines because jobs, batches and webhook deliveries share one connection, its
+worker thread and its transactions (a batch and its jobs are created, and completed, in one).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import asyncio
 import hashlib
 import json
 import secrets
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,10 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-
-import numpy as np
-
-from voxport.files import TEMP_PREFIX, atomic_write
 
 T = TypeVar("T")
 
@@ -551,52 +549,3 @@ class JobStore:
             return [Delivery(**dict(r)) for r in rows]
 
         return await self._run(all_)
-
-
-class SegmentFiles:
-    """A job's finished segments, one float32 file each (engine rate, mono), and its final audio.
-
-    A segment file appears whole or not at all (atomic rename); the segments done are the files present
-    from the first on. The encoded audio is written the same way once every segment exists.
-    """
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def dir(self, job_id: str) -> Path:
-        return self.root / job_id
-
-    def segment_path(self, job_id: str, index: int) -> Path:
-        return self.dir(job_id) / f"segment-{index:06d}.f32"
-
-    def audio_path(self, job_id: str) -> Path:
-        return self.dir(job_id) / "audio"
-
-    def write_segment(self, job_id: str, index: int, audio: np.ndarray) -> None:
-        atomic_write(self.segment_path(job_id, index), np.asarray(audio, dtype="<f4").tobytes())
-
-    def read_segment(self, job_id: str, index: int) -> np.ndarray:
-        return np.frombuffer(self.segment_path(job_id, index).read_bytes(), dtype="<f4").astype(np.float32)
-
-    def done(self, job_id: str, total: int) -> tuple[int, int]:
-        """(segments finished in order from the first, their samples)."""
-        count = samples = 0
-        while count < total:
-            path = self.segment_path(job_id, count)
-            if not path.exists():
-                break
-            samples += path.stat().st_size // 4
-            count += 1
-        return count, samples
-
-    def write_audio(self, job_id: str, data: bytes) -> None:
-        atomic_write(self.audio_path(job_id), data)
-
-    def drop_segments(self, job_id: str) -> None:
-        for path in self.dir(job_id).glob("segment-*"):
-            path.unlink(missing_ok=True)
-        for path in self.dir(job_id).glob(f"{TEMP_PREFIX}*"):
-            path.unlink(missing_ok=True)
-
-    def remove(self, job_id: str) -> None:
-        shutil.rmtree(self.dir(job_id), ignore_errors=True)
