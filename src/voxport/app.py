@@ -26,6 +26,7 @@ from voxport.cache import AudioCache, checkpoint_fingerprint
 from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
+from voxport.jobs.service import JobService
 from voxport.metrics import Gauges, Metrics
 from voxport.speech import SpeechService
 from voxport.speech.admission import Admission
@@ -90,6 +91,7 @@ def create_app(
     loaded = Loaded()
     speech = _speech(settings, engine, voices, loaded)
     cache = speech.cache
+    jobs = JobService(settings, speech, speech.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -103,12 +105,14 @@ def create_app(
         if cache.enabled:
             await asyncio.to_thread(cache.load_index)
             sweeper = asyncio.create_task(cache.run_sweeper(settings.cache_sweep_s))
+        await jobs.start()
         log.info(
             "voxport %s ready: model %s, engine %s", __version__, settings.served_model_id, engine.info.name
         )
         try:
             yield
         finally:
+            await jobs.close()  # before the engine: running jobs stop and resume at the next start
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -123,6 +127,7 @@ def create_app(
     app.state.settings = settings
     app.state.speech = speech
     app.state.metrics = speech.metrics
+    app.state.jobs = jobs
     app.state.policy = AccessPolicy(
         api_keys=tuple(settings.all_api_keys()),
         admin_key=settings.admin_api_key,
@@ -138,6 +143,10 @@ def create_app(
             json_bytes=settings.max_json_body_bytes,
             upload_bytes=settings.max_upload_body_bytes,
             read_timeout_s=settings.body_read_timeout_s,
+            json_bytes_by_path=(
+                ("/v1/audio/speech/jobs", settings.max_job_body_bytes),
+                ("/v1/audio/speech/batches", settings.max_batch_body_bytes),
+            ),
         ),
     )
     app.add_middleware(

@@ -178,6 +178,38 @@ class Settings(BaseSettings):
     playground: bool = Field(
         True, description="Serve the browser playground at / and /playground; off: those answer 404."
     )
+    max_job_chars: int = Field(
+        200_000, ge=1, description="Longest `input` of POST /v1/audio/speech/jobs, in characters."
+    )
+    max_batch_requests: int = Field(
+        1000, ge=1, description="Most requests in one POST /v1/audio/speech/batches."
+    )
+    job_result_ttl_hours: float = Field(
+        168, gt=0, description="How long a finished job's audio is kept; then it is deleted (the job stays)."
+    )
+    max_queued_jobs: int = Field(
+        10_000, ge=1, description="Most unfinished (queued or running) jobs on the server; beyond: 429."
+    )
+    max_queued_jobs_per_key: int = Field(
+        1000, ge=1, description="Most unfinished jobs per API key (or in all, without keys); beyond: 429."
+    )
+    webhook_secret: str | None = Field(
+        None,
+        description="Standard Webhooks signing secret (`whsec_<base64>`); unset: one is made once and kept "
+        "in <data-dir>/jobs/webhook_secret.",
+    )
+    webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names and networks (CIDR) webhooks may reach although they are "
+        "not public (loopback, private, link-local); empty: public addresses only.",
+    )
+    webhook_timeout_s: float = Field(10, gt=0, description="Deadline of one webhook delivery attempt.")
+    webhook_retry_s: float = Field(
+        86_400,
+        ge=0,
+        description="How long a failing webhook is retried (exponential backoff from 1 s, at most 10 min "
+        "apart) before it is given up.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )
@@ -185,7 +217,7 @@ class Settings(BaseSettings):
         False, description="Log request text (off by default: inputs are never logged otherwise)."
     )
 
-    @field_validator("model_aliases", "api_keys", "cors_allow_origins", mode="before")
+    @field_validator("model_aliases", "api_keys", "cors_allow_origins", "webhook_allow_hosts", mode="before")
     @classmethod
     def _split_aliases(cls, value: object) -> object:
         if isinstance(value, str):
@@ -224,6 +256,16 @@ class Settings(BaseSettings):
         """The largest JSON body a valid request can need: `input` and `instructions` at six bytes a
         character (JSON's \\uXXXX escapes), plus 64 KiB for every other field."""
         return 6 * (self.max_input_chars + 4096) + 2**16
+
+    @property
+    def max_job_body_bytes(self) -> int:
+        """A job's JSON body: as a speech request's, for `max_job_chars` of input."""
+        return 6 * (self.max_job_chars + 4096) + 2**16
+
+    @property
+    def max_batch_body_bytes(self) -> int:
+        """A batch's JSON body: `max_batch_requests` speech requests."""
+        return self.max_batch_requests * self.max_json_body_bytes
 
     @property
     def max_upload_body_bytes(self) -> int:

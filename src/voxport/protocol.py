@@ -262,6 +262,11 @@ class HealthCapacity(BaseModel):
     max_queue: int
 
 
+class HealthJobs(BaseModel):
+    queued: int  # speech jobs waiting to run
+    running: int
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
@@ -281,6 +286,7 @@ class Health(BaseModel):
     routing: HealthRouting
     rss_bytes: int | None
     gpu_memory_bytes: int | None  # this process and its children (nano-vllm's worker), per NVML
+    jobs: HealthJobs | None = None
 
 
 # -- speech SSE events (openai-python: SpeechAudioDeltaEvent, SpeechAudioDoneEvent) --------------------

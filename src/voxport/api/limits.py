@@ -26,6 +26,8 @@ class BodyLimits:
     json_bytes: int
     upload_bytes: int
     read_timeout_s: float
+    # Routes whose JSON bodies may be larger than a speech request's (jobs, batches): path -> cap.
+    json_bytes_by_path: tuple[tuple[str, int], ...] = ()
 
 
 class _Cut(Exception):
@@ -54,7 +56,8 @@ class BodyLimitMiddleware:
             elif name == b"content-length":
                 declared = value
         upload = content_type.startswith(b"multipart/form-data")
-        cap = self.limits.upload_bytes if upload else self.limits.json_bytes
+        json_cap = dict(self.limits.json_bytes_by_path).get(scope["path"], self.limits.json_bytes)
+        cap = self.limits.upload_bytes if upload else json_cap
         what = "upload" if upload else "request body"
         too_large = _Cut(413, f"The {what} exceeds this server's limit of {_mib(cap)}.", "request_too_large")
         if declared is not None and declared.isdigit() and int(declared) > cap:

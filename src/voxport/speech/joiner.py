@@ -19,6 +19,38 @@ from voxport.speech.jobs import SpeechJob
 CROSSFADE_SECONDS = 0.01
 
 
+class CrossFader:
+    """Joins consecutive segments' audio without a click: the last CROSSFADE_SECONDS of every segment but
+    the last are held back and faded into the start of the next. Fed chunk by chunk (live synthesis) or
+    a whole segment at a time (jobs, from their segment files): the joins are the same."""
+
+    def __init__(self, rate: int, segments: int):
+        self.overlap = max(1, int(rate * CROSSFADE_SECONDS))
+        self.last = segments - 1
+        self.held = np.zeros(0, dtype=np.float32)
+
+    def push(self, index: int, chunk: np.ndarray, fresh: bool) -> np.ndarray:
+        """The audio that is final once `chunk` (of segment `index`; `fresh`: its first) is known."""
+        held = self.held
+        if fresh and len(held):
+            n = min(len(held), len(chunk))
+            ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+            chunk = chunk.copy()
+            chunk[:n] = held[len(held) - n :] * (1.0 - ramp) + chunk[:n] * ramp
+            held = held[: len(held) - n]
+        joined = np.concatenate([held, chunk]) if len(held) else chunk
+        if index < self.last:
+            joined, self.held = joined[: -self.overlap], joined[-self.overlap :]
+        else:
+            self.held = held[:0]
+        return joined
+
+    def flush(self) -> np.ndarray:
+        """What is still held back once every segment has been pushed."""
+        held, self.held = self.held, self.held[:0]
+        return held
+
+
 class EngineWatch:
     """Notices an engine that stops answering: work is waiting and nothing has moved for too long."""
 
@@ -98,33 +130,22 @@ class Joiner:
         """
         rate = self.engine.info.sample_rate
         job.sample_rate = rate
-        overlap = max(1, int(rate * CROSSFADE_SECONDS))
-        last = len(segments) - 1
-        held = np.zeros(0, dtype=np.float32)
+        fader = CrossFader(rate, len(segments))
         generation_started = time.perf_counter()
         try:
             for index, request in enumerate(segments):
                 stats = GenerationStats()
                 fresh = True
                 async for chunk in self._until_cancelled(self.engine.generate(request, stats), job.cancel):
-                    if fresh and len(held):
-                        n = min(len(held), len(chunk))
-                        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-                        chunk = chunk.copy()
-                        chunk[:n] = held[len(held) - n :] * (1.0 - ramp) + chunk[:n] * ramp
-                        held = held[: len(held) - n]
+                    joined = fader.push(index, chunk, fresh)
                     fresh = False
-                    joined = np.concatenate([held, chunk]) if len(held) else chunk
-                    if index < last:
-                        joined, held = joined[:-overlap], joined[-overlap:]
-                    else:
-                        held = held[:0]
                     if len(joined):
                         yield self._count(job, joined)
                 job.input_tokens += stats.input_tokens
                 job.output_steps += stats.steps
-            if len(held):
-                yield self._count(job, held)
+            tail = fader.flush()
+            if len(tail):
+                yield self._count(job, tail)
         finally:
             seconds = job.samples / rate
             if seconds > 0:

@@ -19,6 +19,7 @@ from voxport.protocol import (
     Health,
     HealthCache,
     HealthCapacity,
+    HealthJobs,
     HealthRouting,
     Ready,
     VoicesReloaded,
@@ -44,7 +45,9 @@ def _engine_info(speech: SpeechService) -> tuple[str | None, str | None, str | N
     return info.name, info.device, info.attention
 
 
-async def health_report(speech: SpeechService, checkpoint: str) -> Health:
+async def health_report(
+    speech: SpeechService, checkpoint: str, job_queue: HealthJobs | None = None
+) -> Health:
     (engine, device, attention), state = _engine_info(speech), _engine_state(speech)
     cache, admission, jobs = speech.cache, speech.admission, speech.jobs
     gpu = await asyncio.to_thread(gpu_memory_bytes) if device and device.startswith("cuda") else None
@@ -59,14 +62,15 @@ async def health_report(speech: SpeechService, checkpoint: str) -> Health:
         cache=HealthCache(enabled=cache.enabled, entries=cache.entries, bytes=cache.bytes,
                           hits=cache.stats.hits, misses=cache.stats.misses, evictions=cache.stats.evictions),
         routing=HealthRouting(load_score=admission.load_score, accepts_requests=speech.accepts_requests),
-        rss_bytes=process_rss_bytes(), gpu_memory_bytes=gpu,
+        rss_bytes=process_rss_bytes(), gpu_memory_bytes=gpu, jobs=job_queue,
     )  # fmt: skip
 
 
 @router.get("/health")
 @router.head("/health")
 async def health(request: Request, speech: SpeechDep) -> Health:
-    return await health_report(speech, request.app.state.checkpoint_name)
+    job_queue = HealthJobs(**request.app.state.jobs.health())
+    return await health_report(speech, request.app.state.checkpoint_name, job_queue)
 
 
 @router.get("/ready", responses=errors(503))

@@ -1,0 +1,96 @@
+"""Speech jobs and batches (docs/jobs.md): one jobs-service call per handler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from voxport.api.auth import require_api_key
+from voxport.api.body import json_body
+from voxport.errors import invalid
+from voxport.jobs.protocol import SpeechBatchCreateParams, SpeechJobCreateParams
+from voxport.jobs.service import JobService
+from voxport.jobs.store import key_scope
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["jobs"])
+
+_EXTENSIONS = {"audio/mpeg": "mp3", "audio/opus": "opus", "audio/aac": "aac", "audio/flac": "flac",
+               "audio/wav": "wav", "audio/pcm": "pcm"}  # fmt: skip
+
+
+def _jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+def _scope(request: Request) -> str:
+    """Jobs belong to the API key that created them (require_api_key has checked it already)."""
+    if not request.app.state.policy.api_keys:
+        return ""
+    auth = request.headers.get("authorization", "")
+    return key_scope(auth[7:].strip() if auth.lower().startswith("bearer ") else None)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise invalid("'Idempotency-Key' must be 1 to 255 characters.", "Idempotency-Key")
+    return key
+
+
+JobsDep = Annotated[JobService, Depends(_jobs)]
+ScopeDep = Annotated[str, Depends(_scope)]
+IdempotencyDep = Annotated[str | None, Depends(_idempotency_key)]
+
+
+@router.post("/v1/audio/speech/jobs", status_code=202)
+async def create_job(
+    params: Annotated[SpeechJobCreateParams, Depends(json_body(SpeechJobCreateParams))],
+    jobs: JobsDep, scope: ScopeDep, key: IdempotencyDep,
+) -> JSONResponse:  # fmt: skip
+    return JSONResponse(await jobs.create(params, scope=scope, idempotency_key=key), status_code=202)
+
+
+@router.get("/v1/audio/speech/jobs")
+async def list_jobs(
+    jobs: JobsDep, scope: ScopeDep, limit: Annotated[int, Query()] = 20, after: str | None = None
+) -> dict[str, Any]:
+    return await jobs.list(scope, limit, after)
+
+
+@router.get("/v1/audio/speech/jobs/{job_id}")
+async def retrieve_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, Any]:
+    return await jobs.get(job_id, scope)
+
+
+@router.get("/v1/audio/speech/jobs/{job_id}/content")
+async def job_content(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileResponse:
+    path, content_type = await jobs.content(job_id, scope)
+    # Starlette's FileResponse answers Range requests (206, multipart byteranges, 416).
+    name = f"{job_id}.{_EXTENSIONS.get(content_type, 'bin')}"
+    return FileResponse(Path(path), media_type=content_type, filename=name, content_disposition_type="inline")
+
+
+@router.post("/v1/audio/speech/jobs/{job_id}/cancel")
+async def cancel_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, Any]:
+    return await jobs.cancel(job_id, scope)
+
+
+@router.delete("/v1/audio/speech/jobs/{job_id}")
+async def delete_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, Any]:
+    return await jobs.delete(job_id, scope)
+
+
+@router.post("/v1/audio/speech/batches", status_code=202)
+async def create_batch(
+    params: Annotated[SpeechBatchCreateParams, Depends(json_body(SpeechBatchCreateParams))],
+    jobs: JobsDep, scope: ScopeDep, key: IdempotencyDep,
+) -> JSONResponse:  # fmt: skip
+    return JSONResponse(await jobs.create_batch(params, scope=scope, idempotency_key=key), status_code=202)
+
+
+@router.get("/v1/audio/speech/batches/{batch_id}")
+async def retrieve_batch(batch_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, Any]:
+    return await jobs.get_batch(batch_id, scope)

@@ -1,0 +1,295 @@
+"""The job runner: queued jobs through the same speech service as live requests, at lower priority.
+
+Priority: a job takes a generation slot only while nobody waits for one and fewer than
+`max_concurrent - reserve` are taken, one segment at a time, yielding between segments; so a live request
+never waits behind a queue of job segments, at most behind the segments already generating. Jobs run
+`parallel` at a time: what the engine generates at once, less the reserve (one at a time on the reference
+engine, which generates one sequence at a time).
+
+Durability: each finished segment's float32 audio is written atomically before its progress is recorded;
+a job the last process left running resumes at its first missing segment. The final audio is joined from
+the segment files with the live path's cross-fade (`CrossFader`) and encoded once, so an interrupted and
+an uninterrupted job with a fixed seed give the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from voxport.audio import FORMATS, encode, encode_stream, wav_header
+from voxport.config import Settings
+from voxport.engine.base import EngineInputError, EngineUnavailable
+from voxport.errors import RequestCancelled, VoxportError
+from voxport.files import atomic_writer
+from voxport.jobs.segments import SegmentFiles
+from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore
+from voxport.protocol import SpeechCreateParams
+from voxport.speech import SpeechJob, SpeechService
+from voxport.speech.joiner import CrossFader
+from voxport.speech.prepare import PreparedSpeech
+from voxport.text import segment
+
+log = logging.getLogger("voxport.jobs")
+
+EXPIRY_SWEEP_S = 60.0
+OUTAGE_PAUSE_S = 1.0  # a job the engine failed under waits this long before it is taken up again
+_POLL_S = 0.05  # how often a job waiting for headroom looks again
+
+
+def error_object(error: VoxportError) -> dict[str, Any]:
+    """OpenAI's error object for a failed job (the API's envelope, without the HTTP status)."""
+    kind = "server_error" if error.kind in ("internal", "unavailable", "timeout") else "invalid_request_error"
+    return {"message": error.message, "type": kind, "param": error.param, "code": error.code}
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        files: SegmentFiles,
+        speech: SpeechService,
+        on_finished: Callable[[Job], Awaitable[None]],
+        on_segment: Callable[[], None] = lambda: None,
+        on_started: Callable[[], Awaitable[object]] | None = None,
+    ):
+        self.settings = settings
+        self.store = store
+        self.files = files
+        self.speech = speech
+        self.on_finished = on_finished
+        self.on_segment = on_segment
+        self.on_started = on_started
+        self.running: dict[str, asyncio.Event] = {}  # job id -> its cancel switch
+        self.interrupted = 0  # segments abandoned because the engine was unavailable
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._closing = False
+
+    # -- priority ---------------------------------------------------------------------------------
+
+    @property
+    def reserve(self) -> int:
+        """Slots kept for live requests."""
+        return max(1, self.speech.admission.max_concurrent // 4)
+
+    @property
+    def parallel(self) -> int:
+        """Jobs generating at once."""
+        width = min(self.speech.admission.max_concurrent, self.speech.engine.capacity)
+        return max(1, width - max(1, width // 4)) if width > 1 else 1
+
+    def _headroom(self) -> bool:
+        a = self.speech.admission
+        free = a.queued == 0 and a.generating < max(1, a.max_concurrent - self.reserve)
+        return free and self.speech.accepts_requests
+
+    @contextlib.asynccontextmanager
+    async def _low_priority_slot(self, cancel: asyncio.Event) -> AsyncIterator[None]:
+        while not self._headroom():
+            if cancel.is_set():
+                raise RequestCancelled
+            await asyncio.sleep(_POLL_S)
+        async with self.speech.admission.slot():
+            yield
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="voxport-jobs")
+        self._sweeper = asyncio.create_task(self._sweep(), name="voxport-jobs-expiry")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop: jobs being run stay `running` in the store and resume at the next start."""
+        self._closing = True  # see WebhookDispatcher.close: a cancel alone can be swallowed by wait_for
+        self._wake.set()
+        for task in (self._loop_task, self._sweeper, *self._tasks):
+            if task is not None:
+                task.cancel()
+        for task in (self._loop_task, self._sweeper, *self._tasks):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def cancel(self, job_id: str) -> bool:
+        """Abandon a running job's work (the store already says cancelled); False if it is not running."""
+        switch = self.running.get(job_id)
+        if switch is None:
+            return False
+        switch.set()
+        return True
+
+    async def _loop(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            room = self.parallel - len(self.running)
+            if room > 0:
+                for job in await self.store.next_queued(limit=room + len(self.running)):
+                    if room <= 0:
+                        break
+                    if job.id in self.running:
+                        continue
+                    self.running[job.id] = asyncio.Event()
+                    task = asyncio.create_task(self._run(job), name=f"voxport-job-{job.id}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._done)
+                    room -= 1
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 5.0)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                for job_id in await self.store.expired():
+                    await asyncio.to_thread(self.files.remove, job_id)
+            except Exception:
+                log.exception("job result expiry failed")
+            # A short TTL is honoured closely: sweep at least twice per TTL.
+            await asyncio.sleep(min(EXPIRY_SWEEP_S, max(0.1, self.settings.job_result_ttl_hours * 1800)))
+
+    # -- one job ----------------------------------------------------------------------------------
+
+    def plan(self, text: str) -> list[str]:
+        """The job's segments: sentences packed up to the segment cap, as live long text is split."""
+        cap = min(self.settings.segment_max_chars, self.settings.max_input_chars)
+        return segment(text, cap, pack=True) or [text]
+
+    async def prepare(self, params: SpeechCreateParams, text: str) -> PreparedSpeech:
+        """One segment as a live request for that text would be prepared (voice, limits, prefix)."""
+        update = {"input": text, "stream": False, "stream_format": "audio"}
+        return await self.speech.preparer.prepare(params.model_copy(update=update))
+
+    async def _run(self, job: Job) -> None:
+        cancel = self.running[job.id]
+        try:
+            await self._execute(job, cancel)
+        except RequestCancelled:
+            await asyncio.to_thread(self.files.remove, job.id)
+        except asyncio.CancelledError:
+            raise  # shutting down: the job resumes at the next start
+        except (EngineUnavailable, VoxportError) as exc:
+            if isinstance(exc, EngineUnavailable) or exc.kind == "unavailable":
+                # An outage, not the job's fault: it stays running and resumes from its segment files
+                # once the engine answers again (the loop takes it up; headroom waits for readiness).
+                self.interrupted += 1
+                log.warning("job %s paused: %s", job.id, exc)
+                await asyncio.sleep(OUTAGE_PAUSE_S)
+                return
+            await self._fail(job, error_object(exc))
+        except EngineInputError as exc:
+            await self._fail(job, error_object(VoxportError("invalid", str(exc), param=exc.param)))
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            error = VoxportError("internal", f"Internal error: {type(exc).__name__}.", code="internal_error")
+            await self._fail(job, error_object(error))
+        finally:
+            self.running.pop(job.id, None)
+
+    async def _fail(self, job: Job, error: dict[str, Any]) -> None:
+        finished = await self.store.finish(job.id, FAILED, error=error)
+        await asyncio.to_thread(self.files.remove, job.id)
+        if finished is not None:
+            await self.on_finished(finished)
+
+    async def _execute(self, job: Job, cancel: asyncio.Event) -> None:
+        params = SpeechCreateParams.model_validate(job.request)
+        plan = job.segments or self.plan(params.input)
+        rate = self.speech.engine.info.sample_rate
+        done, samples = await asyncio.to_thread(self.files.done, job.id, len(plan))
+        if not await self.store.start(job.id, plan, done, samples / rate):
+            raise RequestCancelled
+        if self.on_started is not None:
+            await self.on_started()
+        if done:
+            log.info("job %s resumes at segment %d of %d", job.id, done + 1, len(plan))
+        for index in range(done, len(plan)):
+            if cancel.is_set():
+                raise RequestCancelled
+            prepared = await self.prepare(params, plan[index])
+            ticket = SpeechJob(f"{job.id}/{index}", cancel=cancel)
+            async with self._low_priority_slot(cancel):
+                chunks = [chunk async for chunk in self.speech.joiner.audio(prepared.segments, ticket)]
+            audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+            await asyncio.to_thread(self.files.write_segment, job.id, index, audio)
+            samples += len(audio)
+            await self.store.segment_done(job.id, index + 1, samples / rate)
+            self.on_segment()
+            await asyncio.sleep(0)  # between segments, whoever else is ready runs first
+        if cancel.is_set():
+            raise RequestCancelled
+        first = await self.prepare(params, plan[0])
+        result = await self._encode(job.id, first, len(plan), rate)
+        finished = await self.store.finish(job.id, SUCCEEDED, result=result,
+                                           ttl_seconds=self.settings.job_result_ttl_hours * 3600)  # fmt: skip
+        if finished is None:  # cancelled while encoding
+            raise RequestCancelled
+        await asyncio.to_thread(self.files.drop_segments, job.id)
+        await self.on_finished(finished)
+
+    async def _joined(self, job_id: str, total: int, rate: int) -> AsyncIterator[np.ndarray]:
+        fader = CrossFader(rate, total)
+        for index in range(total):
+            audio = await asyncio.to_thread(self.files.read_segment, job_id, index)
+            joined = fader.push(index, audio, True)
+            if len(joined):
+                yield joined
+        tail = fader.flush()
+        if len(tail):
+            yield tail
+
+    async def _encode(self, job_id: str, prepared: PreparedSpeech, total: int, rate: int) -> dict[str, Any]:
+        """Join the segment files and encode them once into the job's audio file (written atomically)."""
+        fmt, out_rate, speed = prepared.response_format, prepared.sample_rate, prepared.speed
+        samples = 0
+
+        async def counted() -> AsyncIterator[np.ndarray]:
+            nonlocal samples
+            async for chunk in self._joined(job_id, total, rate):
+                samples += len(chunk)
+                yield chunk
+
+        writer = atomic_writer(self.files.audio_path(job_id))
+        handle = await asyncio.to_thread(writer.__enter__)
+        try:
+            if fmt == "flac":  # its header needs the whole signal (see audio.encode)
+                whole = [chunk async for chunk in counted()]
+                audio = np.concatenate(whole) if whole else np.zeros(0, dtype=np.float32)
+                data = await asyncio.to_thread(encode, audio, rate, fmt, out_rate, speed)
+                await asyncio.to_thread(handle.write, data)
+            else:
+                async for data in encode_stream(counted(), rate, fmt, out_rate, speed):
+                    await asyncio.to_thread(handle.write, data)
+            if fmt == "wav":  # the streamed header said "length unknown": the file knows it now
+
+                def fix_header() -> None:
+                    size = handle.seek(0, 2)
+                    handle.seek(0)
+                    handle.write(wav_header(out_rate, size - 44))
+
+                await asyncio.to_thread(fix_header)
+        except BaseException as exc:
+            await asyncio.to_thread(writer.__exit__, type(exc), exc, exc.__traceback__)
+            raise
+        await asyncio.to_thread(writer.__exit__, None, None, None)
+        size = (await asyncio.to_thread(self.files.audio_path(job_id).stat)).st_size
+        return {
+            "content_type": FORMATS[fmt].content_type,
+            "bytes": size,
+            "duration_seconds": round(samples / rate / speed, 3),
+            "sample_rate": out_rate,
+        }

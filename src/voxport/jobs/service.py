@@ -1,0 +1,276 @@
+"""The jobs service: what the /v1/audio/speech/jobs and /batches routes call. HTTP-free: it raises
+`VoxportError`s, which the API layer turns into status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
+
+from voxport.config import Settings
+from voxport.errors import Kind, VoxportError
+from voxport.jobs.protocol import (
+    SpeechBatchCreateParams,
+    SpeechJobCreateParams,
+    batch_object,
+    job_object,
+)
+from voxport.jobs.runner import JobRunner
+from voxport.jobs.segments import SegmentFiles
+from voxport.jobs.store import (
+    CANCELLED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    Job,
+    JobStore,
+    QuotaExceeded,
+)
+from voxport.jobs.webhooks import (
+    Allowlist,
+    WebhookDispatcher,
+    WebhookSender,
+    WebhookURLError,
+    check_url,
+    load_secret,
+)
+from voxport.metrics import Metrics
+from voxport.protocol import SpeechCreateParams
+from voxport.speech import SpeechService
+
+log = logging.getLogger("voxport.jobs")
+
+
+def _error(kind: Kind, message: str, param: str | None = None, code: str | None = None) -> VoxportError:
+    return VoxportError(kind, message, param=param, code=code)
+
+
+class JobMetrics:
+    """The jobs' series, in the app's registry."""
+
+    def __init__(self, metrics: Metrics):
+        r = metrics.registry
+        self.jobs = Gauge("voxport_jobs", "Speech jobs in the store, by status.", ["status"], registry=r)
+        self.queue_depth = Gauge("voxport_job_queue_depth", "Speech jobs waiting to run.", registry=r)
+        self.segments = Counter(
+            "voxport_job_segments", "Job segments generated (finished and written).", registry=r
+        )
+        self.webhooks = Counter(
+            "voxport_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered, retry, failed (gave up), refused (address "
+            "policy).",
+            ["outcome"],
+            registry=r,
+        )
+
+
+class JobService:
+    def __init__(self, settings: Settings, speech: SpeechService, metrics: Metrics):
+        self.settings = settings
+        self.speech = speech
+        root = Path(settings.data_dir) / "jobs"
+        self.store = JobStore(root)
+        self.files = SegmentFiles(root)
+        self.allow = Allowlist.parse(settings.webhook_allow_hosts)
+        self.metrics = JobMetrics(metrics)
+        self.runner = JobRunner(
+            settings, self.store, self.files, speech, self._finished,
+            on_segment=self.metrics.segments.inc, on_started=self.refresh_counts,
+        )  # fmt: skip
+        self.dispatcher: WebhookDispatcher | None = None
+        self.counts: dict[str, int] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.open()
+        secret = await asyncio.to_thread(load_secret, self.settings.webhook_secret, self.settings.data_dir)
+        sender = WebhookSender(secret, self.allow, self.settings.webhook_timeout_s)
+        outcome = self.metrics.webhooks.labels
+        self.dispatcher = WebhookDispatcher(self.store, sender, self.settings.webhook_retry_s,
+                                            on_outcome=lambda o: outcome(o).inc())  # fmt: skip
+        await self.refresh_counts()
+        self.dispatcher.start()
+        self.runner.start()
+
+    async def close(self) -> None:
+        await self.runner.close()
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        await self.store.close()
+
+    async def refresh_counts(self) -> dict[str, int]:
+        self.counts = await self.store.count_by_status()
+        for status in (QUEUED, RUNNING, "succeeded", "failed", CANCELLED):
+            self.metrics.jobs.labels(status).set(self.counts.get(status, 0))
+        self.metrics.queue_depth.set(self.counts.get(QUEUED, 0))
+        return self.counts
+
+    def health(self) -> dict[str, int]:
+        return {"queued": self.counts.get(QUEUED, 0), "running": self.counts.get(RUNNING, 0)}
+
+    # -- submission -------------------------------------------------------------------------------
+
+    def _check_webhook(self, url: str | None, param: str = "webhook_url") -> None:
+        if url is None:
+            return
+        try:
+            check_url(url, self.allow)
+        except WebhookURLError as exc:
+            raise _error("invalid", str(exc), param, "invalid_webhook_url") from None
+
+    async def _validate_speech(self, params: SpeechCreateParams, limit: int, prefix: str = "") -> None:
+        """What the speech service would refuse (model, voice, format, rates), refused now, with the
+        field named; and the job's own input limit."""
+        if not params.input.strip():
+            raise _error("invalid", "'input' must contain text to speak.", f"{prefix}input")
+        if len(params.input) > limit:
+            raise _error("invalid", f"'input' is {len(params.input)} characters; the maximum is {limit}.",
+                           f"{prefix}input", "string_too_long")  # fmt: skip
+        try:
+            await self.runner.prepare(params, self.runner.plan(params.input)[0])
+        except VoxportError as exc:
+            if not exc.client_fault or not prefix:
+                raise
+            param = f"{prefix}{exc.param}" if exc.param else None  # which request of the batch
+            raise VoxportError(exc.kind, exc.message, param=param, code=exc.code) from None
+
+    def _quota_error(self, exc: QuotaExceeded) -> VoxportError:
+        return VoxportError("busy", str(exc), code="job_quota_exceeded", retry_after=60)
+
+    async def create(
+        self, params: SpeechJobCreateParams, *, scope: str, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        self._check_webhook(params.webhook_url)
+        await self._validate_speech(params, self.settings.max_job_chars)
+        try:
+            job, created = await self.store.create_job(
+                params.speech_body(), scope=scope, metadata=params.metadata, webhook_url=params.webhook_url,
+                idempotency_key=idempotency_key, max_queued=self.settings.max_queued_jobs,
+                max_queued_per_key=self.settings.max_queued_jobs_per_key,
+            )  # fmt: skip
+        except QuotaExceeded as exc:
+            raise self._quota_error(exc) from None
+        if created:
+            await self.refresh_counts()
+            self.runner.wake()
+        return job_object(job)
+
+    async def create_batch(
+        self, params: SpeechBatchCreateParams, *, scope: str, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        if len(params.requests) > self.settings.max_batch_requests:
+            most = self.settings.max_batch_requests
+            raise _error("invalid", f"A batch holds at most {most} requests; this one has "
+                           f"{len(params.requests)}.", "requests", "too_many_requests")  # fmt: skip
+        self._check_webhook(params.webhook_url)
+        bodies = []
+        for index, raw in enumerate(params.requests):
+            prefix = f"requests[{index}]."
+            try:
+                speech = SpeechCreateParams.model_validate(raw)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                field = ".".join(str(p) for p in first.get("loc", ()))
+                raise _error("invalid", f"Invalid value for '{prefix}{field}': {first.get('msg')}.",
+                               f"{prefix}{field}") from None  # fmt: skip
+            await self._validate_speech(speech, self.settings.max_input_chars, prefix)
+            body = speech.model_dump(exclude_none=True, mode="json")
+            body.pop("stream", None)
+            body.pop("stream_format", None)
+            bodies.append(body)
+        try:
+            batch, created = await self.store.create_batch(
+                bodies, scope=scope, metadata=params.metadata, webhook_url=params.webhook_url,
+                idempotency_key=idempotency_key, max_queued=self.settings.max_queued_jobs,
+                max_queued_per_key=self.settings.max_queued_jobs_per_key,
+            )  # fmt: skip
+        except QuotaExceeded as exc:
+            raise self._quota_error(exc) from None
+        if created:
+            await self.refresh_counts()
+            self.runner.wake()
+        return batch_object(batch)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def _job(self, job_id: str, scope: str) -> Job:
+        job = await self.store.get(job_id, scope)
+        if job is None:
+            raise _error("not_found", f"No job '{job_id}'.", "job_id", "job_not_found")
+        return job
+
+    async def get(self, job_id: str, scope: str) -> dict[str, Any]:
+        return job_object(await self._job(job_id, scope))
+
+    async def list(self, scope: str, limit: int, after: str | None) -> dict[str, Any]:
+        if not 1 <= limit <= 100:
+            raise _error("invalid", "'limit' must be between 1 and 100.", "limit")
+        try:
+            jobs, more = await self.store.list_jobs(scope, limit, after)
+        except KeyError:
+            raise _error("invalid", f"'after' names no job: '{after}'.", "after") from None
+        data = [job_object(j) for j in jobs]
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": more}  # fmt: skip
+
+    async def content(self, job_id: str, scope: str) -> tuple[Path, str]:
+        """(path of the audio, its content type)."""
+        job = await self._job(job_id, scope)
+        if job.status != "succeeded":
+            raise _error("conflict", f"Job '{job_id}' is {job.status}; its audio exists once it has "
+                           "succeeded.", "job_id", "job_not_succeeded")  # fmt: skip
+        path = self.files.audio_path(job_id)
+        if job.result is None or not await asyncio.to_thread(path.exists):
+            raise _error("not_found", f"The audio of job '{job_id}' has expired or was deleted.",
+                           "job_id", "job_content_expired")  # fmt: skip
+        return path, job.result["content_type"]
+
+    async def get_batch(self, batch_id: str, scope: str) -> dict[str, Any]:
+        batch = await self.store.get_batch(batch_id, scope)
+        if batch is None:
+            raise _error("not_found", f"No batch '{batch_id}'.", "batch_id", "batch_not_found")
+        return batch_object(batch)
+
+    # -- changes ----------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, scope: str) -> dict[str, Any]:
+        job = await self._job(job_id, scope)
+        if job.status == CANCELLED:
+            return job_object(job)
+        if job.status in FINISHED:
+            raise _error("conflict", f"Job '{job_id}' has already {job.status}.", "job_id", "job_finished")
+        finished = await self.store.finish(job_id, CANCELLED)
+        if finished is None:  # it finished meanwhile
+            return job_object(await self._job(job_id, scope))
+        if not self.runner.cancel(job_id):  # not running: nothing will clean its directory up but us
+            await asyncio.to_thread(self.files.remove, job_id)
+        await self._finished(finished)
+        return job_object(finished)
+
+    async def delete(self, job_id: str, scope: str) -> dict[str, Any]:
+        job = await self._job(job_id, scope)
+        if job.status not in FINISHED:
+            await self.cancel(job_id, scope)
+        await self.store.delete(job_id)
+        await asyncio.to_thread(self.files.remove, job_id)
+        await self.refresh_counts()
+        return {"id": job_id, "object": "speech.job.deleted", "deleted": True}
+
+    async def _finished(self, job: Job) -> None:
+        """A job reached a final status: its webhook, its batch's completion, the counts."""
+        await self.refresh_counts()
+        assert self.dispatcher is not None
+        if job.webhook_url:
+            await self.dispatcher.enqueue(
+                job.id, f"speech.job.{job.status}", job.webhook_url, job_object(job)
+            )
+        if job.batch_id:
+            batch = await self.store.complete_batch(job.batch_id)
+            if batch is not None and batch.webhook_url:
+                await self.dispatcher.enqueue(batch.id, "speech.batch.completed", batch.webhook_url,
+                                              batch_object(batch))  # fmt: skip
