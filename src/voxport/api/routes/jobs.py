@@ -10,12 +10,13 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from voxport.api.auth import require_api_key
 from voxport.api.body import json_body
+from voxport.api.openapi import BODY_ERRORS, errors, json_request
 from voxport.errors import invalid
 from voxport.jobs.protocol import SpeechBatchCreateParams, SpeechJobCreateParams
 from voxport.jobs.service import JobService
 from voxport.jobs.store import key_scope
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["jobs"])
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401), tags=["jobs"])
 
 _EXTENSIONS = {"audio/mpeg": "mp3", "audio/opus": "opus", "audio/aac": "aac", "audio/flac": "flac",
                "audio/wav": "wav", "audio/pcm": "pcm"}  # fmt: skip
@@ -45,7 +46,10 @@ ScopeDep = Annotated[str, Depends(_scope)]
 IdempotencyDep = Annotated[str | None, Depends(_idempotency_key)]
 
 
-@router.post("/v1/audio/speech/jobs", status_code=202)
+@router.post(
+    "/v1/audio/speech/jobs", status_code=202, openapi_extra=json_request(SpeechJobCreateParams),
+    responses=errors(*BODY_ERRORS, 429),
+)  # fmt: skip
 async def create_job(
     params: Annotated[SpeechJobCreateParams, Depends(json_body(SpeechJobCreateParams))],
     jobs: JobsDep, scope: ScopeDep, key: IdempotencyDep,
@@ -53,19 +57,19 @@ async def create_job(
     return JSONResponse(await jobs.create(params, scope=scope, idempotency_key=key), status_code=202)
 
 
-@router.get("/v1/audio/speech/jobs")
+@router.get("/v1/audio/speech/jobs", responses=errors(400))
 async def list_jobs(
     jobs: JobsDep, scope: ScopeDep, limit: Annotated[int, Query()] = 20, after: str | None = None
 ) -> dict[str, Any]:
     return await jobs.list(scope, limit, after)
 
 
-@router.get("/v1/audio/speech/jobs/{job_id}")
+@router.get("/v1/audio/speech/jobs/{job_id}", responses=errors(404))
 async def retrieve_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, Any]:
     return await jobs.get(job_id, scope)
 
 
-@router.get("/v1/audio/speech/jobs/{job_id}/content")
+@router.get("/v1/audio/speech/jobs/{job_id}/content", responses=errors(404, 409))
 async def job_content(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileResponse:
     path, content_type = await jobs.content(job_id, scope)
     # Starlette's FileResponse answers Range requests (206, multipart byteranges, 416).
@@ -73,17 +77,20 @@ async def job_content(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileRespon
     return FileResponse(Path(path), media_type=content_type, filename=name, content_disposition_type="inline")
 
 
-@router.post("/v1/audio/speech/jobs/{job_id}/cancel")
+@router.post("/v1/audio/speech/jobs/{job_id}/cancel", responses=errors(404, 409))
 async def cancel_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, Any]:
     return await jobs.cancel(job_id, scope)
 
 
-@router.delete("/v1/audio/speech/jobs/{job_id}")
+@router.delete("/v1/audio/speech/jobs/{job_id}", responses=errors(404, 409))
 async def delete_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, Any]:
     return await jobs.delete(job_id, scope)
 
 
-@router.post("/v1/audio/speech/batches", status_code=202)
+@router.post(
+    "/v1/audio/speech/batches", status_code=202, openapi_extra=json_request(SpeechBatchCreateParams),
+    responses=errors(*BODY_ERRORS, 429),
+)  # fmt: skip
 async def create_batch(
     params: Annotated[SpeechBatchCreateParams, Depends(json_body(SpeechBatchCreateParams))],
     jobs: JobsDep, scope: ScopeDep, key: IdempotencyDep,
@@ -91,6 +98,6 @@ async def create_batch(
     return JSONResponse(await jobs.create_batch(params, scope=scope, idempotency_key=key), status_code=202)
 
 
-@router.get("/v1/audio/speech/batches/{batch_id}")
+@router.get("/v1/audio/speech/batches/{batch_id}", responses=errors(404))
 async def retrieve_batch(batch_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, Any]:
     return await jobs.get_batch(batch_id, scope)
