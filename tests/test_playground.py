@@ -185,6 +185,34 @@ def test_the_playground_in_a_browser(pg_server: ServerProcess, tmp_path: Path) -
     assert requests and foreign == []
 
 
+def test_a_text_too_long_for_one_request_runs_as_a_job(tiny_model: Path, tmp_path: Path) -> None:
+    server = ServerProcess(["--model", str(tiny_model), "--data-dir", str(tmp_path / "data"),
+                            "--max-length", str(TEST_MAX_LENGTH), "--max-input-chars", "100"])  # fmt: skip
+    try:
+        server.wait_ready()
+        with _browser(tmp_path) as context:
+            page = context.new_page()
+            page.goto(f"{server.base_url}/playground")
+            page.wait_for_function("document.querySelectorAll('#voice option').length > 0")
+            text = ("This is the first sentence of a text that is too long for one request. "
+                    "And this second sentence makes the whole text longer than the limit.")  # fmt: skip
+            assert len(text) > 100
+            page.fill("#input", text)
+            page.select_option("#response_format", "wav")
+            page.evaluate("window.voxport.job = null")
+            page.get_by_role("button", name="Speak", exact=True).click()
+            page.wait_for_function("window.voxport.job && window.voxport.job.status === 'succeeded'",
+                                   timeout=120_000)  # fmt: skip
+            job = page.evaluate("window.voxport.job")
+            assert job["progress"]["segments_done"] == job["progress"]["segments_total"] == 2
+            progress = page.locator("#history .job-progress").first.inner_text()
+            assert job["id"] in progress and "succeeded" in progress
+            page.locator("#history a[download]").first.wait_for()
+            assert page.locator("#history audio").count() >= 1
+    finally:
+        server.stop()
+
+
 def test_a_phone_with_a_key_records_a_voice(tiny_model: Path, tmp_path: Path) -> None:
     _browser_or_skip()
     server = ServerProcess(["--model", str(tiny_model), "--data-dir", str(tmp_path / "data"),

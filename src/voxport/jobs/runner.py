@@ -172,7 +172,8 @@ class JobRunner:
     async def prepare(self, params: SpeechCreateParams, text: str) -> PreparedSpeech:
         """One segment as a live request for that text would be prepared (voice, limits, prefix)."""
         update = {"input": text, "stream": False, "stream_format": "audio"}
-        return await self.speech.preparer.prepare(params.model_copy(update=update))
+        preparer = self.speech.preparer
+        return await preparer.complete(await preparer.plan(params.model_copy(update=update)))
 
     async def _run(self, job: Job) -> None:
         cancel = self.running[job.id]

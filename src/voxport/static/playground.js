@@ -248,7 +248,10 @@ async function speak(event) {
     });
     if (!resp.ok) {
       $('#metrics').textContent = '';
-      return showError(form, await errorOf(resp), resp);
+      const error = await errorOf(resp);
+      // Longer than one request may be: the same body as a speech job, which has a much higher limit.
+      if (error.code === 'string_too_long' && error.param === 'input') return await runAsJob(body, form);
+      return showError(form, error, resp);
     }
     await receive(resp, body, started);
   } catch (err) {
@@ -299,6 +302,52 @@ async function receive(resp, body, started) {
     player2.play().catch(() => {});
   }
   addHistory(result, blob, body);
+}
+
+function jobProgress(job) {
+  const p = job.progress || {};
+  const done = job.status === 'succeeded' ? `${fmt(job.result && job.result.duration_seconds)} of audio`
+    : `${p.segments_done || 0} of ${p.segments_total || '?'} segments, ${fmt(p.audio_seconds)}`;
+  return `Speech job ${job.id}: ${job.status} · ${done}`;
+}
+
+// A long text becomes a speech job: its progress in the history, then its audio to play and download.
+async function runAsJob(body, form) {
+  const resp = await api('/v1/audio/speech/jobs', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+  });
+  if (!resp.ok) return showError(form, await errorOf(resp), resp);
+  let job = await resp.json();
+  const item = document.createElement('li');
+  const meta = document.createElement('p');
+  meta.className = 'meta job-progress';
+  const text = document.createElement('p');
+  text.textContent = body.input.length > 200 ? `${body.input.slice(0, 200)}…` : body.input;
+  item.append(meta, text);
+  $('#history').prepend(item);
+  $('#history-empty').hidden = true;
+  $('#metrics').textContent = 'Too long for one request: running it as a speech job (see History).';
+  for (;;) {
+    meta.textContent = jobProgress(job);
+    window.voxport.job = job;
+    if (!['queued', 'running'].includes(job.status)) break;
+    await new Promise((resolve) => { setTimeout(resolve, 500); });
+    const poll = await api(`/v1/audio/speech/jobs/${encodeURIComponent(job.id)}`);
+    if (!poll.ok) return showError(form, await errorOf(poll), poll);
+    job = await poll.json();
+  }
+  if (job.status !== 'succeeded') return;
+  const content = await api(`/v1/audio/speech/jobs/${encodeURIComponent(job.id)}/content`);
+  if (!content.ok) return showError(form, await errorOf(content), content);
+  const url = URL.createObjectURL(await content.blob());
+  const audio = document.createElement('audio');
+  audio.controls = true;
+  audio.src = url;
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = `voxport-${job.id}.${body.response_format === 'pcm' ? 'pcm' : body.response_format}`;
+  link.textContent = `Download ${body.response_format}`;
+  item.append(audio, link);
 }
 
 async function deleteVoice() {

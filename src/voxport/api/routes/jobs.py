@@ -48,7 +48,7 @@ IdempotencyDep = Annotated[str | None, Depends(_idempotency_key)]
 
 @router.post(
     "/v1/audio/speech/jobs", status_code=202, openapi_extra=json_request(SpeechJobCreateParams),
-    responses=errors(*BODY_ERRORS, 429),
+    responses=errors(*BODY_ERRORS, 404, 429, 503, 504),
 )  # fmt: skip
 async def create_job(
     params: Annotated[SpeechJobCreateParams, Depends(json_body(SpeechJobCreateParams))],
@@ -89,7 +89,7 @@ async def delete_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, A
 
 @router.post(
     "/v1/audio/speech/batches", status_code=202, openapi_extra=json_request(SpeechBatchCreateParams),
-    responses=errors(*BODY_ERRORS, 429),
+    responses=errors(*BODY_ERRORS, 404, 429, 503, 504),
 )  # fmt: skip
 async def create_batch(
     params: Annotated[SpeechBatchCreateParams, Depends(json_body(SpeechBatchCreateParams))],
