@@ -36,6 +36,13 @@ NOT_CARRIED = {
     "av": "PyAV's wheel is FFmpeg's libraries (40 MB): there the server encodes mp3, opus and aac with the "
     "carried ffmpeg binary instead (voxport.audio.pyav_available)",
     "ruff": "a linter, not run there",
+    # The GPU tests stage runs only what needs a GPU: not the browser, fuzzing or property tests.
+    "playwright": "the playground's browser test (tests/test_playground.py), not run there",
+    "schemathesis": "the OpenAPI fuzz test (tests/test_schemathesis.py), not run there",
+    "hypothesis": "property tests behind schemathesis, not run there",
+    # voxcpm's text normaliser (normalize: true), imported on first use; without it the text is spoken as
+    # written (voxport.engine.compat.normalize_text), which the GPU stage's one normalize test accepts.
+    "wetext": "the text normaliser's grammars (5 MB, and kaldifst's 1.5 MB behind it), not needed there",
     "scikit-learn": "librosa imports it lazily, for features (segmentation, decomposition) not used",
     # uvicorn[standard]'s optional speed-ups: without them uvicorn runs on asyncio's loop and h11.
     "uvloop": "uvicorn's optional event loop; asyncio's is used instead",
