@@ -31,9 +31,10 @@ def _first_audio(base: str, i: int) -> float:
     with httpx.stream("POST", f"{base}/v1/audio/speech", json={**LIVE, "input": f"Live request {i}."},
                       timeout=300) as response:  # fmt: skip
         response.raise_for_status()
-        next(response.iter_bytes())
+        chunks = response.iter_bytes()
+        next(chunks)
         first = time.perf_counter() - started
-        for _ in response.iter_bytes():
+        for _ in chunks:
             pass
     return first
 
