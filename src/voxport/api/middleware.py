@@ -61,8 +61,10 @@ class RequestContextMiddleware:
         token = current.set(record)
         status = 0
 
+        body_done = False
+
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, body_done
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
@@ -70,18 +72,12 @@ class RequestContextMiddleware:
                 if 400 <= status < 500 and status not in (408, 409, 429):
                     headers.append((b"x-should-retry", b"false"))
                 message["headers"] = headers
+            elif not message.get("more_body", False):
+                body_done = True
             await send(message)
 
-        body_done = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal body_done
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                body_done = True
-            await send_with_headers(message)
-
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, send_with_headers)
         except asyncio.CancelledError:
             # Only the server cancels a request's task: at the end of the shutdown grace period. That is a
             # planned stop, not a crash: end what was sent cleanly (a stream is cut short, as a client that
