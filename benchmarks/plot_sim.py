@@ -17,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from voxport.bench.report import concurrency_axes  # noqa: E402
+
 
 def main(argv: list[str]) -> int:
     out, runs = Path(argv[0]), [arg.split("=", 1) for arg in argv[1:]]
@@ -34,15 +36,7 @@ def main(argv: list[str]) -> int:
         (cpu, "Server CPU per second of audio", "CPU ms per audio s (server + encoders)"),
         (ratio, "Server / in-process engine throughput", "audio s/s ratio"),
     ):
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(ticks))
-        ax.set_xticklabels([str(t) for t in sorted(ticks)])
-        ax.minorticks_off()
-        ax.set_xlabel("concurrent streams")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        concurrency_axes(ax, ticks, title, ylabel, xlabel="concurrent streams", legend_size=8)
     cpu.set_yscale("log")
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -199,15 +199,7 @@ def write_plot(path: Path, levels_by_side: dict[str, list[dict[str, Any]] | None
         (throughput, "Throughput", "audio seconds per second"),
         (latency, "First-audio latency (p50)", "ms"),
     ):
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(ticks))
-        ax.set_xticklabels([str(t) for t in sorted(ticks)])
-        ax.minorticks_off()
-        ax.set_xlabel("concurrency")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
+        concurrency_axes(ax, ticks, title, ylabel)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -258,3 +250,17 @@ def build_report(
         "levels": levels,
         "comparison": comparisons(levels),
     }
+
+
+def concurrency_axes(ax: Any, ticks: set[int], title: str, ylabel: str, xlabel: str = "concurrency",
+                     legend_size: int | None = None) -> None:  # fmt: skip
+    """One plot of a sweep: concurrency on a log axis, ticked at the levels measured."""
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks))
+    ax.set_xticklabels([str(t) for t in sorted(ticks)])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=legend_size)
