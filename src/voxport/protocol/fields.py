@@ -1,0 +1,49 @@
+"""The validators and field types every request model shares: no control characters in names, ids
+and paths; free text may also hold tabs and line breaks."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints
+
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+StreamFormat = Literal["audio", "sse"]
+_LINE_BREAKS = frozenset("\t\n\r")
+
+
+def control_character(value: str, allow: frozenset[str] = frozenset()) -> str | None:
+    """The first control character (or unpaired surrogate) in `value` not in `allow`, as U+XXXX."""
+    for char in value:
+        if char not in allow and unicodedata.category(char) in ("Cc", "Cs"):
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def _plain(value: str) -> str:
+    found = control_character(value)
+    if found:
+        raise ValueError(f"must not contain control characters ({found})")
+    return value
+
+
+def _text(value: str) -> str:
+    found = control_character(value, _LINE_BREAKS)
+    if found:
+        raise ValueError(f"must not contain control characters other than tabs and line breaks ({found})")
+    return value
+
+
+# Names, ids and paths: no control character at all. Free text (what is spoken, styled or transcribed)
+# may also hold tabs and line breaks. NUL in a path used to reach the file system as a 500.
+Plain = Annotated[str, AfterValidator(_plain)]
+Text = Annotated[str, AfterValidator(_text)]
+NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(_plain)]
+
+
+# The checks every way of creating a library voice shares (multipart and JSON alike).
+VoiceName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_plain)
+]
+Transcript = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000), AfterValidator(_text)]
