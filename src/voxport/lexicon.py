@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,8 @@ def check_entry(key: str, value: str) -> str | None:
         return f"keys are at most {MAX_KEY_CHARS} characters, respellings at most {MAX_RESPELLING_CHARS}"
     if not value.strip():
         return "a respelling must not be empty"
-    if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in key + value):
-        return "keys and respellings must not contain control characters"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in key + value):
+        return "keys and respellings must not contain control characters or unpaired surrogates"
     return None
 
 

@@ -32,8 +32,8 @@ from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore
 from voxport.protocol import SpeechCreateParams
 from voxport.speech import SpeechJob, SpeechService
 from voxport.speech.joiner import CrossFader
-from voxport.speech.prepare import PreparedSpeech
 from voxport.speech.loudness import held
+from voxport.speech.prepare import PreparedSpeech
 from voxport.text import normalize, segment
 
 log = logging.getLogger("voxport.jobs")

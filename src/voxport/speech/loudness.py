@@ -2,8 +2,9 @@
 
 - Buffered audio is measured whole and gained once to the target.
 - A stream cannot be measured before it is sent, so its gain is chosen before the first chunk from the
-  voice's own level (its reference recording, or a designed voice's clip: measured once per voice and
-  kept) and held for the whole stream: every chunk gets the same gain, nothing pumps.
+  voice's own level and held for the whole stream: every chunk gets the same gain, nothing pumps. A
+  voice's level is measured once (then kept in memory, by the voice's content key) on a calibration
+  passage the engine speaks in that voice; an uploaded voice, used once, is measured on its recording.
 
 The gain is bounded (±`MAX_GAIN_DB`) so that near-silence is not blown up into noise, and samples are
 clipped to [-1, 1] as every encoder would. Silence (no gated block) is left as it is.
@@ -20,13 +21,18 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pyloudnorm
 
-from voxport.audio import AudioDecodeError, decode_file, ffmpeg_available
+from voxport.engine.base import Engine, SynthesisRequest
 from voxport.voices import Voice, VoiceRegistry
 
 log = logging.getLogger("voxport.speech")
 
 MAX_GAIN_DB = 30.0
 _BLOCK_SECONDS = 0.4  # BS.1770's gating block: shorter audio is measured repeated to one block
+# What a voice says, once, to have its level measured: a few plain sentences at an even pace.
+CALIBRATION_TEXT = (
+    "Here is a short passage, read at an even pace. It has a question, doesn't it? And it ends calmly."
+)
+CALIBRATION_STEPS = 50  # at most 8 s of audio
 
 
 @functools.lru_cache(maxsize=8)
@@ -74,13 +80,15 @@ async def held(chunks: AsyncIterator[np.ndarray], gain: float) -> AsyncIterator[
 
 
 class VoiceLevels:
-    """Each voice's measured level (LUFS), by its content key: measured once, from its reference."""
+    """Each voice's level (LUFS), by its content key: measured once, on a calibration passage the engine
+    speaks in that voice (its own output, not its reference recording: what a stream will sound like)."""
 
-    rate = 48000  # a reference is decoded at this rate to be measured
-
-    def __init__(self, voices: VoiceRegistry):
+    def __init__(self, engine: Engine, voices: VoiceRegistry, max_steps: int):
+        self.engine = engine
         self.voices = voices
+        self.steps = min(CALIBRATION_STEPS, max_steps)
         self._levels: dict[str, float | None] = {}
+        self._pending: dict[str, asyncio.Task[float | None]] = {}
 
     async def gain(self, voice: object, target: float | None) -> float:
         """A stream's held gain: from a named voice's measured level, or an upload's (`.level`)."""
@@ -92,13 +100,26 @@ class VoiceLevels:
     async def level(self, voice: Voice) -> float | None:
         if voice.key in self._levels:
             return self._levels[voice.key]
-        path = await self.voices.reference_audio(voice)
-        level = None
-        if path is not None and ffmpeg_available():
-            try:
-                audio = await asyncio.to_thread(decode_file, str(path), self.rate, 60.0)
-                level = await asyncio.to_thread(measure, audio, self.rate)
-            except AudioDecodeError:
-                log.warning("voice %s: its reference could not be decoded to measure its level", voice.id)
+        task = self._pending.get(voice.key)
+        if task is None:  # one calibration per voice, shared; a caller that goes away does not stop it
+            task = asyncio.create_task(self._calibrate(voice), name=f"voxport-level-{voice.id}")
+            self._pending[voice.key] = task
+            task.add_done_callback(lambda done: self._settled(voice.key, done))
+        return await asyncio.shield(task)
+
+    def _settled(self, key: str, task: asyncio.Task[float | None]) -> None:
+        self._pending.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # its callers have it; no "never retrieved" warning when they all left
+
+    async def _calibrate(self, voice: Voice) -> float | None:
+        prompt = await self.voices.prompt(voice)
+        request = SynthesisRequest(CALIBRATION_TEXT, prompt, max_length=self.steps, seed=voice.seed or 0)
+        chunks = [chunk async for chunk in self.engine.generate(request)]
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        rate = self.engine.info.sample_rate
+        level = await asyncio.to_thread(measure, audio, rate)
         self._levels[voice.key] = level
+        shown = "n/a" if level is None else f"{level:.1f} LUFS"
+        log.info("voice %s: level %s (calibration, %.1f s)", voice.id, shown, len(audio) / rate)
         return level

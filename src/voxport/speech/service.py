@@ -90,7 +90,7 @@ class SpeechService:
         self.watch = EngineWatch(settings.engine_stall_s)
         self.preparer = Preparer(settings, engine, voices, weights_fingerprint)
         self.joiner = Joiner(engine, self.watch, metrics)
-        self.levels = VoiceLevels(voices)
+        self.levels = VoiceLevels(engine, voices, settings.max_length)
 
     @property
     def accepts_requests(self) -> bool:
@@ -219,7 +219,10 @@ class SpeechService:
         still gets a proper error before any byte is sent. The slot is held until the stream ends."""
         if key is not None:
             self._looked_up(job, "MISS")
-        gain = await self.levels.gain(prepared.voice, prepared.loudness)  # held for the whole stream
+        # Held for the whole stream; measuring a voice's level the first time is engine work: a deadline.
+        gain = await with_deadline(
+            self.levels.gain(prepared.voice, prepared.loudness), self.settings.request_timeout_s
+        )
         slot = await self._admit()
         audio = self.joiner.audio(prepared.segments, job)
         try:

@@ -153,10 +153,6 @@ class VoiceRegistry:
         self._prompts[voice.key] = prompt
         return prompt
 
-    async def reference_audio(self, voice: Voice) -> Path | None:
-        """The recording a voice is cloned from (a designed voice's clip, made if it is not yet)."""
-        return await self._design_clip(voice) if voice.kind == "designed" else voice.audio
-
     async def _design_clip(self, voice: Voice) -> Path:
         """The designed voice's reference clip: made once from its description and seed, then kept."""
         info = self.engine.info
