@@ -262,7 +262,7 @@ class JobRunner:
         async def counted() -> AsyncIterator[np.ndarray]:
             nonlocal samples
             # `loudness`: as for a stream, one gain from the voice's level, held over the whole job.
-            gain = await self.speech.levels.gain(prepared.voice, prepared.loudness)
+            gain = await self.speech.levels.gain(prepared.voice, prepared.loudness, out_rate)
             async for chunk in held(self._joined(job_id, total, rate), gain):
                 samples += len(chunk)
                 yield chunk

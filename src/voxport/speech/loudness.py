@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pyloudnorm
+import soxr
 
 from voxport.engine.base import Engine, SynthesisRequest
 from voxport.voices import Voice, VoiceRegistry
@@ -33,6 +34,9 @@ CALIBRATION_TEXT = (
     "Here is a short passage, read at an even pace. It has a question, doesn't it? And it ends calmly."
 )
 CALIBRATION_STEPS = 50  # at most 8 s of audio
+# The rates a voice's level is measured at (every rate mp3, aac and opus take).
+OUTPUT_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+Levels = dict[int, float | None]  # output rate -> LUFS
 
 
 @functools.lru_cache(maxsize=8)
@@ -40,10 +44,13 @@ def _meter(rate: int) -> pyloudnorm.Meter:
     return pyloudnorm.Meter(rate)
 
 
-def measure(audio: np.ndarray, rate: int) -> float | None:
-    """Integrated loudness of mono float audio, LUFS; None for silence or no audio (blocking)."""
+def measure(audio: np.ndarray, rate: int, out_rate: int | None = None) -> float | None:
+    """Integrated loudness of mono float audio, LUFS, as it will sound at `out_rate` (resampled to it
+    first: what a lower rate cuts off no longer counts); None for silence or no audio (blocking)."""
     if len(audio) == 0:
         return None
+    if out_rate is not None and out_rate != rate:
+        audio, rate = soxr.resample(audio, rate, out_rate), out_rate
     block = int(_BLOCK_SECONDS * rate) + 1
     if len(audio) < block:
         audio = np.tile(audio, -(-block // len(audio)))
@@ -65,9 +72,16 @@ def apply_gain(audio: np.ndarray, gain: float) -> np.ndarray:
     return np.clip(audio * np.float32(gain), -1.0, 1.0).astype(np.float32, copy=False)
 
 
-def normalize(audio: np.ndarray, rate: int, target: float) -> np.ndarray:
-    """Buffered audio at `target` LUFS (blocking: run it in a worker thread)."""
-    return apply_gain(audio, gain_for(measure(audio, rate), target))
+def normalize(audio: np.ndarray, rate: int, target: float, out_rate: int) -> np.ndarray:
+    """Buffered audio at `target` LUFS once resampled to `out_rate` (blocking: run it in a thread)."""
+    return apply_gain(audio, gain_for(measure(audio, rate, out_rate), target))
+
+
+async def normalized(audio: np.ndarray, rate: int, target: float | None, out_rate: int) -> np.ndarray:
+    """`normalize` in a worker thread, when there is a target."""
+    if target is None:
+        return audio
+    return await asyncio.to_thread(normalize, audio, rate, target, out_rate)
 
 
 async def held(chunks: AsyncIterator[np.ndarray], gain: float) -> AsyncIterator[np.ndarray]:
@@ -87,17 +101,22 @@ class VoiceLevels:
         self.engine = engine
         self.voices = voices
         self.steps = min(CALIBRATION_STEPS, max_steps)
-        self._levels: dict[str, float | None] = {}
-        self._pending: dict[str, asyncio.Task[float | None]] = {}
+        self._levels: dict[str, Levels] = {}
+        self._pending: dict[str, asyncio.Task[Levels]] = {}
 
-    async def gain(self, voice: object, target: float | None) -> float:
+    async def gain(self, voice: object, target: float | None, out_rate: int) -> float:
         """A stream's held gain: from a named voice's measured level, or an upload's (`.level`)."""
         if target is None:
             return 1.0
-        level = await self.level(voice) if isinstance(voice, Voice) else getattr(voice, "level", None)
+        if isinstance(voice, Voice):
+            levels = await self.levels(voice)
+            # At the nearest measured rate at or below the output's (any rate for pcm, wav and flac).
+            level = levels[max((r for r in levels if r <= out_rate), default=min(levels))]
+        else:
+            level = getattr(voice, "level", None)
         return gain_for(level, target)
 
-    async def level(self, voice: Voice) -> float | None:
+    async def levels(self, voice: Voice) -> Levels:
         if voice.key in self._levels:
             return self._levels[voice.key]
         task = self._pending.get(voice.key)
@@ -107,19 +126,22 @@ class VoiceLevels:
             task.add_done_callback(lambda done: self._settled(voice.key, done))
         return await asyncio.shield(task)
 
-    def _settled(self, key: str, task: asyncio.Task[float | None]) -> None:
+    def _settled(self, key: str, task: asyncio.Task[Levels]) -> None:
         self._pending.pop(key, None)
         if not task.cancelled():
             task.exception()  # its callers have it; no "never retrieved" warning when they all left
 
-    async def _calibrate(self, voice: Voice) -> float | None:
+    async def _calibrate(self, voice: Voice) -> Levels:
         prompt = await self.voices.prompt(voice)
         request = SynthesisRequest(CALIBRATION_TEXT, prompt, max_length=self.steps, seed=voice.seed or 0)
         chunks = [chunk async for chunk in self.engine.generate(request)]
         audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         rate = self.engine.info.sample_rate
-        level = await asyncio.to_thread(measure, audio, rate)
-        self._levels[voice.key] = level
-        shown = "n/a" if level is None else f"{level:.1f} LUFS"
-        log.info("voice %s: level %s (calibration, %.1f s)", voice.id, shown, len(audio) / rate)
-        return level
+
+        def measured() -> Levels:
+            return {out: measure(audio, rate, out) for out in OUTPUT_RATES}
+
+        levels = self._levels[voice.key] = await asyncio.to_thread(measured)
+        shown = "n/a" if levels[48000] is None else f"{levels[48000]:.1f} LUFS"
+        log.info("voice %s: level %s at 48 kHz (calibration, %.1f s)", voice.id, shown, len(audio) / rate)
+        return levels

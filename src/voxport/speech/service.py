@@ -27,7 +27,7 @@ from voxport.protocol import SpeechCreateParams, VoiceUpload
 from voxport.speech.admission import Admission, Slot
 from voxport.speech.jobs import JobRegistry, SpeechJob, with_deadline
 from voxport.speech.joiner import EngineWatch, Joiner
-from voxport.speech.loudness import VoiceLevels, held, normalize
+from voxport.speech.loudness import VoiceLevels, held, normalized
 from voxport.speech.prepare import PreparedSpeech, Preparer, SpeechPlan
 from voxport.voices import VoiceRegistry
 
@@ -169,8 +169,7 @@ class SpeechService:
                 slot.release()
             audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
             rate = self.engine.info.sample_rate
-            if prepared.loudness is not None:
-                audio = await asyncio.to_thread(normalize, audio, rate, prepared.loudness)
+            audio = await normalized(audio, rate, prepared.loudness, prepared.sample_rate)
             data = await asyncio.to_thread(
                 encode, audio, rate, prepared.response_format, prepared.sample_rate, prepared.speed
             )
@@ -221,7 +220,8 @@ class SpeechService:
             self._looked_up(job, "MISS")
         # Held for the whole stream; measuring a voice's level the first time is engine work: a deadline.
         gain = await with_deadline(
-            self.levels.gain(prepared.voice, prepared.loudness), self.settings.request_timeout_s
+            self.levels.gain(prepared.voice, prepared.loudness, prepared.sample_rate),
+            self.settings.request_timeout_s,
         )
         slot = await self._admit()
         audio = self.joiner.audio(prepared.segments, job)
