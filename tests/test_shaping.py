@@ -247,3 +247,9 @@ def test_sse_audio_at_a_loudness_decodes(http: httpx.Client) -> None:
     chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
     audio = b"".join(base64.b64decode(c["audio"]) for c in chunks if c["type"] == "speech.audio.delta")
     assert len(audio) == 2 * 15360  # 4 steps of 0.16 s at 24 kHz, 2 bytes a sample
+
+
+def test_a_job_checks_its_language_too(http: httpx.Client) -> None:
+    job = {**SPEECH, "input": "A job. With two sentences.", "response_format": "wav"}
+    _error(http.post("/v1/audio/speech/jobs", json={**job, "language": "xx"}), "language")
+    _error(http.post("/v1/audio/speech/jobs", json={**job, "pronunciations": {"a": ""}}), "pronunciations")
