@@ -8,6 +8,7 @@ import pytest
 
 from voxport.cli import build_parser
 from voxport.config import Settings
+from voxport.protocol import SpeechCreateParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,3 +32,9 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one() -> None:
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["scripts/dev serve", "scripts/dev test"]
     assert "scripts/dev test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("name", list(SpeechCreateParams.model_fields))
+def test_every_speech_field_is_documented(name: str) -> None:
+    text = (ROOT / "docs" / "api.md").read_text()
+    assert f"| `{name}` |" in text

@@ -206,7 +206,8 @@ async def test_unknown_route_and_method_use_the_envelope(http: httpx.AsyncClient
 
 async def test_models_list_and_retrieve(aclient: openai.AsyncOpenAI) -> None:
     ids = [model.id async for model in aclient.models.list()]
-    assert ids == ["voxcpm2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
+    assert ids == ["voxcpm2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-03-20",
+                   "gpt-4o-mini-tts-2025-12-15"]  # fmt: skip
     assert (await aclient.models.retrieve("tts-1-hd")).id == "tts-1-hd"
     with pytest.raises(openai.NotFoundError):
         await aclient.models.retrieve("whisper-1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voxport.text import segment, split_sentences
+from voxport.text import normalize, segment, split_sentences
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,28 @@ def test_packing_joins_sentences_up_to_the_cap() -> None:
     assert segment(text, 9, pack=True) == ["One. Two.", "Three.", "Four."]
     assert segment(text, 100, pack=True) == [text]
     assert segment(text, 100, pack=False) == ["One.", "Two.", "Three.", "Four."]
+
+
+@pytest.mark.parametrize(
+    ("text", "language", "expected"),
+    [
+        ("你好!世界?好。", None, ["你好!世界?好。"]),
+        ("你好!世界?好。", "zh", ["你好!", "世界?", "好。"]),
+        ("これは．テスト！", "ja", ["これは．", "テスト！"]),
+        ("नमस्ते। आप कैसे हैं॥ ठीक", "hi", ["नमस्ते।", "आप कैसे हैं॥", "ठीक"]),
+        ("မင်္ဂလာပါ။ နေကောင်းလား။", "my", ["မင်္ဂလာပါ။", "နေကောင်းလား။"]),
+        ("សួស្តី។ សុខសប្បាយ៕", "km", ["សួស្តី។", "សុខសប្បាយ៕"]),
+        ("كيف حالك؟ بخير.", "ar", ["كيف حالك؟", "بخير."]),
+        ("Dr. Müller kam. Gut.", "de", ["Dr. Müller kam.", "Gut."]),
+        ("नमस्ते। आप", "fr", ["नमस्ते। आप"]),
+    ],
+)
+def test_language_rules(text: str, language: str | None, expected: list[str]) -> None:
+    assert split_sentences(text, language) == expected
+
+
+def test_cjk_is_packed_without_spaces_and_wrapped_lines_are_joined() -> None:
+    assert segment("一。二。三。", 300, pack=True, language="zh") == ["一。二。三。"]
+    assert segment("One. Two.", 300, pack=True, language="fr") == ["One. Two."]
+    assert normalize("今天天气\n  很好。\nOK\n明天", "zh") == "今天天气很好。\nOK\n明天"
+    assert normalize("今天天气\n很好。", "en") == "今天天气\n很好。"

@@ -355,7 +355,7 @@ async def test_reload_voices(tiny_model: Path, tmp_path: Path, voices_dir: Path)
             {"id": "bob", "wav": "elite/bob.flac", "text": "A tone."},
         ]}))  # fmt: skip
         diff = (await http.post("/admin/reload-voices")).json()
-        assert diff == {"added": ["bob"], "changed": ["alloy"], "removed": ["ann"]}
+        assert diff == {"added": ["bob"], "changed": ["alloy"], "removed": ["ann"], "lexicon": 0}
         gone = await http.post("/v1/audio/speech", json={"model": "tts-1", "voice": "ann", "input": "Hi."})
         assert gone.status_code == 400
         assert (

@@ -27,6 +27,7 @@ from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
 from voxport.jobs.service import JobService
+from voxport.lexicon import Lexicon
 from voxport.metrics import Gauges, Metrics
 from voxport.speech import SpeechService
 from voxport.speech.admission import Admission
@@ -47,7 +48,7 @@ def _voices(settings: Settings, engine: Engine) -> VoiceRegistry:
     return VoiceRegistry(
         engine, settings.voices_file, settings.voices_dir, settings.data_dir, settings.default_voice,
         max_user_voices=settings.max_user_voices, max_user_bytes=int(settings.max_user_voices_mb * 2**20),
-        design_clip_seconds=settings.design_clip_seconds,
+        design_clip_seconds=settings.design_clip_seconds, lexicon=Lexicon(settings.lexicon_file),
     )  # fmt: skip
 
 
@@ -87,7 +88,8 @@ def create_app(
     model_dir = checkpoint_dir or settings.model
     engine = engine or create_engine(settings, model_dir)
     voices = _voices(settings, engine)
-    voices.validate_file()  # a bad voices.json stops start-up before anything is loaded
+    voices.validate_file()  # a bad voices.json (or lexicon) stops start-up before anything is loaded
+    voices.lexicon.use(voices.lexicon.read())
     loaded = Loaded()
     speech = _speech(settings, engine, voices, loaded)
     cache = speech.cache

@@ -96,11 +96,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from voxport.app import create_app
     from voxport.engine.base import EngineError
+    from voxport.lexicon import LexiconError
     from voxport.voices import VoicesFileError
 
     try:
         app = create_app(settings, checkpoint_dir=checkpoint)
-    except (VoicesFileError, EngineError) as exc:
+    except (VoicesFileError, LexiconError, EngineError) as exc:
         print(f"voxport serve: {exc}", file=sys.stderr)
         return 2
     # On SIGTERM uvicorn stops accepting, lets in-flight requests finish within the grace period, then

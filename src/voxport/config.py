@@ -77,7 +77,13 @@ class Settings(BaseSettings):
     )
     served_model_id: str = Field("voxcpm2", description="Model id reported by /v1/models.")
     model_aliases: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"],
+        default_factory=lambda: [
+            "tts-1",
+            "tts-1-hd",
+            "gpt-4o-mini-tts",
+            "gpt-4o-mini-tts-2025-03-20",
+            "gpt-4o-mini-tts-2025-12-15",
+        ],  # fmt: skip
         description="Comma-separated extra model ids accepted in requests.",
     )
     max_input_chars: int = Field(4096, ge=1, description="Longest accepted `input`, in characters.")
@@ -100,6 +106,18 @@ class Settings(BaseSettings):
     voices_dir: Path = Field(
         DEFAULT_VOICES_DIR,
         description="Root of the recordings voices.json names (default: the repository's assets/voices).",
+    )
+    lexicon_file: Path | None = Field(
+        None,
+        description="Pronunciation lexicon: a JSON object of word -> respelling, applied to every request's "
+        "text (docs/api.md); re-read by POST /admin/reload-voices. Unset: none.",
+    )
+    loudness: float | None = Field(
+        None,
+        ge=-50,
+        le=-5,
+        description="Target loudness in LUFS (ITU-R BS.1770), e.g. -16, for requests that do not set "
+        "`loudness`; unset: output as generated.",
     )
     default_voice: str = Field("alloy", description="Voice used when a request names none.")
     design_clip_seconds: float = Field(

@@ -1,15 +1,21 @@
-"""Sentence segmentation for long input.
+"""Text shaping before synthesis: per-language normalisation and sentence segmentation for long input.
 
 Boundaries: `. ! ? ;` followed by whitespace, the CJK marks `。！？；` anywhere, and line breaks. Not a
 boundary: a dot inside a number (3.14) or a URL or file name (example.com/a.b), since no whitespace
 follows; a dot after a known abbreviation (Mr., e.g., etc.) or a single-letter initial (J. R. R.).
 Closing quotes and brackets stay with their sentence. A sentence longer than `max_chars` is cut at its
 last comma, then its last space, before the cap, else hard at the cap (run-on text without either).
+
+A request's `language` (ISO 639-1) selects `LanguageRules`: more sentence marks (Devanagari, Burmese,
+Khmer, Arabic) and, for Chinese and Japanese, no space between packed sentences, `!` and `?` ending a
+sentence with no space after them, and line breaks inside running CJK text joined (a hard-wrapped
+paragraph is one sentence, not one per line).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 # Words whose trailing dot rarely ends a sentence. ("no." is left out: "I said no." is common.)
 ABBREVIATIONS = frozenset(
@@ -21,30 +27,72 @@ ABBREVIATIONS = frozenset(
     }
 )  # fmt: skip
 _CLOSERS = "\"')]}’”」』）"
-# A candidate end: Western marks (needing whitespace after), CJK marks, or a line break.
-_END = re.compile(
-    r"([.!?;]+[" + re.escape(_CLOSERS) + r"]*)(?=\s)|([。！？；]+[" + re.escape(_CLOSERS) + r"]*)|(\n+)"
-)
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
 _WORD_BEFORE = re.compile(r"([\w.]+)$")
+_CJK_WRAP = re.compile(rf"(?<=[{_CJK}])[ \t]*\n[ \t\n]*(?=[{_CJK}])")
 
 
-def _is_abbreviation(before: str) -> bool:
+@dataclass(frozen=True)
+class LanguageRules:
+    """How one language's text is cut into sentences and put back together."""
+
+    marks: str = "。！？；"  # end a sentence wherever they stand
+    spaced: str = ".!?;"  # end a sentence when whitespace follows
+    joiner: str = " "  # between sentences packed into one segment
+    abbreviations: frozenset[str] = ABBREVIATIONS
+    join_wrapped_cjk: bool = False
+
+    def __post_init__(self) -> None:
+        closers = "[" + re.escape(_CLOSERS) + "]*"
+        spaced = f"([{re.escape(self.spaced)}]+{closers})(?=\\s)"
+        marks = f"([{re.escape(self.marks)}]+{closers})"
+        object.__setattr__(self, "_end", re.compile(f"{spaced}|{marks}|(\\n+)"))
+
+
+DEFAULT_RULES = LanguageRules()
+_CJK_RULES = LanguageRules(marks="。！？；．!?！？", joiner="", join_wrapped_cjk=True)
+RULES: dict[str | None, LanguageRules] = {
+    None: DEFAULT_RULES,
+    "en": DEFAULT_RULES,
+    "zh": _CJK_RULES,
+    "ja": _CJK_RULES,
+    "hi": LanguageRules(marks="。！？；।॥"),
+    "my": LanguageRules(marks="。！？；။"),
+    "km": LanguageRules(marks="。！？；។៕"),
+    "ar": LanguageRules(spaced=".!?;؟۔"),
+}
+
+
+def rules_for(language: str | None) -> LanguageRules:
+    """The rules of `language`; a language without rules of its own has the default ones."""
+    return RULES.get(language, DEFAULT_RULES)
+
+
+def normalize(text: str, language: str | None = None) -> str:
+    """The language's text normalisation (before segmentation): hard-wrapped CJK lines joined."""
+    if rules_for(language).join_wrapped_cjk:
+        text = _CJK_WRAP.sub("", text)
+    return text
+
+
+def _is_abbreviation(before: str, abbreviations: frozenset[str]) -> bool:
     match = _WORD_BEFORE.search(before)
     if not match:
         return False
     word = match.group(1).lower().rstrip(".")
-    return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+    return word in abbreviations or (len(word) == 1 and word.isalpha())
 
 
-def split_sentences(text: str) -> list[str]:
+def split_sentences(text: str, language: str | None = None) -> list[str]:
     """Split `text` into sentences, stripped, none empty."""
+    rules = rules_for(language)
     sentences: list[str] = []
     start = 0
-    for match in _END.finditer(text):
+    for match in rules._end.finditer(text):  # type: ignore[attr-defined]
         end = match.end()
         western = match.group(1)
         single_dot = western is not None and western.rstrip(_CLOSERS) == "."
-        if single_dot and _is_abbreviation(text[start : match.start()]):
+        if single_dot and _is_abbreviation(text[start : match.start()], rules.abbreviations):
             continue
         piece = text[start:end].strip()
         if piece:
@@ -73,19 +121,21 @@ def _cut(sentence: str, max_chars: int) -> list[str]:
     return pieces
 
 
-def segment(text: str, max_chars: int, pack: bool) -> list[str]:
+def segment(text: str, max_chars: int, pack: bool, language: str | None = None) -> list[str]:
     """Segments to synthesise in order: sentences, none longer than `max_chars`.
 
     With `pack`, consecutive sentences are joined while the result stays within `max_chars` (fewer,
     longer generations); without, each sentence is its own segment (earliest first audio).
     """
-    pieces = [piece for sentence in split_sentences(text) for piece in _cut(sentence, max_chars)]
+    sentences = split_sentences(text, language)
+    pieces = [piece for sentence in sentences for piece in _cut(sentence, max_chars)]
     if not pack:
         return pieces
+    joiner = rules_for(language).joiner
     packed: list[str] = []
     for piece in pieces:
-        if packed and len(packed[-1]) + 1 + len(piece) <= max_chars:
-            packed[-1] = f"{packed[-1]} {piece}"
+        if packed and len(packed[-1]) + len(joiner) + len(piece) <= max_chars:
+            packed[-1] = f"{packed[-1]}{joiner}{piece}"
         else:
             packed.append(piece)
     return packed

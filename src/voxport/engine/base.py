@@ -61,6 +61,16 @@ class VoicePrompt:
     handle: Any = field(repr=False, compare=False)
 
 
+# The languages VoxCPM2 speaks (ISO 639-1, as its model card lists them; it reads text with no language tag,
+# so a request's `language` only selects voxport's text rules, voxport/text.py).
+LANGUAGES = frozenset(
+    {
+        "ar", "da", "de", "el", "en", "es", "fi", "fr", "he", "hi", "id", "it", "ja", "km", "ko", "lo", "ms",
+        "my", "nl", "no", "pl", "pt", "ru", "sv", "sw", "th", "tl", "tr", "vi", "zh",
+    }
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class SynthesisRequest:
     text: str

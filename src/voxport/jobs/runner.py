@@ -29,8 +29,9 @@ from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore
 from voxport.protocol import SpeechCreateParams
 from voxport.speech import SpeechService
 from voxport.speech.joiner import CrossFader
+from voxport.speech.loudness import held
 from voxport.speech.prepare import PreparedSpeech
-from voxport.text import segment
+from voxport.text import normalize, segment
 
 log = logging.getLogger("voxport.jobs")
 
@@ -135,10 +136,10 @@ class JobRunner:
 
     # -- one job ----------------------------------------------------------------------------------
 
-    def plan(self, text: str) -> list[str]:
+    def plan(self, text: str, language: str | None = None) -> list[str]:
         """The job's segments: sentences packed up to the segment cap, as live long text is split."""
         cap = min(self.settings.segment_max_chars, self.settings.max_input_chars)
-        return segment(text, cap, pack=True) or [text]
+        return segment(normalize(text, language), cap, pack=True, language=language) or [text]
 
     async def prepare(self, params: SpeechCreateParams, text: str) -> PreparedSpeech:
         """One segment as a live request for that text would be prepared (voice, limits, prefix)."""
@@ -180,7 +181,7 @@ class JobRunner:
 
     async def _execute(self, job: Job, cancel: asyncio.Event) -> None:
         params = SpeechCreateParams.model_validate(job.request)
-        plan = job.segments or self.plan(params.input)
+        plan = job.segments or self.plan(params.input, params.language)
         rate = self.speech.engine.info.sample_rate
         done, samples = await asyncio.to_thread(self.files.done, job.id, len(plan))
         if not await self.store.start(job.id, plan, done, samples / rate):
@@ -228,7 +229,9 @@ class JobRunner:
 
         async def counted() -> AsyncIterator[np.ndarray]:
             nonlocal samples
-            async for chunk in self._joined(job_id, total, rate):
+            # `loudness`: as for a stream, one gain from the voice's level, held over the whole job.
+            gain = await self.speech.levels.gain(prepared.voice, prepared.loudness, out_rate)
+            async for chunk in held(self._joined(job_id, total, rate), gain):
                 samples += len(chunk)
                 yield chunk
 

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
 
+from voxport.lexicon import check_entry
+
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 StreamFormat = Literal["audio", "sse"]
 _LINE_BREAKS = frozenset("\t\n\r")
@@ -47,3 +49,24 @@ VoiceName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_plain)
 ]
 Transcript = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000), AfterValidator(_text)]
+
+
+# Per-request lexicon entries (voxport/lexicon.py): word -> respelling, a bounded map.
+MAX_PRONUNCIATIONS = 100
+
+
+def _pronunciations(value: dict[str, str]) -> dict[str, str]:
+    for key, respelling in value.items():
+        problem = check_entry(key, respelling)
+        if problem:
+            raise ValueError(f"entry {key!r}: {problem}")
+    return value
+
+
+Pronunciations = Annotated[
+    dict[str, str], Field(max_length=MAX_PRONUNCIATIONS), AfterValidator(_pronunciations)
+]
+# An ISO 639-1 code; which ones the model speaks is checked against the engine's list (speech/prepare.py).
+Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")]
+# Target integrated loudness, LUFS (ITU-R BS.1770).
+Loudness = Annotated[float, Field(ge=-50.0, le=-5.0)]

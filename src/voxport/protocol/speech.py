@@ -6,7 +6,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from voxport.protocol.fields import NonEmpty, Plain, ResponseFormat, StreamFormat, Text
+from voxport.protocol.fields import (
+    Language,
+    Loudness,
+    NonEmpty,
+    Plain,
+    Pronunciations,
+    ResponseFormat,
+    StreamFormat,
+    Text,
+)
 
 
 class VoiceID(BaseModel):
@@ -37,6 +46,10 @@ class SpeechCreateParams(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     normalize: bool = False
     sample_rate: int | None = Field(None, ge=8000, le=48000)
+    # voxport: text and level shaping (docs/api.md). `loudness`: unset = the server's --loudness; null = off.
+    pronunciations: Pronunciations | None = None
+    language: Language | None = None
+    loudness: Loudness | None = None
 
     @property
     def voice_id(self) -> str | None:

@@ -131,3 +131,4 @@ class VoicesReloaded(BaseModel):
     added: list[str]
     changed: list[str]
     removed: list[str]
+    lexicon: int  # entries in the pronunciation lexicon now

@@ -12,12 +12,14 @@ from typing import Any
 
 from voxport.audio import FORMATS, ffmpeg_available, needs_ffmpeg
 from voxport.config import Settings
-from voxport.engine.base import Engine, SynthesisRequest, VoicePrompt
+from voxport.engine.base import LANGUAGES, Engine, SynthesisRequest, VoicePrompt
 from voxport.errors import VoxportError, invalid, unavailable
 from voxport.protocol import SpeechCreateParams, VoiceUpload
 from voxport.speech.jobs import with_deadline
-from voxport.text import segment
+from voxport.speech.loudness import measure
+from voxport.text import normalize, segment
 from voxport.voices import Voice, VoiceRegistry, design_prefix
+from voxport.voices.uploads import ENCODER_RATE
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class _Voice:
     kind: str
     key: str
     seed: int | None = None
+    level: float | None = None  # LUFS, measured when loudness is asked for
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class SpeechPlan:
     seed: int | None
     timesteps: int
     max_length: int
+    loudness: float | None = None  # target LUFS, or None: as generated
 
     @property
     def content_type(self) -> str:
@@ -106,6 +110,13 @@ class Preparer:
                 code="ffmpeg_unavailable",
                 retry_after=None,
             )
+        if params.language is not None and params.language not in LANGUAGES:
+            raise invalid(
+                f"language '{params.language}' is not one VoxCPM2 speaks; use one of "
+                f"{', '.join(sorted(LANGUAGES))}, or leave it out.",
+                "language",
+                "unsupported_language",
+            )
         if params.max_length and params.max_length > settings.max_length:
             raise invalid(
                 f"max_length {params.max_length} exceeds this server's limit of {settings.max_length}.",
@@ -113,10 +124,13 @@ class Preparer:
             )
         return rate
 
-    async def _uploaded(self, upload: VoiceUpload) -> _Voice:
+    async def _uploaded(self, upload: VoiceUpload, loudness: float | None) -> _Voice:
         recording = await self.voices.read_upload(upload.data, upload.transcript, upload.param)
         prompt = await self.voices.adhoc_prompt(recording, upload.transcript)
-        return _Voice(prompt, "adhoc", prompt.key)
+        level = None
+        if loudness is not None:  # a stream's gain comes from the voice's level
+            level = await asyncio.to_thread(measure, recording.samples, ENCODER_RATE)
+        return _Voice(prompt, "adhoc", prompt.key, level=level)
 
     def _named(self, params: SpeechCreateParams) -> Voice:
         voice = self.voices.get(params.voice_id)
@@ -139,7 +153,8 @@ class Preparer:
         self, params: SpeechCreateParams, stream: bool = False, upload: VoiceUpload | None = None
     ) -> SpeechPlan:
         # An uploaded recording is checked before the parameters, a named voice after them.
-        adhoc = await self._uploaded(upload) if upload is not None else None
+        loudness = params.loudness if "loudness" in params.model_fields_set else self.settings.loudness
+        adhoc = await self._uploaded(upload, loudness) if upload is not None else None
         rate = self._check(params)
         max_length = params.max_length or self.settings.max_length
         # An engine may fix timesteps server-wide (nano-vllm): it refuses a request asking for others.
@@ -167,17 +182,30 @@ class Preparer:
             "max_length": max_length,
             "normalize": params.normalize,
         }
+        spoken, shaping = self._shape(params, loudness)
+        cache_fields.update(shaping)
         return SpeechPlan(
             params.response_format, rate, params.speed, stream, sse, voice.kind, len(params.input),
-            cache_fields, params, voice, seed, timesteps, max_length,
+            cache_fields, params.model_copy(update={"input": spoken}), voice, seed, timesteps, max_length,
+            loudness=loudness,
         )  # fmt: skip
+
+    def _shape(self, params: SpeechCreateParams, loudness: float | None) -> tuple[str, dict[str, Any]]:
+        """The text the engine reads: lexicon entries applied (the server's, then the request's over
+        them), then the language's normalisation. And the cache key's fields for them, present only when
+        set, so that keys made before these existed stay valid."""
+        spoken, used = self.voices.lexicon.apply(params.input, params.pronunciations)
+        extra = {"lexicon": used, "language": params.language, "loudness": loudness}
+        return normalize(spoken, params.language), {k: v for k, v in extra.items() if v}
 
     async def complete(self, plan: SpeechPlan) -> PreparedSpeech:
         """The voice's prompt and the text's segments: the model-side work, done only on a miss."""
         voice = plan.voice if isinstance(plan.voice, _Voice) else await self._prompt(plan.voice)
         params = plan.params
         prefix = design_prefix(None, params.instructions)
-        texts = self._segments(params.input, prefix, plan.max_length, plan.stream, voice.prompt.positions)
+        texts = self._segments(
+            params.input, prefix, plan.max_length, plan.stream, voice.prompt.positions, params.language
+        )
         segments = tuple(
             SynthesisRequest(
                 text=prefix + text,
@@ -193,15 +221,14 @@ class Preparer:
         planned = {f.name: getattr(plan, f.name) for f in fields(SpeechPlan)}
         return PreparedSpeech(**planned, segments=segments)
 
-    def _segments(
-        self, text: str, prefix: str, max_length: int, stream: bool, prompt_positions: int
-    ) -> list[str]:
+    def _segments(self, text: str, prefix: str, max_length: int, stream: bool, prompt_positions: int,
+                  language: str | None) -> list[str]:  # fmt: skip
         """Streaming: one segment per sentence, for the earliest first audio. Otherwise one segment,
         unless the text cannot fit one generation window; then sentences packed up to the cap."""
         cap = self.settings.segment_max_chars
         if stream:
-            return segment(text, cap, pack=False)
+            return segment(text, cap, pack=False, language=language)
         tokens = self.engine.count_tokens(prefix + text)
         if self.engine.info.fits(prompt_positions, tokens, max_length):
             return [text]
-        return segment(text, cap, pack=True)
+        return segment(text, cap, pack=True, language=language)

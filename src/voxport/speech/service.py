@@ -27,6 +27,7 @@ from voxport.protocol import SpeechCreateParams, VoiceUpload
 from voxport.speech.admission import Admission, Slot
 from voxport.speech.jobs import JobRegistry, SpeechJob, with_deadline
 from voxport.speech.joiner import EngineWatch, Joiner
+from voxport.speech.loudness import VoiceLevels, held, normalized
 from voxport.speech.prepare import PreparedSpeech, Preparer, SpeechPlan
 from voxport.voices import VoiceRegistry
 
@@ -89,6 +90,7 @@ class SpeechService:
         self.watch = EngineWatch(settings.engine_stall_s)
         self.preparer = Preparer(settings, engine, voices, weights_fingerprint)
         self.joiner = Joiner(engine, self.watch, metrics)
+        self.levels = VoiceLevels(engine, voices, settings.max_length)
 
     @property
     def accepts_requests(self) -> bool:
@@ -167,6 +169,7 @@ class SpeechService:
                 slot.release()
             audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
             rate = self.engine.info.sample_rate
+            audio = await normalized(audio, rate, prepared.loudness, prepared.sample_rate)
             data = await asyncio.to_thread(
                 encode, audio, rate, prepared.response_format, prepared.sample_rate, prepared.speed
             )
@@ -215,6 +218,11 @@ class SpeechService:
         still gets a proper error before any byte is sent. The slot is held until the stream ends."""
         if key is not None:
             self._looked_up(job, "MISS")
+        # Held for the whole stream; measuring a voice's level the first time is engine work: a deadline.
+        gain = await with_deadline(
+            self.levels.gain(prepared.voice, prepared.loudness, prepared.sample_rate),
+            self.settings.request_timeout_s,
+        )
         slot = await self._admit()
         audio = self.joiner.audio(prepared.segments, job)
         try:
@@ -228,7 +236,7 @@ class SpeechService:
             slot.release()
             self.jobs.close(job)
 
-        chunks = self._encoded(prepared, job, _resume(first, audio), slot, key)
+        chunks = self._encoded(prepared, job, held(_resume(first, audio), gain), slot, key)
         return SpeechStream(prepared, job, chunks, close)
 
     async def _encoded(self, prepared: PreparedSpeech, job: SpeechJob, audio: AsyncIterator[np.ndarray],

@@ -19,6 +19,7 @@ from voxport.audio import encode, write_wav
 from voxport.engine.base import Engine, SynthesisRequest, VoicePrompt
 from voxport.errors import VoxportError, invalid
 from voxport.files import atomic_write
+from voxport.lexicon import Lexicon, LexiconError
 from voxport.protocol import VoiceUpload
 from voxport.voices import library
 from voxport.voices.catalog import Voice, VoicesFileError, design_prefix, load_voices_file
@@ -35,8 +36,9 @@ _TRUTHY = {"1", "true", "yes", "on", "y", "t"}  # `consent` from clients older t
 class VoiceRegistry:
     def __init__(self, engine: Engine, voices_file: Path, voices_dir: Path, data_dir: Path,
                  default_voice: str, max_user_voices: int = 100, max_user_bytes: int = 500 * 2**20,
-                 design_clip_seconds: float = 6.0):  # fmt: skip
+                 design_clip_seconds: float = 6.0, lexicon: Lexicon | None = None):  # fmt: skip
         self.engine = engine
+        self.lexicon = lexicon or Lexicon()  # re-read with voices.json: one reload for both
         self.voices_file = voices_file
         self.voices_dir = voices_dir
         self.default_voice = default_voice
@@ -80,24 +82,30 @@ class VoiceRegistry:
             await self.prompt(default)
         self.loaded = True
 
-    async def reload(self) -> dict[str, list[str]]:
-        """Re-read voices.json. An invalid file leaves the registry as it was (an `invalid` error)."""
+    async def reload(self) -> dict[str, list[str] | int]:
+        """Re-read voices.json and the lexicon file. If either is invalid, both stay as they were (an
+        `invalid` error)."""
         try:
             fresh = await asyncio.to_thread(self.validate_file)
-        except VoicesFileError as exc:
+            entries = await asyncio.to_thread(self.lexicon.read)
+        except (VoicesFileError, LexiconError) as exc:
             raise invalid(
-                f"voices.json was not reloaded, the previous voices stay: {exc}", None, "invalid_voices_file"
+                f"voices.json and the lexicon were not reloaded, the previous voices stay: {exc}",
+                None,
+                "invalid_voices_file" if isinstance(exc, VoicesFileError) else "invalid_lexicon_file",
             ) from None
         for voice in fresh.values():
             if voice.kind != "designed":
                 await self.prompt(voice)
         old = self.builtin
-        diff = {
+        diff: dict[str, list[str] | int] = {
             "added": sorted(set(fresh) - set(old)),
             "changed": sorted(i for i in set(fresh) & set(old) if fresh[i].key != old[i].key),
             "removed": sorted(set(old) - set(fresh)),
+            "lexicon": len(entries),
         }
         self.builtin = fresh
+        self.lexicon.use(entries)
         await self._release_unused()
         return diff
 
