@@ -33,6 +33,7 @@ from voxport.protocol import SpeechCreateParams
 from voxport.speech import SpeechJob, SpeechService
 from voxport.speech.joiner import CrossFader
 from voxport.speech.prepare import PreparedSpeech
+from voxport.speech.timings import Span, Timeline
 from voxport.text import segment
 
 log = logging.getLogger("voxport.jobs")
@@ -224,7 +225,8 @@ class JobRunner:
             prepared = await self.prepare(params, plan[index])
             ticket = SpeechJob(f"{job.id}/{index}", cancel=cancel)
             async with self._low_priority_slot(cancel):
-                chunks = [chunk async for chunk in self.speech.joiner.audio(prepared.segments, ticket)]
+                audio_of = self.speech.joiner.audio(prepared.segments, ticket, speed=prepared.speed)
+                chunks = [chunk async for chunk in audio_of]
             audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
             await asyncio.to_thread(self.files.write_segment, job.id, index, audio)
             samples += len(audio)
@@ -242,11 +244,12 @@ class JobRunner:
         await asyncio.to_thread(self.files.drop_segments, job.id)
         await self.on_finished(finished)
 
-    async def _joined(self, job_id: str, total: int, rate: int) -> AsyncIterator[np.ndarray]:
+    async def _joined(self, job_id: str, total: int, rate: int, times: Timeline) -> AsyncIterator[np.ndarray]:
         fader = CrossFader(rate, total)
         for index in range(total):
             audio = await asyncio.to_thread(self.files.read_segment, job_id, index)
             joined = fader.push(index, audio, True)
+            times.add(index, fader.starts[-1], len(audio))
             if len(joined):
                 yield joined
         tail = fader.flush()
@@ -255,12 +258,12 @@ class JobRunner:
 
     async def _encode(self, job_id: str, prepared: PreparedSpeech, total: int, rate: int) -> dict[str, Any]:
         """Join the segment files and encode them once into the job's audio file (written atomically)."""
-        fmt, out_rate, speed = prepared.response_format, prepared.sample_rate, prepared.speed
-        samples = 0
+        fmt, out_rate = prepared.response_format, prepared.sample_rate  # segments are at speed already
+        samples, timeline = 0, Timeline([Span("")] * total, rate)
 
         async def counted() -> AsyncIterator[np.ndarray]:
             nonlocal samples
-            async for chunk in self._joined(job_id, total, rate):
+            async for chunk in self._joined(job_id, total, rate, timeline):
                 samples += len(chunk)
                 yield chunk
 
@@ -270,10 +273,10 @@ class JobRunner:
             if fmt == "flac":  # its header needs the whole signal (see audio.encode)
                 whole = [chunk async for chunk in counted()]
                 audio = np.concatenate(whole) if whole else np.zeros(0, dtype=np.float32)
-                data = await asyncio.to_thread(encode, audio, rate, fmt, out_rate, speed)
+                data = await asyncio.to_thread(encode, audio, rate, fmt, out_rate)
                 await asyncio.to_thread(handle.write, data)
             else:
-                async for data in encode_stream(counted(), rate, fmt, out_rate, speed):
+                async for data in encode_stream(counted(), rate, fmt, out_rate):
                     await asyncio.to_thread(handle.write, data)
             if fmt == "wav":  # the streamed header said "length unknown": the file knows it now
 
@@ -291,6 +294,7 @@ class JobRunner:
         return {
             "content_type": FORMATS[fmt].content_type,
             "bytes": size,
-            "duration_seconds": round(samples / rate / speed, 3),
+            "duration_seconds": round(samples / rate, 3),
             "sample_rate": out_rate,
+            "timings": [[s["start"], s["end"]] for s in timeline.segments()],  # for jobs/captions.py
         }

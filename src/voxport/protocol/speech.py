@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from voxport.protocol.fields import NonEmpty, Plain, ResponseFormat, StreamFormat, Text
+from voxport.protocol.timings import MAX_TURNS, DialogueTurn
 
 
 class VoiceID(BaseModel):
@@ -20,7 +21,7 @@ class SpeechCreateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Plain
-    input: Text = Field(min_length=1)
+    input: Text | None = Field(None, min_length=1)  # required unless `dialogue` is given
     voice: NonEmpty | VoiceID | None = None
     instructions: Text | None = Field(None, max_length=4096)
     response_format: ResponseFormat = "mp3"
@@ -37,6 +38,10 @@ class SpeechCreateParams(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     normalize: bool = False
     sample_rate: int | None = Field(None, ge=8000, le=48000)
+    # voxport (docs/api.md): segment times; a dialogue of several voices instead of `input`, with a gap.
+    timestamps: bool = False
+    dialogue: list[DialogueTurn] | None = Field(None, min_length=1, max_length=MAX_TURNS)
+    dialogue_gap: float | None = Field(None, ge=0.0, le=5.0)
 
     @property
     def voice_id(self) -> str | None:
