@@ -1,9 +1,10 @@
 """Dialogue: several voices in one piece of audio, turn by turn, with a pause between turns.
 
 `dialogue: [{voice, input, instructions?}, ...]` replaces `input`. Every turn's voice is looked up before
-anything else happens (a 400 naming `dialogue[N].voice`), the length limit counts every turn's text, and
-each turn is segmented as `input` would be. The pause is silence added after each turn but the last
-(`dialogue_gap`, else the `dialogue_gap_s` setting); it is part of the audio, not of any turn's timing.
+anything else happens (an `invalid` error naming `dialogue[N].voice`), the length limit counts every
+turn's text, and each turn is segmented as `input` would be. The pause is silence added after each turn
+but the last (`dialogue_gap`, else the `dialogue_gap_s` setting); it is part of the audio, not of any
+turn's timing.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def text_length(params: SpeechCreateParams, max_chars: int, upload: bool) -> int
 
 
 def voices(registry: VoiceRegistry, params: SpeechCreateParams) -> list[Voice]:
-    """Every turn's voice, looked up up front: the first unknown one is a 400 naming its turn."""
+    """Every turn's voice, looked up up front: the first unknown one is an `invalid` error naming its turn."""
     assert params.dialogue is not None
     found = []
     for index, turn in enumerate(params.dialogue):
