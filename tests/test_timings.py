@@ -104,6 +104,18 @@ def test_timestamps_through_the_sdk(client: openai.OpenAI) -> None:
     assert json.loads(again.content)["segments"] == segments
 
 
+def test_dialogue_through_the_sdk(client: openai.OpenAI) -> None:
+    """The SDK requires `input` and `voice`: `input` is left out with NOT_GIVEN, `voice` is ignored."""
+    response = client.audio.speech.with_raw_response.create(
+        model="tts-1", voice="alloy", input=openai.NOT_GIVEN, response_format="wav",
+        extra_body={"dialogue": THREE, "dialogue_gap": 0.2, "timestamps": True},
+    )  # fmt: skip
+    segments = json.loads(response.content)["segments"]
+    assert [s["voice"] for s in segments] == ["alloy", "alloy", "echo", "nova"]
+    assert [s["turn"] for s in segments] == [0, 0, 1, 2]
+    assert segments[2]["start"] - segments[1]["end"] == pytest.approx(0.2, abs=1e-3)
+
+
 def _sse(server: ServerProcess, body: dict) -> list[dict]:
     with httpx.stream("POST", f"{server.base_url}/v1/audio/speech", timeout=300,
                       json={"model": "tts-1", "stream_format": "sse", **body}) as response:  # fmt: skip
