@@ -149,6 +149,12 @@ def test_streamed_dialogue_announces_each_segment_before_its_audio(server: Serve
     assert [e["start"] for e in announced] == pytest.approx([s["start"] for s in buffered], abs=TOLERANCE)
     total = sent / 2 / 24000
     assert buffered[-1]["end"] == pytest.approx(total, abs=TOLERANCE)
+    # Asked again: a cache hit, its times from the entry, all of them before its one delta.
+    again = _sse(server, body)
+    kinds = [e["type"] for e in again]
+    assert kinds == ["speech.audio.segment"] * 4 + ["speech.audio.delta", "speech.audio.done"]
+    assert [e["start"] for e in again[:4]] == [e["start"] for e in announced]
+    assert again[3]["end"] == pytest.approx(total, abs=TOLERANCE)
 
 
 def test_plain_streams_have_no_segment_events(server: ServerProcess) -> None:
