@@ -71,6 +71,7 @@ EXPECTED_ERRORS = {
     "GET /v1/audio/speech/jobs": {400, 401},
     "GET /v1/audio/speech/jobs/{job_id}": {401, 404},
     "GET /v1/audio/speech/jobs/{job_id}/content": {401, 404, 409},
+    "GET /v1/audio/speech/jobs/{job_id}/captions": {400, 401, 404, 409},
     "POST /v1/audio/speech/jobs/{job_id}/cancel": {401, 404, 409},
     "DELETE /v1/audio/speech/jobs/{job_id}": {401, 404, 409},
     "POST /v1/audio/speech/batches": {400, 401, 404, 408, 413, 429, 503, 504},

@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         description="POST /v1/audio/speech sends audio as it is generated (as OpenAI's does) unless a "
         "request says stream: false; --no-stream-speech: the whole file at once unless it says true.",
     )
+    dialogue_gap_s: float = Field(
+        0.4,
+        ge=0,
+        le=5,
+        description="Silence between a dialogue's turns, in seconds (a request's "
+        "`dialogue_gap` overrides it).",
+    )
     request_timeout_s: float = Field(
         300, gt=0, description="Deadline of a request (to its first audio, when streaming); past it: 504."
     )

@@ -89,6 +89,8 @@ def validation_error(exc: ValidationError | RequestValidationError) -> VoxportEr
     first = next((e for e in same_field if not e.get("type", "").endswith("_type")), errors[0])
     loc = [part for part in first.get("loc", ()) if part != "body"]
     param = str(loc[0]) if loc else None
+    if len(loc) > 1 and isinstance(loc[1], int):  # an item of a list: `dialogue[3]`, `dialogue[3].voice`
+        param = f"{param}[{loc[1]}]" + (f".{loc[2]}" if len(loc) > 2 and isinstance(loc[2], str) else "")
     kind = first.get("type", "")
     if kind == "missing":
         return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")

@@ -60,6 +60,11 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": _SCHEMAS + model.__name__}
 
 
+def schema_ref(model: type[BaseModel]) -> dict[str, str]:
+    """A `$ref` to `model` (a response body), its schema put in `components`."""
+    return _ref(model)
+
+
 def _body(content: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
@@ -74,6 +79,7 @@ def _speech_form(with_files: bool) -> dict[str, Any]:
     schema = SpeechCreateParams.model_json_schema(ref_template=_SCHEMAS + "{model}")
     properties = dict(schema["properties"])
     properties["voice"] = {"type": "string", "minLength": 1, "title": "Voice"}
+    properties.pop("dialogue")  # a list of objects: JSON only
     if with_files:
         text = "The recording's transcript (only with a recording)."
         properties |= {

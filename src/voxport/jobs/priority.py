@@ -94,7 +94,8 @@ class JobPriority:
             async with self._slot(cancel):
                 watcher = asyncio.create_task(self._preempt_when_crowded(cancel, attempt))
                 try:
-                    chunks = [chunk async for chunk in self.speech.joiner.audio(prepared.segments, ticket)]
+                    audio = self.speech.joiner.audio(prepared.segments, ticket, speed=prepared.speed)
+                    chunks = [chunk async for chunk in audio]
                 except RequestCancelled:
                     chunks = None
                 finally:

@@ -72,7 +72,8 @@ def job_object(job: Job) -> dict[str, Any]:
             "audio_seconds": round(job.audio_seconds, 3),
         },
         "error": job.error,
-        "result": job.result,
+        # The segment timings stay in the store; GET .../captions serves them.
+        "result": {k: v for k, v in job.result.items() if k != "timings"} if job.result else job.result,
         "batch_id": job.batch_id,
         "metadata": job.metadata or {},
     }

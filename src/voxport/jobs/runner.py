@@ -31,6 +31,7 @@ from voxport.speech import SpeechService
 from voxport.speech.joiner import CrossFader
 from voxport.speech.loudness import held
 from voxport.speech.prepare import PreparedSpeech
+from voxport.speech.timings import Span, Timeline
 from voxport.text import normalize, segment
 
 log = logging.getLogger("voxport.jobs")
@@ -211,11 +212,12 @@ class JobRunner:
         await asyncio.to_thread(self.files.drop_segments, job.id)
         await self.on_finished(finished)
 
-    async def _joined(self, job_id: str, total: int, rate: int) -> AsyncIterator[np.ndarray]:
+    async def _joined(self, job_id: str, total: int, rate: int, times: Timeline) -> AsyncIterator[np.ndarray]:
         fader = CrossFader(rate, total)
         for index in range(total):
             audio = await asyncio.to_thread(self.files.read_segment, job_id, index)
             joined = fader.push(index, audio, True)
+            times.add(index, fader.starts[-1], len(audio))
             if len(joined):
                 yield joined
         tail = fader.flush()
@@ -224,14 +226,14 @@ class JobRunner:
 
     async def _encode(self, job_id: str, prepared: PreparedSpeech, total: int, rate: int) -> dict[str, Any]:
         """Join the segment files and encode them once into the job's audio file (written atomically)."""
-        fmt, out_rate, speed = prepared.response_format, prepared.sample_rate, prepared.speed
-        samples = 0
+        fmt, out_rate = prepared.response_format, prepared.sample_rate  # segments are at speed already
+        samples, timeline = 0, Timeline([Span("")] * total, rate)
 
         async def counted() -> AsyncIterator[np.ndarray]:
             nonlocal samples
             # `loudness`: as for a stream, one gain from the voice's level, held over the whole job.
             gain = await self.speech.levels.gain(prepared.voice, prepared.loudness, out_rate)
-            async for chunk in held(self._joined(job_id, total, rate), gain):
+            async for chunk in held(self._joined(job_id, total, rate, timeline), gain):
                 samples += len(chunk)
                 yield chunk
 
@@ -241,10 +243,10 @@ class JobRunner:
             if fmt == "flac":  # its header needs the whole signal (see audio.encode)
                 whole = [chunk async for chunk in counted()]
                 audio = np.concatenate(whole) if whole else np.zeros(0, dtype=np.float32)
-                data = await asyncio.to_thread(encode, audio, rate, fmt, out_rate, speed)
+                data = await asyncio.to_thread(encode, audio, rate, fmt, out_rate)
                 await asyncio.to_thread(handle.write, data)
             else:
-                async for data in encode_stream(counted(), rate, fmt, out_rate, speed):
+                async for data in encode_stream(counted(), rate, fmt, out_rate):
                     await asyncio.to_thread(handle.write, data)
             if fmt == "wav":  # the streamed header said "length unknown": the file knows it now
 
@@ -262,6 +264,7 @@ class JobRunner:
         return {
             "content_type": FORMATS[fmt].content_type,
             "bytes": size,
-            "duration_seconds": round(samples / rate / speed, 3),
+            "duration_seconds": round(samples / rate, 3),
             "sample_rate": out_rate,
+            "timings": [[s["start"], s["end"]] for s in timeline.segments()],  # for jobs/captions.py
         }

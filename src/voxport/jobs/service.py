@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from voxport.config import Settings
 from voxport.errors import Kind, VoxportError
+from voxport.jobs import captions
 from voxport.jobs.protocol import (
     SpeechBatchCreateParams,
     SpeechJobCreateParams,
@@ -131,7 +132,15 @@ class JobService:
 
     async def _validate_speech(self, params: SpeechCreateParams, limit: int, prefix: str = "") -> None:
         """What the speech service would refuse (model, voice, format, rates), refused now, with the
-        field named; and the job's own input limit."""
+        field named; and the job's own input limit. A job speaks `input` (dialogues are live-only for
+        now); its timings are its captions (GET .../captions), not `timestamps`."""
+        for field, why in (("dialogue", "a job speaks 'input'"), ("timestamps", "use GET "
+                           "/v1/audio/speech/jobs/{id}/captions")):  # fmt: skip
+            if getattr(params, field):
+                raise _error("invalid", f"'{field}' does not apply to a job: {why}.", f"{prefix}{field}")
+        if params.input is None:
+            raise _error("invalid", "Missing required parameter: 'input'.", f"{prefix}input",
+                         "missing_required_parameter")  # fmt: skip
         if not params.input.strip():
             raise _error("invalid", "'input' must contain text to speak.", f"{prefix}input")
         if len(params.input) > limit:
@@ -235,6 +244,19 @@ class JobService:
             raise _error("not_found", f"The audio of job '{job_id}' has expired or was deleted.",
                            "job_id", "job_content_expired")  # fmt: skip
         return path, job.result["content_type"]
+
+    async def captions(self, job_id: str, scope: str, fmt: str) -> tuple[str, str]:
+        """(the captions of a succeeded job in `fmt`, their content type)."""
+        if fmt not in captions.CONTENT_TYPES:
+            raise _error("invalid", f"'format' must be 'vtt' or 'srt', not '{fmt}'.", "format")
+        job = await self._job(job_id, scope)
+        await self.content(job_id, scope)  # it has succeeded, and its audio is still there
+        assert job.result is not None
+        if "timings" not in job.result:
+            raise _error("not_found", f"Job '{job_id}' finished before this server kept segment timings.",
+                         "job_id", "job_captions_unavailable")  # fmt: skip
+        text = await asyncio.to_thread(captions.write, fmt, job.segments, job.result["timings"])
+        return text, captions.CONTENT_TYPES[fmt]
 
     async def get_batch(self, batch_id: str, scope: str) -> dict[str, Any]:
         batch = await self.store.get_batch(batch_id, scope)

@@ -33,6 +33,12 @@ from voxport.protocol.speech import (  # noqa: F401
     Usage,
     VoiceID,
 )
+from voxport.protocol.timings import (  # noqa: F401
+    DialogueTurn,
+    SpeechAudioSegmentEvent,
+    SpeechSegment,
+    SpeechTimedAudio,
+)
 from voxport.protocol.voices import (  # noqa: F401
     AudioVoice,
     AudioVoiceList,

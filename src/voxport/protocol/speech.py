@@ -16,6 +16,7 @@ from voxport.protocol.fields import (
     StreamFormat,
     Text,
 )
+from voxport.protocol.timings import MAX_TURNS, DialogueTurn
 
 
 class VoiceID(BaseModel):
@@ -29,7 +30,7 @@ class SpeechCreateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Plain
-    input: Text = Field(min_length=1)
+    input: Text | None = Field(None, min_length=1)  # required unless `dialogue` is given
     voice: NonEmpty | VoiceID | None = None
     instructions: Text | None = Field(None, max_length=4096)
     response_format: ResponseFormat = "mp3"
@@ -50,6 +51,10 @@ class SpeechCreateParams(BaseModel):
     pronunciations: Pronunciations | None = None
     language: Language | None = None
     loudness: Loudness | None = None
+    # voxport (docs/api.md): segment times; a dialogue of several voices instead of `input`, with a gap.
+    timestamps: bool = False
+    dialogue: list[DialogueTurn] | None = Field(None, min_length=1, max_length=MAX_TURNS)
+    dialogue_gap: float | None = Field(None, ge=0.0, le=5.0)
 
     @property
     def voice_id(self) -> str | None:

@@ -14,6 +14,8 @@ from voxport.engine.base import Engine, GenerationStats, SynthesisRequest
 from voxport.errors import RequestCancelled, unavailable
 from voxport.metrics import Metrics
 from voxport.speech.jobs import SpeechJob
+from voxport.speech.timings import Timeline
+from voxport.tempo import Tempo
 
 # Consecutive segments are cross-faded over this long to join without a click.
 CROSSFADE_SECONDS = 0.01
@@ -28,10 +30,14 @@ class CrossFader:
         self.overlap = max(1, int(rate * CROSSFADE_SECONDS))
         self.last = segments - 1
         self.held = np.zeros(0, dtype=np.float32)
+        self.emitted = 0  # samples returned so far
+        self.starts: list[int] = []  # where each segment's first sample lands in the joined audio
 
     def push(self, index: int, chunk: np.ndarray, fresh: bool) -> np.ndarray:
         """The audio that is final once `chunk` (of segment `index`; `fresh`: its first) is known."""
         held = self.held
+        if fresh:
+            self.starts.append(self.emitted + len(held) - min(len(held), len(chunk)))
         if fresh and len(held):
             n = min(len(held), len(chunk))
             ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
@@ -43,11 +49,13 @@ class CrossFader:
             joined, self.held = joined[: -self.overlap], joined[-self.overlap :]
         else:
             self.held = held[:0]
+        self.emitted += len(joined)
         return joined
 
     def flush(self) -> np.ndarray:
         """What is still held back once every segment has been pushed."""
         held, self.held = self.held, self.held[:0]
+        self.emitted += len(held)
         return held
 
 
@@ -123,22 +131,54 @@ class Joiner:
                     await step
             await chunks.aclose()  # type: ignore[attr-defined]
 
-    async def audio(self, segments: Sequence[SynthesisRequest], job: SpeechJob) -> AsyncIterator[np.ndarray]:
-        """The joined float32 audio of every segment, at the engine's rate, as it is generated.
+    async def _stretched(self, chunks: AsyncIterator[np.ndarray], speed: float) -> AsyncIterator[np.ndarray]:
+        """One segment's audio at `speed` (voxport.tempo: segment by segment, so boundaries are exact)."""
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            if speed == 1.0:
+                async for chunk in chunks:
+                    yield chunk
+                return
+            tempo = Tempo(self.engine.info.sample_rate, speed)
+            async for chunk in chunks:
+                out = await asyncio.to_thread(tempo.push, chunk)
+                if len(out):
+                    yield out
+            out = await asyncio.to_thread(tempo.flush)
+            if len(out):
+                yield out
 
-        The last few milliseconds of each segment are held back and cross-faded into the next one.
+    async def audio(
+        self, segments: Sequence[SynthesisRequest], job: SpeechJob, timeline: Timeline | None = None,
+        speed: float = 1.0,
+    ) -> AsyncIterator[np.ndarray]:  # fmt: skip
+        """The joined float32 audio of every segment, at the engine's rate and `speed`, as it is generated.
+
+        The last few milliseconds of each segment are held back and cross-faded into the next one. With
+        a `timeline`, each segment's place is noted in it, and its spans' silence follows each segment.
         """
         rate = self.engine.info.sample_rate
         job.sample_rate = rate
         fader = CrossFader(rate, len(segments))
+        pads = [span.pad for span in timeline.spans] if timeline else [0] * len(segments)
         generation_started = time.perf_counter()
         try:
             for index, request in enumerate(segments):
                 stats = GenerationStats()
                 fresh = True
-                async for chunk in self._until_cancelled(self.engine.generate(request, stats), job.cancel):
+                chunks = self._until_cancelled(self.engine.generate(request, stats), job.cancel)
+                async for chunk in self._stretched(chunks, speed):
                     joined = fader.push(index, chunk, fresh)
+                    if timeline is not None:
+                        if fresh:
+                            timeline.begin(index, fader.starts[-1])
+                        timeline.grew(index, len(chunk))
                     fresh = False
+                    if len(joined):
+                        yield self._count(job, joined)
+                if timeline is not None:
+                    timeline.finish(index)
+                if pads[index]:  # a pause after a dialogue turn: part of the signal, not of the turn
+                    joined = fader.push(index, np.zeros(pads[index] + fader.overlap, np.float32), fresh)
                     if len(joined):
                         yield self._count(job, joined)
                 job.input_tokens += stats.input_tokens

@@ -15,8 +15,10 @@ from voxport.config import Settings
 from voxport.engine.base import LANGUAGES, Engine, SynthesisRequest, VoicePrompt
 from voxport.errors import VoxportError, invalid, unavailable
 from voxport.protocol import SpeechCreateParams, VoiceUpload
+from voxport.speech import dialogue
 from voxport.speech.jobs import with_deadline
 from voxport.speech.loudness import measure
+from voxport.speech.timings import Span
 from voxport.text import normalize, segment
 from voxport.voices import Voice, VoiceRegistry, design_prefix
 from voxport.voices.uploads import ENCODER_RATE
@@ -51,6 +53,9 @@ class SpeechPlan:
     timesteps: int
     max_length: int
     loudness: float | None = None  # target LUFS, or None: as generated
+    timestamps: bool = False  # segment times wanted: segmented by sentence, timed (speech/timings.py)
+    turns: tuple[Voice, ...] = ()  # a dialogue's voices, turn by turn (speech/dialogue.py)
+    gap: float = 0.0  # seconds of silence between a dialogue's turns
 
     @property
     def content_type(self) -> str:
@@ -62,6 +67,7 @@ class PreparedSpeech(SpeechPlan):
     """A plan completed on a cache miss: the segments to synthesise, in order."""
 
     segments: tuple[SynthesisRequest, ...] = ()
+    spans: tuple[Span, ...] = ()  # what each segment is, for its timing
 
 
 class Preparer:
@@ -77,7 +83,7 @@ class Preparer:
         self.voices = voices
         self.weights_fingerprint = weights_fingerprint
 
-    def _check(self, params: SpeechCreateParams) -> int:
+    def _check(self, params: SpeechCreateParams, upload: bool = False) -> int:
         """Server-side limits on the parameters; returns the output sample rate."""
         settings = self.settings
         if params.model not in settings.model_ids:
@@ -87,14 +93,7 @@ class Preparer:
                 param="model",
                 code="model_not_found",
             )
-        if not params.input.strip():
-            raise invalid("'input' must contain text to speak.", "input")
-        if len(params.input) > settings.max_input_chars:
-            raise invalid(
-                f"'input' is {len(params.input)} characters; the maximum is {settings.max_input_chars}.",
-                "input",
-                "string_too_long",
-            )
+        dialogue.text_length(params, settings.max_input_chars, upload)
         spec = FORMATS[params.response_format]
         rate = params.sample_rate or spec.default_rate
         if spec.rates is not None and rate not in spec.rates:
@@ -155,21 +154,28 @@ class Preparer:
         # An uploaded recording is checked before the parameters, a named voice after them.
         loudness = params.loudness if "loudness" in params.model_fields_set else self.settings.loudness
         adhoc = await self._uploaded(upload, loudness) if upload is not None else None
-        rate = self._check(params)
+        rate = self._check(params, upload is not None)
         max_length = params.max_length or self.settings.max_length
         # An engine may fix timesteps server-wide (nano-vllm): it refuses a request asking for others.
         timesteps = params.inference_timesteps or self.engine.info.inference_timesteps or 10
-        voice = adhoc or self._named(params)
+        turns = dialogue.voices(self.voices, params) if params.dialogue else []
+        voice = adhoc or (turns[0] if turns else self._named(params))
         # A designed voice keeps its seed: it sounds the same every time.
         seed = params.seed if params.seed is not None else voice.seed
         sse = params.stream_format == "sse"
         requested = params.stream if params.stream is not None else self.settings.stream_speech
+        if params.timestamps and not sse:  # timings travel in a JSON body, or in SSE events
+            if stream or params.stream:
+                message = "A raw audio stream cannot carry timings: with 'timestamps', use stream_format"
+                raise invalid(f"{message} 'sse', or stream false (a JSON body).", "timestamps")
+            requested = False
         stream = stream or sse or requested
+        gap = params.dialogue_gap if params.dialogue_gap is not None else self.settings.dialogue_gap_s
         cache_fields = {
             "model": self.settings.served_model_id,
             "weights": self.weights_fingerprint(),
             "voice": voice.key,
-            "input": params.input,
+            "input": params.input if not turns else dialogue.cache_input(params, turns, gap),
             "instructions": params.instructions,
             "format": params.response_format,
             # Streamed and buffered forms are segmented differently.
@@ -182,44 +188,60 @@ class Preparer:
             "max_length": max_length,
             "normalize": params.normalize,
         }
-        spoken, shaping = self._shape(params, loudness)
+        if params.timestamps:  # segmented by sentence, and the entry keeps the times
+            cache_fields["timestamps"] = True
+        shaped, shaping = self._shape(params, loudness)
         cache_fields.update(shaping)
         return SpeechPlan(
-            params.response_format, rate, params.speed, stream, sse, voice.kind, len(params.input),
-            cache_fields, params.model_copy(update={"input": spoken}), voice, seed, timesteps, max_length,
-            loudness=loudness,
+            params.response_format, rate, params.speed, stream, sse, "dialogue" if turns else voice.kind,
+            dialogue.text_length(params, self.settings.max_input_chars, False), cache_fields, shaped, voice,
+            seed, timesteps, max_length, loudness, params.timestamps, tuple(turns), gap,
         )  # fmt: skip
 
-    def _shape(self, params: SpeechCreateParams, loudness: float | None) -> tuple[str, dict[str, Any]]:
-        """The text the engine reads: lexicon entries applied (the server's, then the request's over
-        them), then the language's normalisation. And the cache key's fields for them, present only when
-        set, so that keys made before these existed stay valid."""
-        spoken, used = self.voices.lexicon.apply(params.input, params.pronunciations)
-        extra = {"lexicon": used, "language": params.language, "loudness": loudness}
-        return normalize(spoken, params.language), {k: v for k, v in extra.items() if v}
+    def _shape(
+        self, params: SpeechCreateParams, loudness: float | None
+    ) -> tuple[SpeechCreateParams, dict[str, Any]]:
+        """The text the engine reads (`input`, or each dialogue turn's): lexicon entries applied (the
+        server's, then the request's over them), then the language's normalisation. And the cache key's
+        fields for them, present only when set, so that keys made before these existed stay valid."""
+        used: list[list[str]] = []
+
+        def shape(text: str) -> str:
+            spoken, entries = self.voices.lexicon.apply(text, params.pronunciations)
+            used.extend(entry for entry in entries if entry not in used)
+            return normalize(spoken, params.language)
+
+        if params.dialogue:
+            turns = [turn.model_copy(update={"input": shape(turn.input)}) for turn in params.dialogue]
+            shaped = params.model_copy(update={"dialogue": turns})
+        else:
+            assert params.input is not None
+            shaped = params.model_copy(update={"input": shape(params.input)})
+        extra = {"lexicon": sorted(used), "language": params.language, "loudness": loudness}
+        return shaped, {k: v for k, v in extra.items() if v}
 
     async def complete(self, plan: SpeechPlan) -> PreparedSpeech:
         """The voice's prompt and the text's segments: the model-side work, done only on a miss."""
+        planned = {f.name: getattr(plan, f.name) for f in fields(SpeechPlan)}
+        if plan.turns:
+            segments, spans = await dialogue.complete(self, plan)
+            return PreparedSpeech(**planned, segments=segments, spans=spans)
         voice = plan.voice if isinstance(plan.voice, _Voice) else await self._prompt(plan.voice)
         params = plan.params
+        assert params.input is not None
         prefix = design_prefix(None, params.instructions)
+        by_sentence = plan.stream or plan.timestamps
         texts = self._segments(
-            params.input, prefix, plan.max_length, plan.stream, voice.prompt.positions, params.language
+            params.input, prefix, plan.max_length, by_sentence, voice.prompt.positions, params.language
         )
-        segments = tuple(
-            SynthesisRequest(
-                text=prefix + text,
-                voice=voice.prompt,
-                cfg_value=params.cfg_value,
-                inference_timesteps=plan.timesteps,
-                max_length=plan.max_length,
-                seed=plan.seed,
-                normalize=params.normalize,
-            )
-            for text in texts
-        )
-        planned = {f.name: getattr(plan, f.name) for f in fields(SpeechPlan)}
-        return PreparedSpeech(**planned, segments=segments)
+        segments = tuple(self.request(plan, prefix + text, voice.prompt, plan.seed) for text in texts)
+        return PreparedSpeech(**planned, segments=segments, spans=tuple(Span(text) for text in texts))
+
+    def request(self, plan: SpeechPlan, text: str, prompt: VoicePrompt, seed: int | None) -> SynthesisRequest:
+        params = plan.params
+        return SynthesisRequest(text=text, voice=prompt, cfg_value=params.cfg_value,
+                                inference_timesteps=plan.timesteps, max_length=plan.max_length, seed=seed,
+                                normalize=params.normalize)  # fmt: skip
 
     def _segments(self, text: str, prefix: str, max_length: int, stream: bool, prompt_positions: int,
                   language: str | None) -> list[str]:  # fmt: skip

@@ -29,6 +29,7 @@ from voxport.speech.jobs import JobRegistry, SpeechJob, with_deadline
 from voxport.speech.joiner import EngineWatch, Joiner
 from voxport.speech.loudness import VoiceLevels, held, normalized
 from voxport.speech.prepare import PreparedSpeech, Preparer, SpeechPlan
+from voxport.speech.timings import Timeline
 from voxport.voices import VoiceRegistry
 
 # A request that waited on an identical one tries itself when that one failed on its own account.
@@ -42,14 +43,17 @@ class SpeechResult:
     sample_rate: int
     duration: float  # seconds of audio in `audio`, after speed
     usage: dict[str, int]
+    segments: list[dict[str, Any]] | None = None  # with `timestamps` (speech/timings.py)
 
     def meta(self) -> dict[str, Any]:
-        return {"content_type": self.content_type, "sample_rate": self.sample_rate, "duration": self.duration,
+        meta = {"content_type": self.content_type, "sample_rate": self.sample_rate, "duration": self.duration,
                 "usage": self.usage}  # fmt: skip
+        return meta if self.segments is None else {**meta, "segments": self.segments}
 
     @classmethod
     def from_cache(cls, payload: bytes, meta: dict[str, Any]) -> SpeechResult:
-        return cls(payload, meta["content_type"], meta["sample_rate"], meta["duration"], meta["usage"])
+        return cls(payload, meta["content_type"], meta["sample_rate"], meta["duration"], meta["usage"],
+                   meta.get("segments"))  # fmt: skip
 
 
 class SpeechStream:
@@ -57,8 +61,9 @@ class SpeechStream:
     `aclose` (idempotent) stops the generation, frees the admission slot and unregisters the job."""
 
     def __init__(self, prepared: SpeechPlan, job: SpeechJob, chunks: AsyncIterator[bytes],
-                 close: Callable[[], Awaitable[None]]):  # fmt: skip
+                 close: Callable[[], Awaitable[None]], timeline: Timeline | None = None):  # fmt: skip
         self.prepared = prepared
+        self.timeline = timeline  # where each segment sits, as it is generated (speech/timings.py)
         self.job = job
         self._chunks = chunks
         self._close = close
@@ -116,7 +121,7 @@ class SpeechService:
         state = self._cache_state(no_cache, plan.voice_kind)
         key = cache_key(plan.cache_fields) if state == "USE" else None
         if self.settings.log_request_text:
-            job.text = params.input
+            job.text = params.input or ""
         self.jobs.open(job)
         try:
             hit = await self.cache.get(key) if key is not None else None
@@ -125,7 +130,8 @@ class SpeechService:
                 if not plan.sse:
                     self.jobs.close(job)
                     return result
-                return SpeechStream(plan, job, _once(result.audio), lambda: _closed(self.jobs, job))
+                timeline = Timeline.fixed(result.segments or [])
+                return SpeechStream(plan, job, _once(result.audio), lambda: _closed(self.jobs, job), timeline)
             prepared = await self.preparer.complete(plan)
             if self.settings.log_request_text:
                 job.text = " ".join(s.text for s in prepared.segments)
@@ -163,18 +169,21 @@ class SpeechService:
 
         async def run() -> SpeechResult:
             slot = await self._admit()
+            rate = self.engine.info.sample_rate
+            timeline = Timeline(prepared.spans, rate)
+            audio_of = self.joiner.audio(prepared.segments, job, timeline, prepared.speed)
             try:
-                chunks = [chunk async for chunk in self.joiner.audio(prepared.segments, job)]
+                chunks = [chunk async for chunk in audio_of]
             finally:
                 slot.release()
             audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-            rate = self.engine.info.sample_rate
             audio = await normalized(audio, rate, prepared.loudness, prepared.sample_rate)
             data = await asyncio.to_thread(
-                encode, audio, rate, prepared.response_format, prepared.sample_rate, prepared.speed
+                encode, audio, rate, prepared.response_format, prepared.sample_rate
             )
-            duration = round(len(audio) / rate / prepared.speed, 3)
-            return SpeechResult(data, prepared.content_type, prepared.sample_rate, duration, job.usage)
+            duration = round(len(audio) / rate, 3)  # already at speed (voxport.tempo)
+            timed = timeline.segments() if prepared.timestamps else None
+            return SpeechResult(data, prepared.content_type, prepared.sample_rate, duration, job.usage, timed)
 
         return await with_deadline(run(), self.settings.request_timeout_s)
 
@@ -224,7 +233,8 @@ class SpeechService:
             self.settings.request_timeout_s,
         )
         slot = await self._admit()
-        audio = self.joiner.audio(prepared.segments, job)
+        timeline = Timeline(prepared.spans, self.engine.info.sample_rate)
+        audio = self.joiner.audio(prepared.segments, job, timeline, prepared.speed)
         try:
             first = await with_deadline(_first(audio), self.settings.request_timeout_s)
         except BaseException:
@@ -236,17 +246,15 @@ class SpeechService:
             slot.release()
             self.jobs.close(job)
 
-        chunks = self._encoded(prepared, job, held(_resume(first, audio), gain), slot, key)
-        return SpeechStream(prepared, job, chunks, close)
+        chunks = self._encoded(prepared, job, held(_resume(first, audio), gain), slot, key, timeline)
+        return SpeechStream(prepared, job, chunks, close, timeline)
 
     async def _encoded(self, prepared: PreparedSpeech, job: SpeechJob, audio: AsyncIterator[np.ndarray],
-                       slot: Slot, key: str | None) -> AsyncIterator[bytes]:  # fmt: skip
+                       slot: Slot, key: str | None, timeline: Timeline) -> AsyncIterator[bytes]:  # fmt: skip
         rate = self.engine.info.sample_rate
         parts: list[bytes] = []
         try:
-            async for data in encode_stream(
-                audio, rate, prepared.response_format, prepared.sample_rate, prepared.speed
-            ):
+            async for data in encode_stream(audio, rate, prepared.response_format, prepared.sample_rate):
                 parts.append(data)
                 yield data
         except (asyncio.CancelledError, GeneratorExit):
@@ -261,8 +269,10 @@ class SpeechService:
                     wav_header(prepared.sample_rate, len(payload) - WAV_HEADER_BYTES)
                     + payload[WAV_HEADER_BYTES:]
                 )
-            duration = round(job.samples / rate / prepared.speed, 3)
-            meta = SpeechResult(payload, prepared.content_type, prepared.sample_rate, duration, job.usage)
+            duration = round(job.samples / rate, 3)
+            segments = timeline.segments() if prepared.timestamps else None
+            meta = SpeechResult(payload, prepared.content_type, prepared.sample_rate, duration, job.usage,
+                                segments)  # fmt: skip
             await self.cache.put(key, payload, meta.meta())
 
 

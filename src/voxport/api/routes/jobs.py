@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from voxport.api.auth import require_api_key
@@ -75,6 +75,20 @@ async def job_content(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileRespon
     # Starlette's FileResponse answers Range requests (206, multipart byteranges, 416).
     name = f"{job_id}.{_EXTENSIONS.get(content_type, 'bin')}"
     return FileResponse(Path(path), media_type=content_type, filename=name, content_disposition_type="inline")
+
+
+_CAPTIONS = {"description": "The job's captions: one cue per synthesised segment (docs/jobs.md).",
+             "content": {"text/vtt": {"schema": {"type": "string"}},
+                         "application/x-subrip": {"schema": {"type": "string"}}}}  # fmt: skip
+
+
+@router.get("/v1/audio/speech/jobs/{job_id}/captions", response_class=Response,
+            responses={200: _CAPTIONS, **errors(400, 404, 409)})  # fmt: skip
+async def job_captions(
+    job_id: str, jobs: JobsDep, scope: ScopeDep, format: Annotated[str, Query(description="vtt, srt")] = "vtt"
+) -> Response:
+    text, content_type = await jobs.captions(job_id, scope, format)
+    return Response(text, media_type=content_type)
 
 
 @router.post("/v1/audio/speech/jobs/{job_id}/cancel", responses=errors(404, 409))

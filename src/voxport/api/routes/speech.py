@@ -11,20 +11,22 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from voxport.api.auth import require_api_key
 from voxport.api.body import SpeechBodyDep, json_body
 from voxport.api.deps import SpeechDep, SpeechJobDep
 from voxport.api.errors import as_error
-from voxport.api.openapi import BODY_ERRORS, errors, json_request, speech_request
+from voxport.api.openapi import BODY_ERRORS, errors, json_request, schema_ref, speech_request
 from voxport.protocol import (
     SpeechAudioDeltaEvent,
     SpeechAudioDoneEvent,
+    SpeechAudioSegmentEvent,
     SpeechCancelled,
     SpeechCancelParams,
     SpeechCreateParams,
     SpeechErrorEvent,
+    SpeechTimedAudio,
     StreamError,
     Usage,
 )
@@ -39,9 +41,11 @@ _SPEECH_ROUTE = {
     "response_class": Response,
     "responses": {
         200: {
-            "description": "The audio in `response_format`; OpenAI's speech events for `stream_format: sse`.",
+            "description": "The audio in `response_format`; OpenAI's speech events for `stream_format: sse`; "
+            "with `timestamps` (not streamed), a JSON body with the audio in base64 and its segment times.",
             "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in _AUDIO}
-            | {"text/event-stream": {"schema": {"type": "string"}}},
+            | {"text/event-stream": {"schema": {"type": "string"}}}
+            | {"application/json": {"schema": schema_ref(SpeechTimedAudio)}},
         },
         **errors(*BODY_ERRORS, 404, 429, 499, 503, 504),
     },
@@ -76,16 +80,30 @@ def _cache_headers(job: SpeechJob) -> dict[str, str]:
     return {"X-Cache": job.cache, "X-Route": route}
 
 
-def _event(event: SpeechAudioDeltaEvent | SpeechAudioDoneEvent | SpeechErrorEvent) -> bytes:
+def _event(
+    event: SpeechAudioDeltaEvent | SpeechAudioDoneEvent | SpeechErrorEvent | SpeechAudioSegmentEvent,
+) -> bytes:
     return b"data: " + event.model_dump_json().encode() + b"\n\n"
 
 
+def _segments(stream: SpeechStream, final: bool = False) -> list[bytes]:
+    """`speech.audio.segment` events (with `timestamps`) for the segments whose audio has begun."""
+    if stream.timeline is None or not stream.prepared.timestamps:
+        return []
+    return [_event(SpeechAudioSegmentEvent(**s)) for s in stream.timeline.pending(final)]
+
+
 async def _sse(stream: SpeechStream) -> AsyncIterator[bytes]:
-    """OpenAI's speech SSE events: speech.audio.delta per encoded block, then speech.audio.done."""
+    """OpenAI's speech SSE events: speech.audio.delta per encoded block, then speech.audio.done; with
+    `timestamps`, a speech.audio.segment event before each segment's first audio."""
     job = stream.job
     try:
         async for data in stream:
+            for event in _segments(stream):
+                yield event
             yield _event(SpeechAudioDeltaEvent(audio=base64.b64encode(data).decode()))
+        for event in _segments(stream, final=not job.cancel.is_set()):
+            yield event
     except Exception as exc:  # the stream has begun: report in-band, then close
         log.exception("request %s failed mid-stream", job.request_id)
         error = as_error(exc)
@@ -104,6 +122,11 @@ def _response(outcome: SpeechResult | SpeechStream, job: SpeechJob) -> Response:
     if isinstance(outcome, SpeechResult):
         headers = {"X-Sample-Rate": str(outcome.sample_rate), "X-Audio-Duration": f"{outcome.duration:.3f}",
                    **_cache_headers(job)}  # fmt: skip
+        if outcome.segments is not None:
+            body = SpeechTimedAudio(audio=base64.b64encode(outcome.audio).decode(), segments=outcome.segments,
+                                    content_type=outcome.content_type, sample_rate=outcome.sample_rate,
+                                    duration=outcome.duration)  # fmt: skip
+            return JSONResponse(body.model_dump(), headers=headers)
         return Response(outcome.audio, media_type=outcome.content_type, headers=headers)
     prepared = outcome.prepared
 
