@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     )
     cache_max_mb: float = Field(1024, gt=0, description="Size cap of the audio cache, in MiB (LRU eviction).")
     cache_sweep_s: float = Field(60, gt=0, description="Seconds between cache sweeps (TTL and size cap).")
+    cache_memory_mb: float = Field(
+        64, ge=0, description="MiB of hot cache entries (each up to 1 MiB) also kept in memory; 0: none."
+    )
     max_concurrent: int | None = Field(
         None,
         ge=1,
