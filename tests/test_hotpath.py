@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.middleware.exceptions import ExceptionMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tests.asgi_driver import ASGIRequest
 from tests.conftest import ServerProcess
 from tests.test_serving import SPEECH, cache_files, running
 from voxport.api.limits import BodyLimitMiddleware
@@ -93,6 +94,21 @@ async def test_the_sweep_records_hits_from_memory_on_disk(tiny_model: Path, tmp_
         after = entry.stat()
         assert after.st_atime > created - 60  # the hit's time, not the hour-old one
         assert after.st_mtime == pytest.approx(created, abs=1)  # mtime stays the entry's creation
+
+
+async def test_a_buffered_request_whose_client_leaves_is_cancelled(tiny_model: Path, tmp_path: Path) -> None:
+    """The disconnect watcher starts only once the request waits (a hit from memory never does): a client
+    that leaves while its audio is generated still cancels the generation."""
+    async with running(tiny_model, tmp_path, max_length=2048) as (app, _):
+        speech = app.state.speech
+        cancelled = speech.jobs.cancelled_total
+        body = {**SPEECH, "input": "A request long enough to be abandoned on the way."}
+        request = ASGIRequest(app, "/v1/audio/speech", body, headers={"x-request-id": "leaves"})
+        while "leaves" not in speech.jobs.active:
+            await asyncio.sleep(0.01)
+        request.disconnect()
+        await asyncio.wait_for(request.finish(), 120)
+        assert speech.jobs.cancelled_total == cancelled + 1 and speech.jobs.in_flight == 0
 
 
 async def test_probes_are_answered_with_a_request_id_and_counted(tiny_model: Path, tmp_path: Path) -> None:
