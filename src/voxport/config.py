@@ -116,7 +116,7 @@ class Settings(BaseSettings):
         "connection is closed.",
     )
     max_header_kb: int = Field(
-        32, ge=4, le=1024, description="Largest request head (request line and headers), in KiB; beyond: 400."
+        32, ge=4, le=1024, description="Largest request head (request line and headers), in KiB; beyond: 431."
     )
     keep_alive_s: float = Field(5, gt=0, description="How long an idle keep-alive connection stays open.")
     max_user_voices: int = Field(100, ge=0, description="Most voices the user library holds.")
