@@ -1,6 +1,7 @@
 """Jobs on the reference engine and the tiny checkpoint: the audio is right, and a server killed with
 SIGKILL mid-job resumes it after a restart from the last finished segment, never generating a finished
-segment again, and ends with the same bytes as an uninterrupted run."""
+segment again, and ends with the same bytes as an uninterrupted run; so does a job whose segments live
+requests pre-empt."""
 
 from __future__ import annotations
 
@@ -59,8 +60,25 @@ def test_kill_mid_job_then_restart_gives_the_same_audio(tiny_model: Path, tmp_pa
         reference = httpx.get(
             f"{server.base_url}/v1/audio/speech/jobs/{job['id']}/content", timeout=60
         ).content
+        # The same job again, with live requests made while its segments generate: on this
+        # one-at-a-time engine each pre-empts the segment in progress, which is generated again later.
+        # The live requests are served, and the job's bytes do not change.
+        job = httpx.post(f"{server.base_url}/v1/audio/speech/jobs", json=BODY, timeout=60).json()
+        for n in (1, 3, 5):
+            poll(server.base_url, job["id"], lambda j, n=n: j["progress"]["segments_done"] >= n)
+            live = httpx.post(f"{server.base_url}/v1/audio/speech", timeout=120, json={
+                **BODY, "input": f"Live request {n}.", "cache": False, "stream": False})  # fmt: skip
+            assert live.status_code == 200 and live.content[:4] == b"RIFF"
+        done = poll(server.base_url, job["id"], finished)
+        assert done["status"] == "succeeded", done
+        preempted = httpx.get(f"{server.base_url}/v1/audio/speech/jobs/{job['id']}/content", timeout=60)
+        metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
     finally:
         server.stop()
+    assert preempted.content == reference
+    count = next(float(line.split()[-1]) for line in metrics.splitlines()
+                 if line.startswith("voxport_job_segments_preempted_total "))  # fmt: skip
+    assert count >= 1, "no live request found a job segment generating"
     with wave.open(io.BytesIO(reference)) as w:
         frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
         rate = w.getframerate()

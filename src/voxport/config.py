@@ -213,6 +213,18 @@ class Settings(BaseSettings):
         description="How long a failing webhook is retried (exponential backoff from 1 s, at most 10 min "
         "apart) before it is given up.",
     )
+    redis_url: str | None = Field(
+        None,
+        description="Redis shared by every replica (redis://, rediss:// or unix://): the audio cache, the "
+        "voice library and speech jobs live there; unset: all of it is local to this process (the default).",
+    )
+    redis_prefix: str = Field(
+        "voxport",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Prefix of every Redis key (one Redis can serve several voxport deployments).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )

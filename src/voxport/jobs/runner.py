@@ -1,10 +1,6 @@
-"""The job runner: queued jobs through the same speech service as live requests, at lower priority.
-
-Priority: a job takes a generation slot only while nobody waits for one and fewer than
-`max_concurrent - reserve` are taken, one segment at a time, yielding between segments; so a live request
-never waits behind a queue of job segments, at most behind the segments already generating. Jobs run
-`parallel` at a time: what the engine generates at once, less the reserve (one at a time on the reference
-engine, which generates one sequence at a time).
+"""The job runner: queued jobs through the same speech service as live requests, at lower priority
+(jobs/priority.py: segments take a slot only with headroom, and are pre-empted on an engine that a live
+request needs), one segment at a time, yielding between segments.
 
 Durability: each finished segment's float32 audio is written atomically before its progress is recorded;
 a job the last process left running resumes at its first missing segment. The final audio is joined from
@@ -27,10 +23,11 @@ from voxport.config import Settings
 from voxport.engine.base import EngineInputError, EngineUnavailable
 from voxport.errors import RequestCancelled, VoxportError
 from voxport.files import atomic_writer
+from voxport.jobs.priority import JobPriority
 from voxport.jobs.segments import SegmentFiles
 from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore
 from voxport.protocol import SpeechCreateParams
-from voxport.speech import SpeechJob, SpeechService
+from voxport.speech import SpeechService
 from voxport.speech.joiner import CrossFader
 from voxport.speech.prepare import PreparedSpeech
 from voxport.text import segment
@@ -39,7 +36,6 @@ log = logging.getLogger("voxport.jobs")
 
 EXPIRY_SWEEP_S = 60.0
 OUTAGE_PAUSE_S = 1.0  # a job the engine failed under waits this long before it is taken up again
-_POLL_S = 0.05  # how often a job waiting for headroom looks again
 
 
 def error_object(error: VoxportError) -> dict[str, Any]:
@@ -58,6 +54,7 @@ class JobRunner:
         on_finished: Callable[[Job], Awaitable[None]],
         on_segment: Callable[[], None] = lambda: None,
         on_started: Callable[[], Awaitable[object]] | None = None,
+        on_preempted: Callable[[], None] = lambda: None,
     ):
         self.settings = settings
         self.store = store
@@ -66,6 +63,7 @@ class JobRunner:
         self.on_finished = on_finished
         self.on_segment = on_segment
         self.on_started = on_started
+        self.priority = JobPriority(speech, on_preempted)
         self.running: dict[str, asyncio.Event] = {}  # job id -> its cancel switch
         self.interrupted = 0  # segments abandoned because the engine was unavailable
         self._wake = asyncio.Event()
@@ -73,33 +71,6 @@ class JobRunner:
         self._loop_task: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         self._closing = False
-
-    # -- priority ---------------------------------------------------------------------------------
-
-    @property
-    def reserve(self) -> int:
-        """Slots kept for live requests."""
-        return max(1, self.speech.admission.max_concurrent // 4)
-
-    @property
-    def parallel(self) -> int:
-        """Jobs generating at once."""
-        width = min(self.speech.admission.max_concurrent, self.speech.engine.capacity)
-        return max(1, width - max(1, width // 4)) if width > 1 else 1
-
-    def _headroom(self) -> bool:
-        a = self.speech.admission
-        free = a.queued == 0 and a.generating < max(1, a.max_concurrent - self.reserve)
-        return free and self.speech.accepts_requests
-
-    @contextlib.asynccontextmanager
-    async def _low_priority_slot(self, cancel: asyncio.Event) -> AsyncIterator[None]:
-        while not self._headroom():
-            if cancel.is_set():
-                raise RequestCancelled
-            await asyncio.sleep(_POLL_S)
-        async with self.speech.admission.slot():
-            yield
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -133,7 +104,7 @@ class JobRunner:
     async def _loop(self) -> None:
         while not self._closing:
             self._wake.clear()
-            room = self.parallel - len(self.running)
+            room = self.priority.parallel - len(self.running)
             if room > 0:
                 for job in await self.store.next_queued(limit=room + len(self.running)):
                     if room <= 0:
@@ -222,10 +193,7 @@ class JobRunner:
             if cancel.is_set():
                 raise RequestCancelled
             prepared = await self.prepare(params, plan[index])
-            ticket = SpeechJob(f"{job.id}/{index}", cancel=cancel)
-            async with self._low_priority_slot(cancel):
-                chunks = [chunk async for chunk in self.speech.joiner.audio(prepared.segments, ticket)]
-            audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+            audio = await self.priority.generate(prepared, f"{job.id}/{index}", cancel)
             await asyncio.to_thread(self.files.write_segment, job.id, index, audio)
             samples += len(audio)
             await self.store.segment_done(job.id, index + 1, samples / rate)

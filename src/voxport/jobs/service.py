@@ -66,6 +66,11 @@ class JobMetrics:
             ["outcome"],
             registry=r,
         )
+        self.preempted = Counter(
+            "voxport_job_segments_preempted",
+            "Job segment generations abandoned (and later redone) because a live request needed the engine.",
+            registry=r,
+        )
 
 
 class JobService:
@@ -80,6 +85,7 @@ class JobService:
         self.runner = JobRunner(
             settings, self.store, self.files, speech, self._finished,
             on_segment=self.metrics.segments.inc, on_started=self.refresh_counts,
+            on_preempted=self.metrics.preempted.inc,
         )  # fmt: skip
         self.dispatcher: WebhookDispatcher | None = None
         self.counts: dict[str, int] = {}
