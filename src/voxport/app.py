@@ -13,7 +13,6 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi_offline import FastAPIOffline
 
 from voxport import __version__
 from voxport.api.auth import AccessPolicy
@@ -21,14 +20,16 @@ from voxport.api.errors import install_error_handlers
 from voxport.api.limits import BodyLimitMiddleware, BodyLimits
 from voxport.api.middleware import RequestContextMiddleware
 from voxport.api.openapi import install_openapi
+from voxport.api.probes import Probes
 from voxport.api.routes import ROUTERS
+from voxport.api.stack import create_api
 from voxport.cache import AudioCache, checkpoint_fingerprint
 from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
 from voxport.jobs.service import JobService
 from voxport.lexicon import Lexicon
-from voxport.metrics import Gauges, Metrics
+from voxport.metrics import Gauges, Metrics, ResourceSampler
 from voxport.speech import SpeechService
 from voxport.speech.admission import Admission
 from voxport.speech.jobs import JobRegistry
@@ -73,6 +74,7 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
         ttl_seconds=settings.cache_ttl_minutes * 60,
         max_bytes=int(settings.cache_max_mb * 2**20),
         on_evict=metrics.cache_evictions.inc,
+        memory_bytes=int(settings.cache_memory_mb * 2**20),
     )
     admission = Admission(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
     jobs = JobRegistry(on_cancelled=metrics.cancelled.inc)
@@ -94,6 +96,7 @@ def create_app(
     speech = _speech(settings, engine, voices, loaded)
     cache = speech.cache
     jobs = JobService(settings, speech, speech.metrics)
+    sampler = ResourceSampler(cuda=lambda: engine.ready and (engine.info.device or "").startswith("cuda"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -108,6 +111,8 @@ def create_app(
             await asyncio.to_thread(cache.load_index)
             sweeper = asyncio.create_task(cache.run_sweeper(settings.cache_sweep_s))
         await jobs.start()
+        await asyncio.to_thread(sampler.sample)  # the first /health has figures
+        sampling = asyncio.create_task(sampler.run())
         log.info(
             "voxport %s ready: model %s, engine %s", __version__, settings.served_model_id, engine.info.name
         )
@@ -115,15 +120,16 @@ def create_app(
             yield
         finally:
             await jobs.close()  # before the engine: running jobs stop and resume at the next start
-            if sweeper is not None:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+            for task in (sweeper, sampling):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await engine.close()
 
     # /docs and /redoc with their scripts and styles served from the fastapi-offline package: no CDN; and
     # no validator badge, which Swagger UI would otherwise fetch from validator.swagger.io.
-    app = FastAPIOffline(
+    app = create_api(
         title="voxport", version=__version__, lifespan=lifespan, swagger_ui_parameters={"validatorUrl": None}
     )
     app.state.settings = settings
@@ -137,6 +143,7 @@ def create_app(
     )
     # The directory name only: server paths are never shown to clients.
     app.state.checkpoint_name = Path(model_dir).name if Path(model_dir).is_dir() else settings.model
+    app.state.probes = probes = Probes(speech, jobs, app.state.checkpoint_name, sampler)
     install_error_handlers(app)
     # Inside the request context: a body is refused only after its request was authenticated and logged.
     app.add_middleware(
@@ -152,8 +159,9 @@ def create_app(
         ),
     )
     app.add_middleware(
-        RequestContextMiddleware, metrics=speech.metrics, log_request_text=settings.log_request_text
-    )
+        RequestContextMiddleware, metrics=speech.metrics, log_request_text=settings.log_request_text,
+        fast=probes.routes(),
+    )  # fmt: skip
     if settings.cors_allow_origins:
         # Outermost, so that preflights are answered before auth and errors carry CORS headers too.
         app.add_middleware(

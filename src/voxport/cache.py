@@ -8,6 +8,15 @@ The header holds the payload's length and MD5 and what the response needs (conte
 duration, usage). A read that finds anything inconsistent deletes the file and reports a miss, so a
 truncated or corrupt entry is never served. Writes go to a temp file in the cache directory and are
 renamed into place, so readers see a whole entry or none. File I/O runs in worker threads.
+
+Hot small entries (each up to `MEMORY_ENTRY_BYTES`, `memory_bytes` in all) are also kept in memory, in
+LRU order: a hit on one costs no thread and no read. An entry enters memory only as it was written, or
+after a read from disk passed the check above, so memory never holds a corrupt entry; it leaves memory
+when it leaves the index (TTL, size cap, clear). Hits from memory mark the entry used in the index (the
+size cap's LRU order); the file's atime (the order after a restart) is brought up to date by the sweep.
+
+The module is longer than 300 lines because the memory tier shares the index's lock and bookkeeping
+(every removal drops both under one lock): split in two, each half would reach into the other's state.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import os
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +42,7 @@ log = logging.getLogger("voxport.cache")
 
 MAGIC = b"VXPCACH1"
 _SUFFIX = ".audio"
+MEMORY_ENTRY_BYTES = 1 << 20  # larger entries are read from disk for each hit
 
 
 def cache_key(fields: dict[str, Any]) -> str:
@@ -90,11 +101,16 @@ class AudioCache:
     max_bytes: int
     on_evict: Callable[[int], None] | None = None  # told how many entries each sweep evicted
     stats: CacheStats = field(default_factory=CacheStats)
+    memory_bytes: int = 0  # payload bytes of hot entries also kept in memory; 0: none
 
     def __post_init__(self) -> None:
         self._index: dict[str, _Entry] = {}
-        self._lock = threading.Lock()  # the index is touched from worker threads
+        self._bytes = 0  # the index's total size, kept as entries come and go
+        self._lock = threading.Lock()  # the index and memory are touched from worker threads
         self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._hot: OrderedDict[str, CachedAudio] = OrderedDict()
+        self._hot_bytes = 0
+        self._touched: set[str] = set()  # used from memory since the last sweep: their atime is behind
 
     @property
     def enabled(self) -> bool:
@@ -106,8 +122,11 @@ class AudioCache:
 
     @property
     def bytes(self) -> int:
-        with self._lock:
-            return sum(e.size for e in self._index.values())
+        return self._bytes
+
+    @property
+    def memory_entries(self) -> int:
+        return len(self._hot)
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}{_SUFFIX}"
@@ -127,6 +146,37 @@ class AudioCache:
                 index[path.stem] = _Entry(stat.st_size, stat.st_mtime, stat.st_atime)
         with self._lock:
             self._index = index
+            self._bytes = sum(e.size for e in index.values())
+            self._hot.clear()
+            self._hot_bytes = 0
+
+    # -- memory (the event loop and worker threads, under the lock) ------------------------------
+
+    def _from_memory(self, key: str) -> CachedAudio | None:
+        """A hot entry, without I/O (on the event loop); None sends the caller to disk."""
+        now = time.time()
+        with self._lock:
+            hot = self._hot.get(key)
+            if hot is None:
+                return None
+            entry = self._index.get(key)
+            if entry is None or now - entry.created > self.ttl_seconds:
+                return None  # the read from disk removes what expired
+            self._hot.move_to_end(key)
+            entry.used = now
+            self._touched.add(key)
+        return hot
+
+    def _remember(self, key: str, found: CachedAudio) -> None:
+        """Keep a checked entry in memory if it is small, evicting the least recently used (lock held)."""
+        size = len(found.payload)
+        if size > min(MEMORY_ENTRY_BYTES, self.memory_bytes) or key in self._hot:
+            return
+        self._hot[key] = found
+        self._hot_bytes += size
+        while self._hot_bytes > self.memory_bytes:
+            _, old = self._hot.popitem(last=False)
+            self._hot_bytes -= len(old.payload)
 
     # -- reading and writing (worker threads) ---------------------------------------------------
 
@@ -157,11 +207,14 @@ class AudioCache:
             self._remove(key)
             return None
         now = time.time()
+        found = CachedAudio(payload, meta)
         with self._lock:
             entry.used = now
+            if self._index.get(key) is entry:  # not removed meanwhile
+                self._remember(key, found)
         with contextlib.suppress(OSError):
             os.utime(path, (now, entry.created))  # atime = recency, mtime = creation
-        return CachedAudio(payload, meta)
+        return found
 
     def _write(self, key: str, payload: bytes, meta: dict[str, Any]) -> None:
         path = self._path(key)
@@ -170,15 +223,29 @@ class AudioCache:
         ).encode()
         atomic_write(path, MAGIC + struct.pack("<I", len(header)) + header, payload)
         now = time.time()
+        size = path.stat().st_size
         with self._lock:
-            self._index[key] = _Entry(path.stat().st_size, now, now)
+            self._drop(key)
+            self._index[key] = _Entry(size, now, now)
+            self._bytes += size
+            self._remember(key, CachedAudio(payload, meta))
         self.stats.writes += 1
         if self.bytes > self.max_bytes:
             self.sweep()
 
+    def _drop(self, key: str) -> None:
+        """Out of the index and memory (lock held)."""
+        entry = self._index.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry.size
+        hot = self._hot.pop(key, None)
+        if hot is not None:
+            self._hot_bytes -= len(hot.payload)
+        self._touched.discard(key)
+
     def _forget(self, key: str) -> None:
         with self._lock:
-            self._index.pop(key, None)
+            self._drop(key)
 
     def _remove(self, key: str) -> None:
         self._forget(key)
@@ -186,8 +253,15 @@ class AudioCache:
             self._path(key).unlink()
 
     def sweep(self) -> int:
-        """Drop expired entries, then the least recently used until under the size cap."""
+        """Drop expired entries, then the least recently used until under the size cap; bring the atime
+        of the entries used from memory up to date."""
         now = time.time()
+        with self._lock:
+            touched = [(k, self._index[k]) for k in self._touched if k in self._index]
+            self._touched.clear()
+        for key, entry in touched:
+            with contextlib.suppress(OSError):
+                os.utime(self._path(key), (entry.used, entry.created))
         with self._lock:
             expired = [k for k, e in self._index.items() if now - e.created > self.ttl_seconds]
             by_recency = sorted((e.used, k) for k, e in self._index.items() if k not in expired)
@@ -217,7 +291,9 @@ class AudioCache:
     # -- async API --------------------------------------------------------------------------------
 
     async def get(self, key: str) -> CachedAudio | None:
-        found = await asyncio.to_thread(self._read, key)
+        found = self._from_memory(key)
+        if found is None:
+            found = await asyncio.to_thread(self._read, key)
         if found is None:
             self.stats.misses += 1
         else:

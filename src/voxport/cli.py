@@ -94,6 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
+    from voxport.api.serving import uvicorn_options
     from voxport.app import create_app
     from voxport.engine.base import EngineError
     from voxport.lexicon import LexiconError
@@ -117,9 +118,8 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         timeout_keep_alive=settings.keep_alive_s,
-        # h11, not httptools: httptools has no limit on the size of a request's head.
-        http="h11",
-        h11_max_incomplete_event_size=settings.max_header_kb * 1024,
+        # uvloop and httptools where installed, httptools with our limit on a request head's size.
+        **uvicorn_options(settings.max_header_kb * 1024),
     )
     return 0
 

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         "connection is closed.",
     )
     max_header_kb: int = Field(
-        32, ge=4, le=1024, description="Largest request head (request line and headers), in KiB; beyond: 400."
+        32, ge=4, le=1024, description="Largest request head (request line and headers), in KiB; beyond: 431."
     )
     keep_alive_s: float = Field(5, gt=0, description="How long an idle keep-alive connection stays open.")
     max_user_voices: int = Field(100, ge=0, description="Most voices the user library holds.")
@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     )
     cache_max_mb: float = Field(1024, gt=0, description="Size cap of the audio cache, in MiB (LRU eviction).")
     cache_sweep_s: float = Field(60, gt=0, description="Seconds between cache sweeps (TTL and size cap).")
+    cache_memory_mb: float = Field(
+        64, ge=0, description="MiB of hot cache entries (each up to 1 MiB) also kept in memory; 0: none."
+    )
     max_concurrent: int | None = Field(
         None,
         ge=1,

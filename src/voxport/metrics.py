@@ -3,7 +3,9 @@ codes, cache states — never ids, texts or voices."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -159,3 +161,28 @@ def gpu_memory_bytes(root: int | None = None) -> int | None:
     if listed and not ours:
         return None
     return sum(ours)
+
+
+class ResourceSampler:
+    """Process RSS and GPU memory (NVML), the probes that cost something, sampled in a worker thread at
+    most once per `interval` seconds; readers (`/health`) get the last sample and never wait for one.
+    `cuda` says whether GPU memory is worth asking NVML about (it is read once the engine is loaded)."""
+
+    def __init__(self, cuda: Callable[[], bool], interval: float = 1.0) -> None:
+        self._cuda = cuda
+        self.interval = interval
+        self.rss_bytes: int | None = None
+        self.gpu_memory_bytes: int | None = None
+        self.sampled_at = 0.0  # time.monotonic() of the last sample; 0 before the first
+
+    def sample(self) -> None:
+        """One sample (blocking: call it from a worker thread)."""
+        self.rss_bytes = process_rss_bytes()
+        self.gpu_memory_bytes = gpu_memory_bytes() if self._cuda() else None
+        self.sampled_at = time.monotonic()
+
+    async def run(self) -> None:
+        """Sample every `interval` seconds until cancelled (start-up takes the first sample)."""
+        while True:
+            await asyncio.sleep(self.interval)
+            await asyncio.to_thread(self.sample)

@@ -127,17 +127,22 @@ async def _read(files: dict[str, UploadFile], param: str, cap: int, settings: Se
     return VoiceUpload(data, transcript, param)
 
 
+_speech_json = json_body(SpeechCreateParams)
+
+
 @dataclass(frozen=True)
 class SpeechBody:
     params: SpeechCreateParams
     upload: VoiceUpload | None = None  # a recording to clone for this request only
 
 
-async def _speech_body(request: Request, settings: SettingsDep) -> SpeechBody:
+async def _speech_body(request: Request) -> SpeechBody:
+    # No sub-dependency: this runs on every speech request, cache hits included, and each one costs.
     if not _is_form(request):
         if not _is_json(_media_type(request)):
             raise _wrong_media_type(_media_type(request), "application/json, or multipart/form-data")
-        return SpeechBody(await json_body(SpeechCreateParams)(request))
+        return SpeechBody(await _speech_json(request))
+    settings: Settings = request.app.state.settings
     await _refuse_json_as_form(request)
     fields, files, cap = await _form(request, settings)
     transcript = _validate(PromptText, {"prompt_text": fields.pop("prompt_text", None)}).prompt_text or None

@@ -1,5 +1,6 @@
 """What a handler may ask for: `Annotated[..., Depends()]` aliases for the collaborators create_app
-built, and the request's record."""
+built, and the request's record. Every provider is `async def`: FastAPI runs a plain `def` dependency in
+its thread pool, a thread hop per request for an attribute read."""
 
 from __future__ import annotations
 
@@ -15,23 +16,23 @@ from voxport.speech import SpeechJob, SpeechService
 from voxport.voices import VoiceRegistry
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _speech(request: Request) -> SpeechService:
+async def _speech(request: Request) -> SpeechService:
     return request.app.state.speech
 
 
-def _voices(request: Request) -> VoiceRegistry:
+async def _voices(request: Request) -> VoiceRegistry:
     return request.app.state.speech.voices
 
 
-def _cache(request: Request) -> AudioCache:
+async def _cache(request: Request) -> AudioCache:
     return request.app.state.speech.cache
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -39,8 +40,9 @@ async def _record() -> RequestRecord:
     return current.get()
 
 
-async def _speech_job(record: Annotated[RequestRecord, Depends(_record)]) -> SpeechJob:
+async def _speech_job() -> SpeechJob:
     """The request's speech job, already on its record so that the access line can read it."""
+    record = current.get()
     record.speech = SpeechJob(record.request_id, started=record.started)
     return record.speech
 

@@ -22,11 +22,11 @@ _EXTENSIONS = {"audio/mpeg": "mp3", "audio/opus": "opus", "audio/aac": "aac", "a
                "audio/wav": "wav", "audio/pcm": "pcm"}  # fmt: skip
 
 
-def _jobs(request: Request) -> JobService:
+async def _jobs(request: Request) -> JobService:
     return request.app.state.jobs
 
 
-def _scope(request: Request) -> str:
+async def _scope(request: Request) -> str:
     """Jobs belong to the API key that created them (require_api_key has checked it already)."""
     if not request.app.state.policy.api_keys:
         return ""
@@ -34,7 +34,7 @@ def _scope(request: Request) -> str:
     return key_scope(auth[7:].strip() if auth.lower().startswith("bearer ") else None)
 
 
-def _idempotency_key(request: Request) -> str | None:
+async def _idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 255:
         raise invalid("'Idempotency-Key' must be 1 to 255 characters.", "Idempotency-Key")

@@ -8,76 +8,35 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from voxport import __version__
 from voxport.api.auth import require_admin, require_metrics_key
-from voxport.api.deps import CacheDep, MetricsDep, SpeechDep, VoicesDep
+from voxport.api.deps import CacheDep, MetricsDep, VoicesDep
+from voxport.api.middleware import Answer
 from voxport.api.openapi import errors
-from voxport.errors import unavailable
-from voxport.metrics import gpu_memory_bytes, process_rss_bytes
-from voxport.protocol import (
-    CacheCleared,
-    Health,
-    HealthCache,
-    HealthCapacity,
-    HealthJobs,
-    HealthRouting,
-    Ready,
-    VoicesReloaded,
-)
-from voxport.speech import SpeechService
+from voxport.api.probes import Probes
+from voxport.protocol import CacheCleared, Health, Ready, VoicesReloaded
 
 router = APIRouter(tags=["ops"])  # open: probes and load balancers call these without a key
 admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], responses=errors(401, 403),
                   tags=["admin"])  # fmt: skip
 
 
-def _engine_state(speech: SpeechService) -> str:
-    if speech.watch.stalled:
-        return "stalled"
-    return "ready" if speech.engine.ready else "unavailable"
+def _probe(answer: Answer) -> Response:
+    status, headers, body = answer
+    return Response(body, status, {k.decode(): v.decode() for k, v in headers})
 
 
-def _engine_info(speech: SpeechService) -> tuple[str | None, str | None, str | None]:
-    try:
-        info = speech.engine.info
-    except Exception:  # not loaded
-        return None, None, None
-    return info.name, info.device, info.attention
+# The request layer answers these three before the router (api/probes.py); here for the OpenAPI document
+# and for a stack without that layer, with the same answers.
+@router.get("/health", response_model=Health)
+@router.head("/health", response_model=Health)
+async def health(request: Request) -> Response:
+    probes: Probes = request.app.state.probes
+    return _probe(await (probes.head_health() if request.method == "HEAD" else probes.get_health()))
 
 
-async def health_report(
-    speech: SpeechService, checkpoint: str, job_queue: HealthJobs | None = None
-) -> Health:
-    (engine, device, attention), state = _engine_info(speech), _engine_state(speech)
-    cache, admission, jobs = speech.cache, speech.admission, speech.jobs
-    gpu = await asyncio.to_thread(gpu_memory_bytes) if device and device.startswith("cuda") else None
-    return Health(
-        status="ok" if state == "ready" else "unavailable", version=__version__,
-        model=speech.settings.served_model_id, checkpoint=checkpoint, engine=engine, engine_state=state,
-        attention=attention, device=device, ready=speech.accepts_requests,
-        requests_in_flight=jobs.in_flight, requests_generating=admission.generating,
-        requests_queued=admission.queued, requests_cancelled=jobs.cancelled_total,
-        capacity=HealthCapacity(engine_batch=admission.engine_batch, max_concurrent=admission.max_concurrent,
-                                max_queue=admission.max_queue),
-        cache=HealthCache(enabled=cache.enabled, entries=cache.entries, bytes=cache.bytes,
-                          hits=cache.stats.hits, misses=cache.stats.misses, evictions=cache.stats.evictions),
-        routing=HealthRouting(load_score=admission.load_score, accepts_requests=speech.accepts_requests),
-        rss_bytes=process_rss_bytes(), gpu_memory_bytes=gpu, jobs=job_queue,
-    )  # fmt: skip
-
-
-@router.get("/health")
-@router.head("/health")
-async def health(request: Request, speech: SpeechDep) -> Health:
-    job_queue = HealthJobs(**request.app.state.jobs.health())
-    return await health_report(speech, request.app.state.checkpoint_name, job_queue)
-
-
-@router.get("/ready", responses=errors(503))
-async def ready(speech: SpeechDep) -> Ready:
-    if not speech.accepts_requests:
-        raise unavailable("The speech engine is not ready.", code="not_ready", retry_after=None)
-    return Ready()
+@router.get("/ready", response_model=Ready, responses=errors(503))
+async def ready(request: Request) -> Response:
+    return _probe(await request.app.state.probes.ready())
 
 
 @router.get(

@@ -54,20 +54,32 @@ _SPEECH_ROUTE = {
 
 @contextlib.asynccontextmanager
 async def _cancel_on_disconnect(request: Request, cancel: asyncio.Event) -> AsyncIterator[None]:
-    """While the body is open, a client that disconnects cancels its job (and so its generation)."""
+    """While the body is open, a client that disconnects cancels its job (and so its generation).
+
+    The watcher task is started by the event loop's next turn, so only once the body has yielded to the
+    loop: before that it could not have seen a disconnect anyway, and a body that never yields (a cache
+    hit from memory) costs no task."""
 
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
         cancel.set()
 
-    watcher = asyncio.create_task(watch())
+    watcher: asyncio.Task[None] | None = None
+
+    def arm() -> None:
+        nonlocal watcher
+        watcher = asyncio.create_task(watch())
+
+    armed = asyncio.get_running_loop().call_soon(arm)
     try:
         yield
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        armed.cancel()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
 
 def _no_cache(request: Request, params: SpeechCreateParams) -> bool:

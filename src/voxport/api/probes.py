@@ -1,0 +1,110 @@
+"""`/health`, `HEAD /health` and `/ready`: what a gateway polls constantly, so each costs next to nothing.
+
+The probes that cost something (process RSS, GPU memory through NVML) are sampled in the background at
+most once a second (`metrics.ResourceSampler`); `/health` reads the last sample and the live counters.
+Its body is rendered again only when one of the values in it has changed. `HEAD /health` renders
+nothing (200, with the headers of the last body rendered); `/ready` is one attribute read. The request
+layer answers these without entering the router (api/middleware.py); the router's routes
+(api/routes/ops.py) call the same methods, so the answers and the OpenAPI document agree.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from voxport import __version__
+from voxport.api.errors import envelope, headers_of, status_of
+from voxport.api.middleware import Answer, Probe
+from voxport.errors import unavailable
+from voxport.jobs.service import JobService
+from voxport.metrics import ResourceSampler
+from voxport.protocol import Health, HealthCache, HealthCapacity, HealthJobs, HealthRouting
+from voxport.speech import SpeechService
+
+_JSON = [(b"content-type", b"application/json")]
+_READY = b'{"ready":true}'
+
+
+class Probes:
+    def __init__(self, speech: SpeechService, jobs: JobService, checkpoint: str, sampler: ResourceSampler):
+        self.speech = speech
+        self.jobs = jobs
+        self.checkpoint = checkpoint
+        self.sampler = sampler
+        self._key: tuple[Any, ...] | None = None
+        self._body = b""
+        self._headers = _JSON
+        not_ready = unavailable("The speech engine is not ready.", code="not_ready", retry_after=None)
+        body = json.dumps(envelope(not_ready), separators=(",", ":")).encode()
+        extra = [(k.lower().encode(), v.encode()) for k, v in headers_of(not_ready).items()]
+        self._not_ready: Answer = (status_of(not_ready), [*_sized(body), *extra], body)
+
+    def routes(self) -> dict[tuple[str, str], Probe]:
+        return {("GET", "/health"): self.get_health, ("HEAD", "/health"): self.head_health,
+                ("GET", "/ready"): self.ready}  # fmt: skip
+
+    def _engine(self) -> tuple[str | None, str | None, str | None, str]:
+        speech = self.speech
+        try:
+            info = speech.engine.info
+            name, device, attention = info.name, info.device, info.attention
+        except Exception:  # not loaded
+            name = device = attention = None
+        state = "stalled" if speech.watch.stalled else "ready" if speech.engine.ready else "unavailable"
+        return name, device, attention, state
+
+    def health_body(self) -> bytes:
+        speech, sampler = self.speech, self.sampler
+        cache, admission, jobs = speech.cache, speech.admission, speech.jobs
+        queue = self.jobs.health()
+        key = (
+            self._engine(), speech.accepts_requests, jobs.in_flight, admission.generating, admission.queued,
+            jobs.cancelled_total, cache.enabled, cache.entries, cache.bytes, cache.stats.hits,
+            cache.stats.misses, cache.stats.evictions, admission.load_score, sampler.rss_bytes,
+            sampler.gpu_memory_bytes, queue["queued"], queue["running"],
+        )  # fmt: skip
+        if key != self._key:
+            self._body = self._render(key).model_dump_json().encode()
+            self._headers = _sized(self._body)
+            self._key = key
+        return self._body
+
+    def _render(self, key: tuple[Any, ...]) -> Health:
+        (engine, device, attention, state), ready = key[0], key[1]
+        admission, cache = self.speech.admission, self.speech.cache
+        capacity = HealthCapacity(
+            engine_batch=admission.engine_batch, max_concurrent=admission.max_concurrent,
+            max_queue=admission.max_queue,
+        )  # fmt: skip
+        return Health(
+            status="ok" if state == "ready" else "unavailable", version=__version__,
+            model=self.speech.settings.served_model_id, checkpoint=self.checkpoint, engine=engine,
+            engine_state=state, attention=attention, device=device, ready=ready,
+            requests_in_flight=key[2], requests_generating=key[3], requests_queued=key[4],
+            requests_cancelled=key[5],
+            capacity=capacity,
+            cache=HealthCache(enabled=cache.enabled, entries=key[7], bytes=key[8], hits=key[9],
+                              misses=key[10], evictions=key[11]),
+            routing=HealthRouting(load_score=key[12], accepts_requests=ready),
+            rss_bytes=key[13], gpu_memory_bytes=key[14], jobs=HealthJobs(queued=key[15], running=key[16]),
+        )  # fmt: skip
+
+    async def get_health(self) -> Answer:
+        body = self.health_body()
+        return 200, self._headers, body
+
+    async def head_health(self) -> Answer:
+        if self._key is None:
+            self.health_body()
+        return 200, self._headers, b""  # the length of the last body rendered: nothing is rendered here
+
+    async def ready(self) -> Answer:
+        return (200, _READY_HEADERS, _READY) if self.speech.accepts_requests else self._not_ready
+
+
+def _sized(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [*_JSON, (b"content-length", str(len(body)).encode())]
+
+
+_READY_HEADERS = _sized(_READY)
