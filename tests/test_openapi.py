@@ -61,7 +61,7 @@ EXPECTED_ERRORS = {
     "POST /v1/audio/voices": {400, 401, 408, 409, 413, 503},
     "GET /v1/voices": {401},
     "POST /v1/voices": {400, 401, 403, 408, 409, 413, 503},
-    "DELETE /v1/audio/voices/{voice_id}": {401, 403, 404},
+    "DELETE /v1/audio/voices/{voice_id}": {401, 403, 404, 503},
     "POST /v1/audio/voice_consents": {400, 401, 408, 413, 503},
     "GET /v1/audio/voice_consents": {400, 401},
     "GET /v1/audio/voice_consents/{consent_id}": {401, 404},

@@ -23,8 +23,11 @@ def _speech(request: Request) -> SpeechService:
     return request.app.state.speech
 
 
-def _voices(request: Request) -> VoiceRegistry:
-    return request.app.state.speech.voices
+async def _voices(request: Request) -> VoiceRegistry:
+    """The registry, up to date with the shared library when there is one (other replicas' changes)."""
+    registry = request.app.state.speech.voices
+    await registry.refresh()
+    return registry
 
 
 def _cache(request: Request) -> AudioCache:

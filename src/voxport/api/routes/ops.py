@@ -45,6 +45,17 @@ def _engine_info(speech: SpeechService) -> tuple[str | None, str | None, str | N
     return info.name, info.device, info.attention
 
 
+def degraded(request: Request) -> list[str]:
+    """What this replica is serving without right now (the shared Redis, when it is unreachable)."""
+    shared = getattr(request.app.state, "redis", None)
+    return ["redis"] if shared is not None and not shared.available else []
+
+
+def _redis_state(request: Request) -> str | None:
+    shared = getattr(request.app.state, "redis", None)
+    return None if shared is None else "ok" if shared.available else "unreachable"
+
+
 async def health_report(
     speech: SpeechService, checkpoint: str, job_queue: HealthJobs | None = None
 ) -> Health:
@@ -70,14 +81,17 @@ async def health_report(
 @router.head("/health")
 async def health(request: Request, speech: SpeechDep) -> Health:
     job_queue = HealthJobs(**request.app.state.jobs.health())
-    return await health_report(speech, request.app.state.checkpoint_name, job_queue)
+    report = await health_report(speech, request.app.state.checkpoint_name, job_queue)
+    return report.model_copy(update={"redis": _redis_state(request), "degraded": degraded(request)})
 
 
 @router.get("/ready", responses=errors(503))
-async def ready(speech: SpeechDep) -> Ready:
+async def ready(request: Request, speech: SpeechDep) -> Ready:
+    """200 while the engine can serve, even with Redis away (requests then go without the shared
+    cache): a load balancer keeps the replica in rotation and `degraded` says what is missing."""
     if not speech.accepts_requests:
         raise unavailable("The speech engine is not ready.", code="not_ready", retry_after=None)
-    return Ready()
+    return Ready(degraded=degraded(request))
 
 
 @router.get(

@@ -68,7 +68,7 @@ async def create_voice_from_path(
     return _public(voice, voices)
 
 
-@admin.delete("/v1/audio/voices/{voice_id}", responses=errors(404))
+@admin.delete("/v1/audio/voices/{voice_id}", responses=errors(404, 503))
 async def delete_voice(voice_id: str, voices: VoicesDep) -> VoiceDeleted:
     await voices.delete(voice_id)
     return VoiceDeleted(id=voice_id)
