@@ -43,6 +43,7 @@ MAGIC = b"VXPCACH1"
 _HASH_IN_THREAD = 256 * 1024  # payloads above this are hashed in a worker thread
 _LEASE_MS = 10_000  # a holder that dies stops blocking the others after this long
 _POLL_S = 0.05  # how often a waiting replica looks for the holder's result
+_UNLINK_BATCH = 256  # keys removed per command by clear()
 
 # Extend / release the lock only while it is still ours (a lease that ran out may be someone else's now).
 _IF_OURS = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call({}) end return 0"
@@ -226,7 +227,7 @@ class RedisAudioCache:
             batch: list[bytes] = []
             for name in client.scan_iter(match=self._key("*"), count=1000):
                 batch.append(name)
-                if len(batch) >= 500:
+                if len(batch) >= _UNLINK_BATCH:
                     removed += client.unlink(*batch)
                     batch.clear()
             if batch:

@@ -7,7 +7,7 @@
 A change is one MULTI/EXEC, so a replica reads a voice's metadata and recording as one. None of these
 keys has an expiry: with `maxmemory-policy volatile-lru` Redis evicts cached audio, never voices.
 Redis errors come out as `unavailable` (the voice layer does not import redis): a write then fails
-with 503, a read goes on with the replica's last mirror."""
+with `unavailable`, a read goes on with the replica's last mirror."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ fetches the voices added or changed and drops those removed: a voice created or 
 is seen by the next request on any other. Encoded prompts are per replica, made on first use from the
 mirrored recording and released when their voice goes.
 
-Writes go to the shared library first and fail (503 `redis_unavailable`) while it is away, so replicas
+Writes go to the shared library first and fail (`redis_unavailable`) while it is away, so replicas
 never disagree about which voices exist. A Redis that holds no library (first start, or a restart
 without persistence) is offered every replica's mirrored voices, so the library outlives such a
 restart."""
