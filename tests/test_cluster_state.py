@@ -127,6 +127,33 @@ def test_a_voice_uploaded_on_one_replica_speaks_on_the_other(replicas) -> None:
     assert gone.status_code == 400 and gone.json()["error"]["code"] == "voice_not_found"
 
 
+def test_voice_consents_are_shared(replicas) -> None:
+    a, b = replicas
+    created = httpx.post(
+        f"{a.base_url}/v1/audio/voice_consents",
+        data={"name": "Ann", "language": "en-US"},
+        files={"recording": ("consent.wav", audio_file("wav", 2.0))},
+        timeout=60,
+    )
+    assert created.status_code == 201, created.text
+    consent = created.json()["id"]
+    assert httpx.get(f"{b.base_url}/v1/audio/voice_consents/{consent}", timeout=10).json()["name"] == "Ann"
+    voice = httpx.post(
+        f"{b.base_url}/v1/audio/voices",
+        data={"name": "Ann's voice", "consent": consent},
+        files={"audio_sample": ("sample.wav", audio_file("wav", 2.0))},
+        timeout=60,
+    )
+    assert voice.status_code == 201 and voice.json()["consent"] == consent, voice.text
+    url = f"{b.base_url}/v1/audio/voice_consents/{consent}"
+    renamed = httpx.post(url, json={"name": "Ann B."}, timeout=10)
+    assert renamed.status_code == 200, renamed.text
+    assert httpx.get(f"{a.base_url}/v1/audio/voice_consents/{consent}", timeout=10).json()["name"] == "Ann B."
+    assert httpx.delete(f"{a.base_url}/v1/audio/voice_consents/{consent}", timeout=10).status_code == 200
+    assert httpx.get(f"{b.base_url}/v1/audio/voice_consents/{consent}", timeout=10).status_code == 404
+    assert httpx.delete(f"{a.base_url}/v1/audio/voices/{voice.json()['id']}", timeout=10).status_code == 200
+
+
 def test_audio_made_on_one_replica_is_a_hit_on_the_other(replicas) -> None:
     a, b = replicas
     text = f"Made once, served twice {uuid.uuid4().hex[:8]}."

@@ -1,8 +1,10 @@
-"""The user voice library in the shared Redis: every replica's voices/library mirrors it.
+"""The user voice library and the voice consents in the shared Redis: every replica's data dir mirrors them.
 
     <prefix>:voices:meta           hash: voice id -> its voice.json (id, name, key, transcript, ...)
     <prefix>:voices:audio:<id>     the recording (the normalised 16 kHz WAV the replica stored)
-    <prefix>:voices:version        a counter bumped by every change
+    <prefix>:consents:meta         hash: consent id -> its JSON (id, name, language, created)
+    <prefix>:consents:audio:<id>   the consent recording
+    <prefix>:voices:version        a counter bumped by every change to either
 
 A change is one MULTI/EXEC, so a replica reads a voice's metadata and recording as one. None of these
 keys has an expiry: with `maxmemory-policy volatile-lru` Redis evicts cached audio, never voices.
@@ -30,13 +32,17 @@ def _away(exc: BaseException) -> VoxportError:
 
 
 class SharedVoiceLibrary:
+    """User voices and voice consents (`kind`: "voices" or "consents"), under one version counter."""
+
     def __init__(self, shared: SharedRedis):
         self.shared = shared
-        self._meta = shared.key("voices", "meta")
         self._version = shared.key("voices", "version")
 
-    def _audio(self, voice_id: str) -> str:
-        return self.shared.key("voices", "audio", voice_id)
+    def _meta(self, kind: str) -> str:
+        return self.shared.key(kind, "meta")
+
+    def _audio(self, kind: str, item_id: str) -> str:
+        return self.shared.key(kind, "audio", item_id)
 
     @property
     def available(self) -> bool:
@@ -54,53 +60,60 @@ class SharedVoiceLibrary:
             raise self._failed(exc) from None
         return None if value is None else int(value)
 
-    async def snapshot(self) -> tuple[int | None, dict[str, dict[str, Any]]]:
-        """The version and every voice's metadata, read together."""
+    async def snapshot(self) -> tuple[int | None, dict[str, dict[str, dict[str, Any]]]]:
+        """The version and every item's metadata by kind, read together."""
         try:
             async with self.shared.client.pipeline(transaction=True) as pipe:
-                version, metas = await pipe.get(self._version).hgetall(self._meta).execute()
+                pipe.get(self._version).hgetall(self._meta("voices"))
+                version, voices, consents = await pipe.hgetall(self._meta("consents")).execute()
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from None
-        voices = {}
-        for voice_id, raw in metas.items():
-            try:
-                voices[voice_id.decode()] = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                log.warning("skipping unreadable shared voice %r: %s", voice_id, exc)
-        return (None if version is None else int(version)), voices
+        items: dict[str, dict[str, dict[str, Any]]] = {}
+        for kind, metas in (("voices", voices), ("consents", consents)):
+            items[kind] = {}
+            for item_id, raw in metas.items():
+                try:
+                    items[kind][item_id.decode()] = json.loads(raw)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    log.warning("skipping unreadable shared %s entry %r: %s", kind, item_id, exc)
+        return (None if version is None else int(version)), items
 
-    async def recording(self, voice_id: str) -> bytes | None:
+    async def recording(self, kind: str, item_id: str) -> bytes | None:
         try:
-            return await self.shared.client.get(self._audio(voice_id))
+            return await self.shared.client.get(self._audio(kind, item_id))
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from None
 
-    async def put(self, meta: dict[str, Any], wav: bytes) -> None:
+    async def put(self, kind: str, meta: dict[str, Any], wav: bytes | None) -> None:
+        """Add or change an item (`wav` None: its metadata only)."""
         try:
             async with self.shared.client.pipeline(transaction=True) as pipe:
-                pipe.hset(self._meta, meta["id"], json.dumps(meta)).set(self._audio(meta["id"]), wav)
+                pipe.hset(self._meta(kind), meta["id"], json.dumps(meta))
+                if wav is not None:
+                    pipe.set(self._audio(kind, meta["id"]), wav)
                 await pipe.incr(self._version).execute()
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from None
 
-    async def remove(self, voice_id: str) -> None:
+    async def remove(self, kind: str, item_id: str) -> None:
         try:
             async with self.shared.client.pipeline(transaction=True) as pipe:
-                pipe.hdel(self._meta, voice_id).delete(self._audio(voice_id))
+                pipe.hdel(self._meta(kind), item_id).delete(self._audio(kind, item_id))
                 await pipe.incr(self._version).execute()
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from None
 
-    async def seed(self, voices: list[tuple[dict[str, Any], bytes]]) -> None:
-        """Offer this replica's voices to a Redis that holds no library (a first start, or a restart
-        without persistence): voices another replica offered first are kept, not overwritten."""
+    async def seed(self, offered: dict[str, list[tuple[dict[str, Any], bytes]]]) -> None:
+        """Offer this replica's items to a Redis that holds no library (a first start, or a restart
+        without persistence): items another replica offered first are kept, not overwritten."""
         try:
             async with self.shared.client.pipeline(transaction=True) as pipe:
-                for meta, wav in voices:
-                    pipe.hsetnx(self._meta, meta["id"], json.dumps(meta))
-                    pipe.set(self._audio(meta["id"]), wav, nx=True)
+                for kind, items in offered.items():
+                    for meta, wav in items:
+                        pipe.hsetnx(self._meta(kind), meta["id"], json.dumps(meta))
+                        pipe.set(self._audio(kind, meta["id"]), wav, nx=True)
                 await pipe.incr(self._version).execute()
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from None
-        if voices:
-            log.info("offered %d library voice(s) to the shared library", len(voices))
+        if any(offered.values()):
+            log.info("offered %s to the shared library", {k: len(v) for k, v in offered.items()})

@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from voxport.errors import VoxportError
 from voxport.voices import library
 from voxport.voices.catalog import Voice
+from voxport.voices.consents import Consent
 
 if TYPE_CHECKING:
     from voxport.voices.registry import VoiceRegistry
@@ -33,14 +35,16 @@ log = logging.getLogger("voxport.voices")
 
 
 class SharedLibrary(Protocol):
+    """Items by kind ("voices", "consents"): metadata and a recording each, under one version."""
+
     available: bool
 
     async def version(self) -> int | None: ...
-    async def snapshot(self) -> tuple[int | None, dict[str, dict[str, Any]]]: ...
-    async def recording(self, voice_id: str) -> bytes | None: ...
-    async def put(self, meta: dict[str, Any], wav: bytes) -> None: ...
-    async def remove(self, voice_id: str) -> None: ...
-    async def seed(self, voices: list[tuple[dict[str, Any], bytes]]) -> None: ...
+    async def snapshot(self) -> tuple[int | None, dict[str, dict[str, dict[str, Any]]]]: ...
+    async def recording(self, kind: str, item_id: str) -> bytes | None: ...
+    async def put(self, kind: str, meta: dict[str, Any], wav: bytes | None) -> None: ...
+    async def remove(self, kind: str, item_id: str) -> None: ...
+    async def seed(self, offered: dict[str, list[tuple[dict[str, Any], bytes]]]) -> None: ...
 
 
 def _voice(folder: Path, meta: dict[str, Any]) -> Voice:
@@ -92,16 +96,24 @@ class LibraryMirror:
             log.warning("voice library not refreshed: %s", exc.message)
 
     async def _sync(self, registry: VoiceRegistry) -> None:
-        version, metas = await self.shared.snapshot()
+        version, items = await self.shared.snapshot()
         if version is None:  # Redis holds no library: offer ours, then read what all offered
-            await self.shared.seed(await asyncio.to_thread(_local, list(registry.user.values()), self.root))
-            version, metas = await self.shared.snapshot()
+            voices = await asyncio.to_thread(_local, list(registry.user.values()), self.root)
+            await self.shared.seed({"voices": voices, "consents": await registry.consents.offer()})
+            version, items = await self.shared.snapshot()
+        changed = await self._voices(registry, items["voices"])
+        await self._consents(registry, items["consents"])
+        self.version, self.synced = version, True
+        if changed:
+            await registry.release_unused()
+
+    async def _voices(self, registry: VoiceRegistry, metas: dict[str, dict[str, Any]]) -> bool:
         changed = False
         for voice_id, meta in metas.items():
             have = registry.user.get(voice_id)
             if have is not None and have.key == meta.get("key") and have.name == meta.get("name"):
                 continue
-            wav = await self.shared.recording(voice_id)
+            wav = await self.shared.recording("voices", voice_id)
             if wav is None:
                 log.warning("shared voice %s has no recording: skipped", voice_id)
                 continue
@@ -117,14 +129,26 @@ class LibraryMirror:
             registry.quota.sizes.pop(voice_id, None)
             await asyncio.to_thread(library.remove, self.root / voice_id)
             changed = True
-        self.version, self.synced = version, True
-        if changed:
-            await registry.release_unused()
+        return changed
+
+    async def _consents(self, registry: VoiceRegistry, metas: dict[str, dict[str, Any]]) -> None:
+        store = registry.consents
+        for consent_id, meta in metas.items():
+            have = store.items.get(consent_id)
+            if have is not None and asdict(have) == meta:
+                continue
+            wav = None if have is not None else await self.shared.recording("consents", consent_id)
+            try:
+                await store.mirror(Consent(**meta), wav)
+            except (OSError, TypeError) as exc:
+                log.warning("cannot mirror shared consent %s: %s", consent_id, exc)
+        for consent_id in [c for c in store.items if c not in metas]:
+            await store.forget(consent_id)
 
     async def publish(self, meta: dict[str, Any], staging: Path) -> None:
         """Put a voice being created into the shared library (the caller holds `lock`)."""
         wav = await asyncio.to_thread((staging / "audio.wav").read_bytes)
-        await self.shared.put(meta, wav)
+        await self.shared.put("voices", meta, wav)
 
     async def withdraw(self, voice_id: str) -> None:
-        await self.shared.remove(voice_id)
+        await self.shared.remove("voices", voice_id)

@@ -42,9 +42,11 @@ class VoiceRegistry:
         self.voices_dir = voices_dir
         self.default_voice = default_voice
         self.quota = library.Quota(max_user_voices, max_user_bytes)
-        self.consents = ConsentStore(data_dir / "voices" / "consents")
         self.design_clip_seconds = design_clip_seconds
         self._library = data_dir / "voices" / "library"
+        # Several replicas (--redis-url): the library is shared, this replica's is its mirror.
+        self.mirror = LibraryMirror(shared_library, self._library) if shared_library is not None else None
+        self.consents = ConsentStore(data_dir / "voices" / "consents", self.mirror)
         self._designed = data_dir / "voices" / "designed"
         self._scratch = data_dir / "tmp"
         self.fingerprint = ""
@@ -53,8 +55,6 @@ class VoiceRegistry:
         self._prompts: dict[str, VoicePrompt] = {}
         self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
         self.loaded = False
-        # Several replicas (--redis-url): the library is shared, this replica's is its mirror.
-        self.mirror = LibraryMirror(shared_library, self._library) if shared_library is not None else None
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -71,8 +71,8 @@ class VoiceRegistry:
         self.builtin = await asyncio.to_thread(self.validate_file)
         self.user = await asyncio.to_thread(library.read, self._library)
         self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
-        await self.refresh()
         await self.consents.load()
+        await self.refresh()
         await asyncio.to_thread(library.clear_scratch, self._scratch)
         for voice in [*self.builtin.values(), *self.user.values()]:
             if voice.kind != "designed":
