@@ -1,4 +1,4 @@
-"""The user library kept in step with a shared one (`--redis-url`; the shared side is
+"""The user library and the voice consents kept in step with shared ones (`--redis-url`; the shared side is
 `voxport.cluster.voices.SharedVoiceLibrary`, passed in by the composition root, so nothing here
 imports Redis).
 
