@@ -167,6 +167,27 @@ def test_audio_made_on_one_replica_is_a_hit_on_the_other(replicas) -> None:
     assert httpx.get(f"{b.base_url}/health", timeout=10).json()["redis"] == "ok"
 
 
+def test_a_damaged_shared_entry_is_never_served(replicas, redis_shared: RedisServer) -> None:
+    a, b = replicas
+    store = redis_shared.client()
+    before = set(store.scan_iter(match="t:cache:*"))
+    text = f"Cut short in Redis {uuid.uuid4().hex[:8]}."
+    first = speak(a, text)
+    (key,) = set(store.scan_iter(match="t:cache:*")) - before
+    whole = store.get(key)
+    store.set(key, whole[:-100], keepttl=True)  # a truncated payload behind an intact header
+    again = speak(b, text)
+    assert again.headers["x-cache"] == "MISS"  # regenerated, not the damaged bytes
+    assert len(again.content) == len(first.content)
+    assert store.get(key).endswith(again.content)  # stored afresh, and served from there
+    third = speak(a, text)
+    assert third.headers["x-cache"] == "HIT" and third.content == again.content
+    cleared = httpx.post(f"{b.base_url}/admin/cache/clear", timeout=10).json()["removed"]
+    assert cleared >= 1 and list(store.scan_iter(match="t:cache:*")) == []
+    assert speak(a, text).headers["x-cache"] == "MISS"
+    store.close()
+
+
 def test_simultaneous_identical_requests_on_two_replicas_generate_once(replicas) -> None:
     a, b = replicas
     text = f"Asked twice at once {uuid.uuid4().hex[:8]}."
