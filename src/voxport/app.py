@@ -10,7 +10,7 @@ import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,7 +23,7 @@ from voxport.api.limits import BodyLimitMiddleware, BodyLimits
 from voxport.api.middleware import RequestContextMiddleware
 from voxport.api.openapi import install_openapi
 from voxport.api.routes import ROUTERS
-from voxport.cache import AudioCache, checkpoint_fingerprint
+from voxport.cache import AudioCache, AudioStore, checkpoint_fingerprint
 from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
@@ -69,7 +69,7 @@ def _voices(settings: Settings, engine: Engine, shared: SharedRedis | None) -> V
     )  # fmt: skip
 
 
-def _cache(settings: Settings, metrics: Metrics, shared: SharedRedis | None) -> Any:
+def _cache(settings: Settings, metrics: Metrics, shared: SharedRedis | None) -> AudioStore:
     """The audio cache: on disk, or in the shared Redis (the same interface)."""
     if shared is None:
         return AudioCache(
@@ -92,8 +92,11 @@ async def _watch(shared: SharedRedis, voices: VoiceRegistry) -> None:
     """Keep Redis' reachability current, and the voice library with it even on an idle replica."""
     while True:
         await asyncio.sleep(1.0)
-        if await shared.ping():
-            await voices.refresh()
+        try:
+            if await shared.ping():
+                await voices.refresh()
+        except Exception:  # the watcher must outlive any one failure
+            log.exception("shared voice library refresh failed")
 
 
 def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: Loaded,

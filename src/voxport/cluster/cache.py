@@ -84,7 +84,7 @@ class SharedResult:
 
 
 class RedisAudioCache:
-    """`AudioCache`'s interface (get, put, single_flight, clear, stats) over the shared Redis."""
+    """`voxport.cache.AudioStore` (the disk cache's interface) over the shared Redis."""
 
     def __init__(self, shared: SharedRedis, ttl_seconds: float, wait_s: float = 300.0):
         self.shared = shared
