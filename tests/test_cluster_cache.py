@@ -5,6 +5,8 @@ first's result; takes over when the first fails or dies), and with Redis away ev
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
 from voxport.cluster.cache import RedisAudioCache, SharedResult
@@ -127,3 +129,19 @@ def test_with_redis_away_everything_is_a_miss_and_generated_here(redis_server: R
         await a.shared.close()
 
     asyncio.run(run())
+
+
+def test_without_a_redis_url_nothing_of_it_is_imported(tmp_path) -> None:
+    probe = (
+        "import sys\n"
+        "from voxport.config import Settings\n"
+        "from voxport.app import create_app\n"
+        f"create_app(Settings(engine='sim', data_dir={str(tmp_path / 'a')!r}))\n"
+        "ours = ('redis', 'voxport.cluster')\n"
+        "print(sorted(m for m in sys.modules if m in ours or m.startswith(tuple(p + '.' for p in ours))))\n"
+        f"create_app(Settings(engine='sim', data_dir={str(tmp_path / 'b')!r}, redis_url='redis://127.0.0.1:1/0'))\n"
+        "print('voxport.cluster.cache' in sys.modules)\n"
+    )
+    run = [sys.executable, "-c", probe]
+    out = subprocess.run(run, capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["[]", "True"]
