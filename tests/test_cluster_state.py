@@ -51,7 +51,10 @@ def replicas(
     ]
     try:
         for proc in procs:
-            proc.wait_ready()
+            try:
+                proc.wait_ready()
+            except (RuntimeError, TimeoutError) as exc:
+                pytest.fail(f"a replica did not start ({exc}):\n{proc.output()[-4000:]}")
         yield procs[0], procs[1]
     finally:
         for proc in procs:
