@@ -10,6 +10,7 @@ import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,7 +24,7 @@ from voxport.api.openapi import install_openapi
 from voxport.api.probes import Probes
 from voxport.api.routes import ROUTERS
 from voxport.api.stack import create_api
-from voxport.cache import AudioCache, checkpoint_fingerprint
+from voxport.cache import AudioCache, AudioStore, checkpoint_fingerprint
 from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
@@ -35,6 +36,9 @@ from voxport.speech.admission import Admission
 from voxport.speech.jobs import JobRegistry
 from voxport.voices import VoiceRegistry
 
+if TYPE_CHECKING:
+    from voxport.cluster.redis import SharedRedis
+
 log = logging.getLogger("voxport")
 
 
@@ -45,15 +49,62 @@ class Loaded:
     fingerprint: str = ""
 
 
-def _voices(settings: Settings, engine: Engine) -> VoiceRegistry:
+def _shared(settings: Settings) -> SharedRedis | None:
+    """The shared Redis, only with --redis-url: without it, no Redis module is even imported."""
+    if not settings.redis_url:
+        return None
+    from voxport.cluster.redis import SharedRedis
+
+    return SharedRedis(settings.redis_url, settings.redis_prefix)
+
+
+def _voices(settings: Settings, engine: Engine, shared: SharedRedis | None) -> VoiceRegistry:
+    library = None
+    if shared is not None:
+        from voxport.cluster.voices import SharedVoiceLibrary
+
+        library = SharedVoiceLibrary(shared)
     return VoiceRegistry(
         engine, settings.voices_file, settings.voices_dir, settings.data_dir, settings.default_voice,
         max_user_voices=settings.max_user_voices, max_user_bytes=int(settings.max_user_voices_mb * 2**20),
         design_clip_seconds=settings.design_clip_seconds, lexicon=Lexicon(settings.lexicon_file),
+        shared_library=library,
     )  # fmt: skip
 
 
-def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: Loaded) -> SpeechService:
+def _cache(settings: Settings, metrics: Metrics, shared: SharedRedis | None) -> AudioStore:
+    """The audio cache: on disk, or in the shared Redis (the same interface)."""
+    if shared is None:
+        return AudioCache(
+            settings.data_dir / "cache",
+            ttl_seconds=settings.cache_ttl_minutes * 60,
+            max_bytes=int(settings.cache_max_mb * 2**20),
+            on_evict=metrics.cache_evictions.inc,
+            memory_bytes=int(settings.cache_memory_mb * 2**20),
+        )
+    from prometheus_client import Counter
+
+    from voxport.cluster.cache import RedisAudioCache
+
+    errors = Counter("voxport_redis_errors", "Failed Redis commands, by operation.", ["op"],
+                     registry=metrics.registry)  # fmt: skip
+    shared.on_error = lambda op: errors.labels(op).inc()
+    return RedisAudioCache(shared, settings.cache_ttl_minutes * 60, wait_s=settings.request_timeout_s)
+
+
+async def _watch(shared: SharedRedis, voices: VoiceRegistry) -> None:
+    """Keep Redis' reachability current, and the voice library with it even on an idle replica."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            if await shared.ping():
+                await voices.refresh()
+        except Exception:  # the watcher must outlive any one failure
+            log.exception("shared voice library refresh failed")
+
+
+def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: Loaded,
+            shared: SharedRedis | None) -> SpeechService:  # fmt: skip
     speech: SpeechService | None = None  # the gauges read it once it exists
     # Sized from the engine (what it runs at once) unless the settings say otherwise.
     max_concurrent, max_queue = settings.admission(engine.capacity)
@@ -69,13 +120,7 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
         ),
         limits,
     )
-    cache = AudioCache(
-        settings.data_dir / "cache",
-        ttl_seconds=settings.cache_ttl_minutes * 60,
-        max_bytes=int(settings.cache_max_mb * 2**20),
-        on_evict=metrics.cache_evictions.inc,
-        memory_bytes=int(settings.cache_memory_mb * 2**20),
-    )
+    cache = _cache(settings, metrics, shared)
     admission = Admission(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
     jobs = JobRegistry(on_cancelled=metrics.cancelled.inc)
     speech = SpeechService(settings, engine, voices, cache, metrics, admission, jobs,
@@ -89,11 +134,12 @@ def create_app(
     """Build the app. `checkpoint_dir` is the resolved local model directory (default: settings.model)."""
     model_dir = checkpoint_dir or settings.model
     engine = engine or create_engine(settings, model_dir)
-    voices = _voices(settings, engine)
+    shared = _shared(settings)
+    voices = _voices(settings, engine, shared)
     voices.validate_file()  # a bad voices.json (or lexicon) stops start-up before anything is loaded
     voices.lexicon.use(voices.lexicon.read())
     loaded = Loaded()
-    speech = _speech(settings, engine, voices, loaded)
+    speech = _speech(settings, engine, voices, loaded, shared)
     cache = speech.cache
     jobs = JobService(settings, speech, speech.metrics)
     sampler = ResourceSampler(cuda=lambda: engine.ready and (engine.info.device or "").startswith("cuda"))
@@ -105,6 +151,10 @@ def create_app(
             loaded.fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
         else:  # no weights (the sim engine): its audio and clips must never pass for a model's
             loaded.fingerprint = f"engine:{engine.info.name}"
+        watcher = None
+        if shared is not None:  # reachable or not: a replica starts (and serves) without Redis too
+            await shared.ping()
+            watcher = asyncio.create_task(_watch(shared, voices))
         await voices.load(loaded.fingerprint)
         sweeper = None
         if cache.enabled:
@@ -120,11 +170,13 @@ def create_app(
             yield
         finally:
             await jobs.close()  # before the engine: running jobs stop and resume at the next start
-            for task in (sweeper, sampling):
+            for task in (sweeper, sampling, watcher):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            if shared is not None:
+                await shared.close()
             await engine.close()
 
     # /docs and /redoc with their scripts and styles served from the fastapi-offline package: no CDN; and
@@ -136,6 +188,7 @@ def create_app(
     app.state.speech = speech
     app.state.metrics = speech.metrics
     app.state.jobs = jobs
+    app.state.redis = shared
     app.state.policy = AccessPolicy(
         api_keys=tuple(settings.all_api_keys()),
         admin_key=settings.admin_api_key,
@@ -143,7 +196,7 @@ def create_app(
     )
     # The directory name only: server paths are never shown to clients.
     app.state.checkpoint_name = Path(model_dir).name if Path(model_dir).is_dir() else settings.model
-    app.state.probes = probes = Probes(speech, jobs, app.state.checkpoint_name, sampler)
+    app.state.probes = probes = Probes(speech, jobs, app.state.checkpoint_name, sampler, shared)
     install_error_handlers(app)
     # Inside the request context: a body is refused only after its request was authenticated and logged.
     app.add_middleware(

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from voxport.files import TEMP_PREFIX, atomic_write
 
@@ -333,3 +333,23 @@ class AudioCache:
         while True:
             await asyncio.sleep(interval)
             await asyncio.to_thread(self.sweep)
+
+
+class AudioStore(Protocol):
+    """What the speech service, the ops routes and the app use of an audio cache: `AudioCache` on disk,
+    or `voxport.cluster.cache.RedisAudioCache` shared by replicas (--redis-url)."""
+
+    stats: CacheStats
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def entries(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    async def get(self, key: str) -> CachedAudio | None: ...
+    async def put(self, key: str, payload: bytes, meta: dict[str, Any]) -> None: ...
+    async def single_flight(self, key: str, produce: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]: ...
+    def clear(self) -> int: ...
+    def load_index(self) -> None: ...
+    async def run_sweeper(self, interval: float) -> None: ...

@@ -25,7 +25,10 @@ async def _speech(request: Request) -> SpeechService:
 
 
 async def _voices(request: Request) -> VoiceRegistry:
-    return request.app.state.speech.voices
+    """The registry, up to date with the shared library when there is one (other replicas' changes)."""
+    registry = request.app.state.speech.voices
+    await registry.refresh()
+    return registry
 
 
 async def _cache(request: Request) -> AudioCache:

@@ -11,7 +11,7 @@ layer answers these without entering the router (api/middleware.py); the router'
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voxport import __version__
 from voxport.api.errors import envelope, headers_of, status_of
@@ -22,13 +22,18 @@ from voxport.metrics import ResourceSampler
 from voxport.protocol import Health, HealthCache, HealthCapacity, HealthJobs, HealthRouting
 from voxport.speech import SpeechService
 
+if TYPE_CHECKING:
+    from voxport.cluster.redis import SharedRedis
+
 _JSON = [(b"content-type", b"application/json")]
-_READY = b'{"ready":true}'
+_READY = b'{"ready":true,"degraded":[]}'
 
 
 class Probes:
-    def __init__(self, speech: SpeechService, jobs: JobService, checkpoint: str, sampler: ResourceSampler):
+    def __init__(self, speech: SpeechService, jobs: JobService, checkpoint: str, sampler: ResourceSampler,
+                 redis: SharedRedis | None = None):  # fmt: skip
         self.speech = speech
+        self.redis = redis
         self.jobs = jobs
         self.checkpoint = checkpoint
         self.sampler = sampler
@@ -62,7 +67,7 @@ class Probes:
             self._engine(), speech.accepts_requests, jobs.in_flight, admission.generating, admission.queued,
             jobs.cancelled_total, cache.enabled, cache.entries, cache.bytes, cache.stats.hits,
             cache.stats.misses, cache.stats.evictions, admission.load_score, sampler.rss_bytes,
-            sampler.gpu_memory_bytes, queue["queued"], queue["running"],
+            sampler.gpu_memory_bytes, queue["queued"], queue["running"], self._redis_state(),
         )  # fmt: skip
         if key != self._key:
             self._body = self._render(key).model_dump_json().encode()
@@ -88,7 +93,15 @@ class Probes:
                               misses=key[10], evictions=key[11]),
             routing=HealthRouting(load_score=key[12], accepts_requests=ready),
             rss_bytes=key[13], gpu_memory_bytes=key[14], jobs=HealthJobs(queued=key[15], running=key[16]),
+            redis=key[17], degraded=self.degraded(),
         )  # fmt: skip
+
+    def _redis_state(self) -> str | None:
+        return None if self.redis is None else "ok" if self.redis.available else "unreachable"
+
+    def degraded(self) -> list[str]:
+        """What this replica serves without right now (the shared Redis, when it is unreachable)."""
+        return ["redis"] if self.redis is not None and not self.redis.available else []
 
     async def get_health(self) -> Answer:
         body = self.health_body()
@@ -100,7 +113,14 @@ class Probes:
         return 200, self._headers, b""  # the length of the last body rendered: nothing is rendered here
 
     async def ready(self) -> Answer:
-        return (200, _READY_HEADERS, _READY) if self.speech.accepts_requests else self._not_ready
+        """200 while the engine can serve, even with Redis away (requests then go without the shared
+        cache): a load balancer keeps the replica in rotation, and `degraded` says what is missing."""
+        if not self.speech.accepts_requests:
+            return self._not_ready
+        if self.degraded():
+            body = json.dumps({"ready": True, "degraded": self.degraded()}, separators=(",", ":")).encode()
+            return 200, _sized(body), body
+        return 200, _READY_HEADERS, _READY
 
 
 def _sized(body: bytes) -> list[tuple[bytes, bytes]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
@@ -27,6 +28,7 @@ class SharedRedis:
     """The shared Redis of a deployment, with every key under `<prefix>:`."""
 
     def __init__(self, url: str, prefix: str = "voxport"):
+        self.url = url
         self.prefix = prefix
         self.client = Redis.from_url(
             url,
@@ -37,6 +39,7 @@ class SharedRedis:
         )
         self.available = False
         self.last_error: str | None = None
+        self.on_error: Callable[[str], None] | None = None  # told the operation of each failed command
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -52,6 +55,12 @@ class SharedRedis:
                 log.warning("redis: unreachable (%s); serving without shared state", type(error).__name__)
         self.available = available
         self.last_error = None if error is None else f"{type(error).__name__}: {error}"
+
+    def failed(self, op: str, error: BaseException) -> None:
+        """A command failed: mark Redis unreachable and count it (`voxport_redis_errors{op}`)."""
+        self.mark(error)
+        if self.on_error is not None:
+            self.on_error(op)
 
     async def ping(self) -> bool:
         try:

@@ -25,6 +25,9 @@ class CacheCleared(BaseModel):
 
 class Ready(BaseModel):
     ready: bool = True
+    # What this replica serves without: "redis" while the shared Redis is unreachable (requests are
+    # generated without the shared cache; voice uploads and deletions answer 503).
+    degraded: list[str] = []
 
 
 class HealthCache(BaseModel):
@@ -74,3 +77,5 @@ class Health(BaseModel):
     rss_bytes: int | None
     gpu_memory_bytes: int | None  # this process and its children (nano-vllm's worker), per NVML
     jobs: HealthJobs | None = None
+    redis: Literal["ok", "unreachable"] | None = None  # None: no shared Redis configured
+    degraded: list[str] = []  # as /ready's

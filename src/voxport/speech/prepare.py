@@ -158,6 +158,8 @@ class Preparer:
         max_length = params.max_length or self.settings.max_length
         # An engine may fix timesteps server-wide (nano-vllm): it refuses a request asking for others.
         timesteps = params.inference_timesteps or self.engine.info.inference_timesteps or 10
+        if adhoc is None:
+            await self.voices.refresh()  # shared library: what other replicas added or deleted
         turns = dialogue.voices(self.voices, params) if params.dialogue else []
         voice = adhoc or (turns[0] if turns else self._named(params))
         # A designed voice keeps its seed: it sounds the same every time.

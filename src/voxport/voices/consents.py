@@ -1,7 +1,9 @@
 """Voice consents (OpenAI's `/v1/audio/voice_consents`): a recording of the speaker agreeing to have their
 voice cloned, with a label and the language of the consent phrase. Each is kept in the data dir as
 `<id>.wav` (the normalised 16 kHz recording) and `<id>.json`, both written atomically; the JSON is written
-last, so a consent exists once its JSON does. Held in memory once loaded; file I/O runs in worker threads."""
+last, so a consent exists once its JSON does. Held in memory once loaded; file I/O runs in worker threads.
+With a shared library (`voices/mirror.py`), a change goes to it first, under the mirror's lock, and the
+mirror brings in other replicas' changes through `mirror` / `forget`."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from voxport.errors import VoxportError, invalid
 from voxport.files import TEMP_PREFIX, atomic_write
@@ -59,10 +62,46 @@ def _remove(root: Path, consent_id: str) -> None:
             (root / f"{consent_id}{suffix}").unlink()
 
 
+def _offer(root: Path, consents: list[Consent]) -> list[tuple[dict[str, Any], bytes]]:
+    found = []
+    for consent in consents:
+        with contextlib.suppress(OSError):
+            found.append((asdict(consent), (root / f"{consent.id}.wav").read_bytes()))
+    return found
+
+
 class ConsentStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, shared: Any = None):
         self.root = root
+        self.shared = shared  # a LibraryMirror, or None: this replica's consents only
         self._items: dict[str, Consent] = {}  # oldest first
+
+    def _sharing(self) -> Any:
+        return self.shared.lock if self.shared is not None else contextlib.nullcontext()
+
+    async def _publish(self, consent: Consent, wav: bytes | None) -> None:
+        if self.shared is not None:
+            await self.shared.shared.put("consents", asdict(consent), wav)
+
+    # -- the mirror's side (it holds its lock) ---------------------------------------------------------
+
+    @property
+    def items(self) -> dict[str, Consent]:
+        return self._items
+
+    async def mirror(self, consent: Consent, wav: bytes | None) -> None:
+        await asyncio.to_thread(_write, self.root, consent, wav)
+        self._items[consent.id] = consent
+        self._items = dict(sorted(self._items.items(), key=lambda kv: (kv[1].created, kv[0])))
+
+    async def forget(self, consent_id: str) -> None:
+        await asyncio.to_thread(_remove, self.root, consent_id)
+        self._items.pop(consent_id, None)
+
+    async def offer(self) -> list[tuple[dict[str, Any], bytes]]:
+        return await asyncio.to_thread(_offer, self.root, list(self._items.values()))
+
+    # -- the routes' side ------------------------------------------------------------------------------
 
     async def load(self) -> None:
         self._items = await asyncio.to_thread(_read, self.root)
@@ -87,17 +126,24 @@ class ConsentStore:
 
     async def create(self, name: str, language: str, wav: bytes) -> Consent:
         consent = Consent(f"cons_{secrets.token_hex(12)}", name, language, time.time())
-        await asyncio.to_thread(_write, self.root, consent, wav)
-        self._items[consent.id] = consent
+        async with self._sharing():
+            await self._publish(consent, wav)
+            await asyncio.to_thread(_write, self.root, consent, wav)
+            self._items[consent.id] = consent
         return consent
 
     async def rename(self, consent_id: str, name: str) -> Consent:
         renamed = Consent(**{**asdict(self.get(consent_id)), "name": name})
-        await asyncio.to_thread(_write, self.root, renamed, None)
-        self._items[consent_id] = renamed
+        async with self._sharing():
+            await self._publish(renamed, None)
+            await asyncio.to_thread(_write, self.root, renamed, None)
+            self._items[consent_id] = renamed
         return renamed
 
     async def delete(self, consent_id: str) -> None:
         self.get(consent_id)
-        await asyncio.to_thread(_remove, self.root, consent_id)
-        self._items.pop(consent_id, None)
+        async with self._sharing():
+            if self.shared is not None:
+                await self.shared.shared.remove("consents", consent_id)
+            await asyncio.to_thread(_remove, self.root, consent_id)
+            self._items.pop(consent_id, None)

@@ -105,6 +105,19 @@ def stage(library: Path, samples: np.ndarray, rate: int, meta: dict[str, Any]) -
     return staging
 
 
+def stage_bytes(library: Path, wav: bytes, meta: dict[str, Any]) -> Path:
+    """`stage` for a recording already encoded as WAV (one mirrored from the shared library)."""
+    staging = library / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    staging.mkdir(parents=True)
+    try:
+        (staging / "audio.wav").write_bytes(wav)
+        (staging / "voice.json").write_text(json.dumps(meta), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
 def commit(staging: Path, folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)

@@ -24,6 +24,7 @@ from voxport.protocol import VoiceUpload
 from voxport.voices import library
 from voxport.voices.catalog import Voice, VoicesFileError, design_prefix, load_voices_file
 from voxport.voices.consents import Consent, ConsentStore
+from voxport.voices.mirror import LibraryMirror, SharedLibrary
 from voxport.voices.uploads import ENCODER_RATE, Upload, read_upload
 
 log = logging.getLogger("voxport.voices")
@@ -36,16 +37,19 @@ _TRUTHY = {"1", "true", "yes", "on", "y", "t"}  # `consent` from clients older t
 class VoiceRegistry:
     def __init__(self, engine: Engine, voices_file: Path, voices_dir: Path, data_dir: Path,
                  default_voice: str, max_user_voices: int = 100, max_user_bytes: int = 500 * 2**20,
-                 design_clip_seconds: float = 6.0, lexicon: Lexicon | None = None):  # fmt: skip
+                 design_clip_seconds: float = 6.0, lexicon: Lexicon | None = None,
+                 shared_library: SharedLibrary | None = None):  # fmt: skip
         self.engine = engine
         self.lexicon = lexicon or Lexicon()  # re-read with voices.json: one reload for both
         self.voices_file = voices_file
         self.voices_dir = voices_dir
         self.default_voice = default_voice
         self.quota = library.Quota(max_user_voices, max_user_bytes)
-        self.consents = ConsentStore(data_dir / "voices" / "consents")
         self.design_clip_seconds = design_clip_seconds
         self._library = data_dir / "voices" / "library"
+        # Several replicas (--redis-url): the library is shared, this replica's is its mirror.
+        self.mirror = LibraryMirror(shared_library, self._library) if shared_library is not None else None
+        self.consents = ConsentStore(data_dir / "voices" / "consents", self.mirror)
         self._designed = data_dir / "voices" / "designed"
         self._scratch = data_dir / "tmp"
         self.fingerprint = ""
@@ -71,6 +75,7 @@ class VoiceRegistry:
         self.user = await asyncio.to_thread(library.read, self._library)
         self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
         await self.consents.load()
+        await self.refresh()
         await asyncio.to_thread(library.clear_scratch, self._scratch)
         for voice in [*self.builtin.values(), *self.user.values()]:
             if voice.kind != "designed":
@@ -106,10 +111,15 @@ class VoiceRegistry:
         }
         self.builtin = fresh
         self.lexicon.use(entries)
-        await self._release_unused()
+        await self.release_unused()
         return diff
 
-    async def _release_unused(self) -> None:
+    async def refresh(self) -> None:
+        """With a shared library: take in what other replicas changed (a no-op without one)."""
+        if self.mirror is not None:
+            await self.mirror.refresh(self)
+
+    async def release_unused(self) -> None:
         live = {v.key for v in self.all()}
         for key in [k for k in self._prompts if k not in live]:
             await self.engine.release_voice(self._prompts.pop(key))
@@ -265,11 +275,14 @@ class VoiceRegistry:
         try:
             # Encoded before it is kept: a recording the engine cannot use never enters the library.
             prompt = await self.engine.encode_voice(str(staging / "audio.wav"), transcript, upload.key)
-            await asyncio.to_thread(library.commit, staging, folder)
+            async with self.mirror.lock if self.mirror else contextlib.nullcontext():
+                if self.mirror is not None:  # shared first: a voice no other replica can see is not kept
+                    await self.mirror.publish(meta, staging)
+                await asyncio.to_thread(library.commit, staging, folder)
+                self.user[voice_id] = voice
         except BaseException:
             await asyncio.to_thread(library.remove, staging)
             raise
-        self.user[voice_id] = voice
         self._prompts[voice.key] = prompt
         return voice
 
@@ -284,9 +297,12 @@ class VoiceRegistry:
             raise VoxportError(
                 "forbidden", f"'{voice_id}' is a built-in voice and cannot be deleted.", code="forbidden"
             )
-        voice = self.user.pop(voice_id, None)
-        if voice is None:
+        if voice_id not in self.user:
             raise VoxportError("not_found", f"No voice '{voice_id}'.", code="voice_not_found")
+        async with self.mirror.lock if self.mirror else contextlib.nullcontext():
+            if self.mirror is not None:
+                await self.mirror.withdraw(voice_id)
+            self.user.pop(voice_id, None)
         self.quota.sizes.pop(voice_id, None)
         await asyncio.to_thread(library.remove, self._library / voice_id)
-        await self._release_unused()
+        await self.release_unused()

@@ -68,7 +68,7 @@ async def create_voice_from_path(
     return _public(voice, voices)
 
 
-@admin.delete("/v1/audio/voices/{voice_id}", responses=errors(404))
+@admin.delete("/v1/audio/voices/{voice_id}", responses=errors(404, 503))
 async def delete_voice(voice_id: str, voices: VoicesDep) -> VoiceDeleted:
     await voices.delete(voice_id)
     return VoiceDeleted(id=voice_id)
@@ -104,7 +104,7 @@ async def retrieve_voice_consent(consent_id: str, voices: VoicesDep) -> VoiceCon
 
 @router.post(
     "/v1/audio/voice_consents/{consent_id}", openapi_extra=json_request(VoiceConsentUpdateParams),
-    responses=errors(*BODY_ERRORS, 404),
+    responses=errors(*BODY_ERRORS, 404, 503),
 )  # fmt: skip
 async def update_voice_consent(
     consent_id: str,
@@ -114,7 +114,7 @@ async def update_voice_consent(
     return VoiceConsent(**(await voices.consents.rename(consent_id, params.name)).public())
 
 
-@admin.delete("/v1/audio/voice_consents/{consent_id}", responses=errors(404))
+@admin.delete("/v1/audio/voice_consents/{consent_id}", responses=errors(404, 503))
 async def delete_voice_consent(consent_id: str, voices: VoicesDep) -> VoiceConsentDeleted:
     await voices.consents.delete(consent_id)
     return VoiceConsentDeleted(id=consent_id)
