@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from voxport.cluster.redis import SharedRedis
 
 _JSON = [(b"content-type", b"application/json")]
-_READY = b'{"ready":true,"degraded":[]}'
+_READY = b'{"ready":true}'  # `degraded` left out when empty (its default)
 
 
 class Probes:
