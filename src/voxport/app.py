@@ -91,7 +91,15 @@ def create_app(
     loaded = Loaded()
     speech = _speech(settings, engine, voices, loaded)
     cache = speech.cache
-    jobs = JobService(settings, speech, speech.metrics)
+    shared = None
+    backend = None
+    if settings.redis_url:  # imported only then: the embedded default needs no Redis
+        from voxport.cluster.jobs import redis_backend
+        from voxport.cluster.redis import SharedRedis
+
+        shared = SharedRedis(settings.redis_url, settings.redis_prefix)
+        backend = redis_backend(shared)
+    jobs = JobService(settings, speech, speech.metrics, backend=backend)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -118,6 +126,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
             await engine.close()
+            if shared is not None:
+                await shared.close()
 
     # /docs and /redoc with their scripts and styles served from the fastapi-offline package: no CDN; and
     # no validator badge, which Swagger UI would otherwise fetch from validator.swagger.io.

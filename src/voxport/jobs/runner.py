@@ -1,10 +1,5 @@
-"""The job runner: queued jobs through the same speech service as live requests, at lower priority.
-
-Priority: a job takes a generation slot only while nobody waits for one and fewer than
-`max_concurrent - reserve` are taken, one segment at a time, yielding between segments; so a live request
-never waits behind a queue of job segments, at most behind the segments already generating. Jobs run
-`parallel` at a time: what the engine generates at once, less the reserve (one at a time on the reference
-engine, which generates one sequence at a time).
+"""The embedded job runner (SQLite store, segment files): queued jobs through the same speech service as
+live requests, at lower priority (`work.SegmentWork`), one segment at a time, yielding between segments.
 
 Durability: each finished segment's float32 audio is written atomically before its progress is recorded;
 a job the last process left running resumes at its first missing segment. The final audio is joined from
@@ -17,29 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
-from voxport.audio import FORMATS, encode, encode_stream, wav_header
 from voxport.config import Settings
 from voxport.engine.base import EngineInputError, EngineUnavailable
 from voxport.errors import RequestCancelled, VoxportError
-from voxport.files import atomic_writer
 from voxport.jobs.segments import SegmentFiles
 from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore
+from voxport.jobs.work import SegmentReader, SegmentWork
 from voxport.protocol import SpeechCreateParams
-from voxport.speech import SpeechJob, SpeechService
-from voxport.speech.joiner import CrossFader
+from voxport.speech import SpeechService
 from voxport.speech.prepare import PreparedSpeech
-from voxport.text import segment
 
 log = logging.getLogger("voxport.jobs")
 
 EXPIRY_SWEEP_S = 60.0
 OUTAGE_PAUSE_S = 1.0  # a job the engine failed under waits this long before it is taken up again
-_POLL_S = 0.05  # how often a job waiting for headroom looks again
 
 
 def error_object(error: VoxportError) -> dict[str, Any]:
@@ -63,6 +54,7 @@ class JobRunner:
         self.store = store
         self.files = files
         self.speech = speech
+        self.work = SegmentWork(settings, speech)
         self.on_finished = on_finished
         self.on_segment = on_segment
         self.on_started = on_started
@@ -74,32 +66,10 @@ class JobRunner:
         self._sweeper: asyncio.Task | None = None
         self._closing = False
 
-    # -- priority ---------------------------------------------------------------------------------
-
-    @property
-    def reserve(self) -> int:
-        """Slots kept for live requests."""
-        return max(1, self.speech.admission.max_concurrent // 4)
-
     @property
     def parallel(self) -> int:
         """Jobs generating at once."""
-        width = min(self.speech.admission.max_concurrent, self.speech.engine.capacity)
-        return max(1, width - max(1, width // 4)) if width > 1 else 1
-
-    def _headroom(self) -> bool:
-        a = self.speech.admission
-        free = a.queued == 0 and a.generating < max(1, a.max_concurrent - self.reserve)
-        return free and self.speech.accepts_requests
-
-    @contextlib.asynccontextmanager
-    async def _low_priority_slot(self, cancel: asyncio.Event) -> AsyncIterator[None]:
-        while not self._headroom():
-            if cancel.is_set():
-                raise RequestCancelled
-            await asyncio.sleep(_POLL_S)
-        async with self.speech.admission.slot():
-            yield
+        return self.work.parallel
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -165,15 +135,10 @@ class JobRunner:
     # -- one job ----------------------------------------------------------------------------------
 
     def plan(self, text: str) -> list[str]:
-        """The job's segments: sentences packed up to the segment cap, as live long text is split."""
-        cap = min(self.settings.segment_max_chars, self.settings.max_input_chars)
-        return segment(text, cap, pack=True) or [text]
+        return self.work.plan(text)
 
     async def prepare(self, params: SpeechCreateParams, text: str) -> PreparedSpeech:
-        """One segment as a live request for that text would be prepared (voice, limits, prefix)."""
-        update = {"input": text, "stream": False, "stream_format": "audio"}
-        preparer = self.speech.preparer
-        return await preparer.complete(await preparer.plan(params.model_copy(update=update)))
+        return await self.work.prepare(params, text)
 
     async def _run(self, job: Job) -> None:
         cancel = self.running[job.id]
@@ -221,11 +186,7 @@ class JobRunner:
         for index in range(done, len(plan)):
             if cancel.is_set():
                 raise RequestCancelled
-            prepared = await self.prepare(params, plan[index])
-            ticket = SpeechJob(f"{job.id}/{index}", cancel=cancel)
-            async with self._low_priority_slot(cancel):
-                chunks = [chunk async for chunk in self.speech.joiner.audio(prepared.segments, ticket)]
-            audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+            audio = await self.work.generate(job.id, index, params, plan[index], cancel)
             await asyncio.to_thread(self.files.write_segment, job.id, index, audio)
             samples += len(audio)
             await self.store.segment_done(job.id, index + 1, samples / rate)
@@ -234,7 +195,8 @@ class JobRunner:
         if cancel.is_set():
             raise RequestCancelled
         first = await self.prepare(params, plan[0])
-        result = await self._encode(job.id, first, len(plan), rate)
+        result = await self.work.encode(self.files.audio_path(job.id), first, self._reader(job.id),
+                                        len(plan), rate)  # fmt: skip
         finished = await self.store.finish(job.id, SUCCEEDED, result=result,
                                            ttl_seconds=self.settings.job_result_ttl_hours * 3600)  # fmt: skip
         if finished is None:  # cancelled while encoding
@@ -242,55 +204,8 @@ class JobRunner:
         await asyncio.to_thread(self.files.drop_segments, job.id)
         await self.on_finished(finished)
 
-    async def _joined(self, job_id: str, total: int, rate: int) -> AsyncIterator[np.ndarray]:
-        fader = CrossFader(rate, total)
-        for index in range(total):
-            audio = await asyncio.to_thread(self.files.read_segment, job_id, index)
-            joined = fader.push(index, audio, True)
-            if len(joined):
-                yield joined
-        tail = fader.flush()
-        if len(tail):
-            yield tail
+    def _reader(self, job_id: str) -> SegmentReader:
+        async def read(index: int) -> np.ndarray:
+            return await asyncio.to_thread(self.files.read_segment, job_id, index)
 
-    async def _encode(self, job_id: str, prepared: PreparedSpeech, total: int, rate: int) -> dict[str, Any]:
-        """Join the segment files and encode them once into the job's audio file (written atomically)."""
-        fmt, out_rate, speed = prepared.response_format, prepared.sample_rate, prepared.speed
-        samples = 0
-
-        async def counted() -> AsyncIterator[np.ndarray]:
-            nonlocal samples
-            async for chunk in self._joined(job_id, total, rate):
-                samples += len(chunk)
-                yield chunk
-
-        writer = atomic_writer(self.files.audio_path(job_id))
-        handle = await asyncio.to_thread(writer.__enter__)
-        try:
-            if fmt == "flac":  # its header needs the whole signal (see audio.encode)
-                whole = [chunk async for chunk in counted()]
-                audio = np.concatenate(whole) if whole else np.zeros(0, dtype=np.float32)
-                data = await asyncio.to_thread(encode, audio, rate, fmt, out_rate, speed)
-                await asyncio.to_thread(handle.write, data)
-            else:
-                async for data in encode_stream(counted(), rate, fmt, out_rate, speed):
-                    await asyncio.to_thread(handle.write, data)
-            if fmt == "wav":  # the streamed header said "length unknown": the file knows it now
-
-                def fix_header() -> None:
-                    size = handle.seek(0, 2)
-                    handle.seek(0)
-                    handle.write(wav_header(out_rate, size - 44))
-
-                await asyncio.to_thread(fix_header)
-        except BaseException as exc:
-            await asyncio.to_thread(writer.__exit__, type(exc), exc, exc.__traceback__)
-            raise
-        await asyncio.to_thread(writer.__exit__, None, None, None)
-        size = (await asyncio.to_thread(self.files.audio_path(job_id).stat)).st_size
-        return {
-            "content_type": FORMATS[fmt].content_type,
-            "bytes": size,
-            "duration_seconds": round(samples / rate / speed, 3),
-            "sample_rate": out_rate,
-        }
+        return read
