@@ -260,16 +260,18 @@ class RedisJobRunner:
         return bool(await self.r.hexists(self.shared.key("job", job_id), "notified"))
 
     async def _encode(self, job: Job) -> None:
-        total = job.segments_total
-        parts = await self.store.segment_audio(job.id, total)
-        if any(part is None for part in parts) or not job.segments:
+        """Join and encode a job whose segments are all recorded, one segment fetched at a time."""
+        total, segments = job.segments_total, self.shared.key("job", job.id, "seg")
+        if not job.segments or await self.r.hlen(segments) < total:
             log.warning("job %s: segments missing at encode; left as it is", job.id)
             return
         rate = self.work.speech.engine.info.sample_rate
-        audio = [np.frombuffer(part, dtype="<f4").astype(np.float32) for part in parts if part is not None]
 
         async def read(index: int) -> np.ndarray:
-            return audio[index]
+            part = await self.r.hget(segments, str(index))
+            if part is None:  # cancelled or deleted while encoding
+                raise RequestCancelled
+            return np.frombuffer(part, dtype="<f4").astype(np.float32)
 
         params = SpeechCreateParams.model_validate(job.request)
         first = await self.work.prepare(params, job.segments[0])

@@ -9,7 +9,7 @@ float32, by index), `job:<id>:audio` (the encoded result, expiring after `job_re
 and `jobs:stream` (the queue: one message per segment to generate, and one per job to encode; see
 `jobqueue`). Every change that must be atomic is one Lua script (`jobscripts`).
 
-Redis failing answers `unavailable` (503, retry later): a job store that is away is an outage, not a bug.
+Redis failing answers `unavailable` (retry later): a job store that is away is an outage, not a bug.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def job_from_hash(data: dict[bytes, bytes], now: float) -> Job | None:
 
 
 def guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Redis away: an outage the client can retry (503), and /ready learns of it."""
+    """Redis away: an outage the client can retry, recorded on the shared connection (`SharedRedis.mark`)."""
 
     @functools.wraps(fn)
     async def call(self: RedisJobStore, *args: Any, **kw: Any) -> T:
@@ -111,9 +111,6 @@ class RedisJobStore:
     async def get(self, job_id: str, scope: str | None = None) -> Job | None:
         job = await self.job(job_id)
         return None if job is None or (scope is not None and job.scope != scope) else job
-
-    async def segment_audio(self, job_id: str, total: int) -> list[bytes | None]:
-        return await self.r.hmget(self.key("job", job_id, "seg"), [str(i) for i in range(total)])
 
     def _quota(self, answer: list[bytes], max_total: int, max_key: int) -> QuotaExceeded:
         what, count = answer[1].decode(), int(answer[2])
