@@ -227,9 +227,15 @@ def test_with_appendonly_queued_jobs_survive_a_redis_restart(redis_aof: RedisSer
             final = [wait_until(lambda i=i: not unfinished(j := job(b.base_url, i)) and j) for i in ids]
             assert [j["status"] for j in final] == ["succeeded"] * 8
             assert [generated(redis_aof, i) for i in ids] == [SEGMENTS] * 8
-            # Redis restarted under a running replica: it reconnects and goes on.
+            # Redis away under a running replica: the job routes say so (503), live speech goes on; Redis
+            # back: the replica reconnects and the job completes.
             more = httpx.post(f"{b.base_url}/v1/audio/speech/jobs", json=BODY, timeout=30).json()["id"]
-            redis_aof.restart()
+            redis_aof.stop()
+            away = httpx.get(f"{b.base_url}/v1/audio/speech/jobs/{more}", timeout=30)
+            assert away.status_code == 503 and away.json()["error"]["code"] == "job_store_unavailable"
+            live = httpx.post(f"{b.base_url}/v1/audio/speech", json={**BODY, "input": "Live."}, timeout=60)
+            assert live.status_code == 200 and live.content[:4] == b"RIFF"
+            redis_aof.start()
             assert (
                 wait_until(lambda: not unfinished(j := job(b.base_url, more)) and j)["status"] == "succeeded"
             )

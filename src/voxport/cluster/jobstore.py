@@ -96,11 +96,10 @@ class RedisJobStore:
     async def run(self, name: str, *args: Any) -> Any:
         return await self.scripts[name](keys=[], args=[self.redis.prefix, *args])
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # the connection is the app's (SharedRedis), opened and closed there
         pass
 
-    async def close(self) -> None:
-        pass
+    close = open
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -272,9 +271,13 @@ class RedisJobStore:
     async def due_deliveries(self, now: float | None = None) -> tuple[list[Delivery], float | None]:
         """Due deliveries, leased to this replica (see jobscripts.CLAIM_DELIVERIES); when the next is due."""
         at = self.clock() if now is None else now
-        ids = await self.run("CLAIM_DELIVERIES", repr(at), repr(self.delivery_lease_s), 32)
-        found = [await self._delivery(i.decode()) for i in ids]
-        nxt = await self.r.zrange(self.key("deliveries", "due"), 0, 0, withscores=True)
+        try:
+            ids = await self.run("CLAIM_DELIVERIES", repr(at), repr(self.delivery_lease_s), 32)
+            found = [await self._delivery(i.decode()) for i in ids]
+            nxt = await self.r.zrange(self.key("deliveries", "due"), 0, 0, withscores=True)
+        except (RedisError, OSError) as exc:  # the dispatcher looks again in a second
+            self.redis.mark(exc)
+            return [], at + 1.0
         return [d for d in found if d is not None], (nxt[0][1] if nxt else None)
 
     async def record_attempt(self, delivery_id: str, *, status: str, next_attempt_at: float,
