@@ -2,9 +2,10 @@
 
 Queue: `<prefix>:jobs:stream`, one consumer group (`runners`), one consumer per process. A job's
 submission adds one message per segment (in the same Lua script that creates the job); recording its last
-segment adds one message to encode it (once: `jobscripts.RECORD_SEGMENT`). A replica reads
-(XREADGROUP) at most as many messages as it has room for segments (`SegmentWork.parallel`), generates
-each at low priority, records it, and only then acknowledges and deletes the message (XACK, XDEL).
+segment adds one message to encode it (once: `jobscripts.RECORD_SEGMENT`). A replica reads (XREADGROUP)
+at most as many messages as it can start generating now (`SegmentWork.parallel` and `free_slots`: live
+requests first), generates each at low priority, records it, and only then acknowledges and deletes the
+message (XACK, XDEL).
 
 Reclaim: while it works on a message the replica renews its claim every third of
 `job_visibility_timeout_s` (XCLAIM JUSTID), so a slow segment is never taken from a live replica. A
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxport.jobs")
 
 GROUP = "runners"
+_ROOM_POLL_S = 0.1  # a replica without room looks again this often (live requests free slots silently)
 
 
 class RedisJobRunner:
@@ -137,11 +139,14 @@ class RedisJobRunner:
             try:
                 if not self._grouped:
                     await self._ensure_group()
-                room = self.work.parallel - len(self.inflight)
-                if room <= 0 or not self.work.speech.accepts_requests:
+                # Only what can start now: what waits here for a slot, another replica could be making.
+                room = min(self.work.parallel - len(self.inflight), self.work.free_slots())
+                # A quarter of its width at a time, so that replicas waiting together share a burst.
+                room = min(room, max(1, self.work.parallel // 4))
+                if room <= 0:
                     self._wake.clear()
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), 1.0)
+                        await asyncio.wait_for(self._wake.wait(), _ROOM_POLL_S)
                     continue
                 messages = []
                 if time.monotonic() - last_reclaim >= max(0.5, self.visibility_s / 4):

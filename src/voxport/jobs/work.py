@@ -39,6 +39,7 @@ class SegmentWork:
     def __init__(self, settings: Settings, speech: SpeechService):
         self.settings = settings
         self.speech = speech
+        self.waiting = 0  # segments waiting for headroom
 
     # -- priority ---------------------------------------------------------------------------------
 
@@ -58,12 +59,24 @@ class SegmentWork:
         free = a.queued == 0 and a.generating < max(1, a.max_concurrent - self.reserve)
         return free and self.speech.accepts_requests
 
+    def free_slots(self) -> int:
+        """Segments that could start generating now, less those already waiting for a slot."""
+        if not self.speech.accepts_requests:
+            return 0
+        a = self.speech.admission
+        free = max(1, a.max_concurrent - self.reserve) - a.generating - a.queued - self.waiting
+        return max(0, free)
+
     @contextlib.asynccontextmanager
     async def low_priority_slot(self, cancel: asyncio.Event) -> AsyncIterator[None]:
-        while not self.headroom():
-            if cancel.is_set():
-                raise RequestCancelled
-            await asyncio.sleep(_POLL_S)
+        self.waiting += 1
+        try:
+            while not self.headroom():
+                if cancel.is_set():
+                    raise RequestCancelled
+                await asyncio.sleep(_POLL_S)
+        finally:
+            self.waiting -= 1
         async with self.speech.admission.slot():
             yield
 
