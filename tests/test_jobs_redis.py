@@ -8,6 +8,7 @@ webhook is delivered once, with retries recorded in Redis; with appendonly, a Re
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 from tests.conftest import ServerProcess
 from tests.redis_server import RedisServer
 from tests.webhook_receiver import Receiver
+from voxport.cluster.jobstore import RedisJobStore
+from voxport.cluster.redis import SharedRedis
 
 PREFIX = "vt"
 # Four 40-character segments; the sim engine's audio is a tone set by text, voice and seed.
@@ -241,5 +244,32 @@ def test_with_appendonly_queued_jobs_survive_a_redis_restart(redis_aof: RedisSer
             )
         finally:
             b.stop()
+    finally:
+        a.stop()
+
+
+def test_a_segment_that_replicas_keep_dying_on_fails_its_job(redis_aof: RedisServer, tmp_path: Path) -> None:
+    async def submit() -> str:
+        shared = SharedRedis(redis_aof.url, PREFIX)
+        store = RedisJobStore(shared, lambda text: [text], delivery_lease_s=30)
+        job, _ = await store.create_job(BODY)
+        await shared.close()
+        return job.id
+
+    job_id = asyncio.run(submit())
+    stream = f"{PREFIX}:jobs:stream"
+    with redis_aof.client() as client:
+        client.xgroup_create(stream, "runners", id="0", mkstream=True)
+        [(_, [(msg_id, _fields)])] = client.xreadgroup("runners", "dead-0", {stream: ">"}, count=1)
+        for n in range(1, 5):  # four more replicas took it and died: five claims; the next is one too many
+            client.xclaim(stream, "runners", f"dead-{n}", 0, [msg_id])
+    a = replica(tmp_path / "a", redis_aof.url)
+    try:
+        failed = wait_until(lambda: not unfinished(j := job(a.base_url, job_id)) and j)
+        assert failed["status"] == "failed" and failed["error"]["code"] == "job_segment_abandoned", failed
+        assert generated(redis_aof, job_id) == 0
+        # A job that is not poisoned runs as usual on the same replica.
+        fine = httpx.post(f"{a.base_url}/v1/audio/speech/jobs", json=BODY, timeout=30).json()["id"]
+        assert wait_until(lambda: not unfinished(j := job(a.base_url, fine)) and j)["status"] == "succeeded"
     finally:
         a.stop()

@@ -32,7 +32,7 @@ import numpy as np
 from redis.exceptions import RedisError, ResponseError
 
 from voxport.cluster.jobstore import RedisJobStore
-from voxport.cluster.jobwatch import watch
+from voxport.cluster.jobwatch import drop_poisoned, watch
 from voxport.cluster.redis import SharedRedis
 from voxport.config import Settings
 from voxport.engine.base import EngineInputError, EngineUnavailable
@@ -158,6 +158,7 @@ class RedisJobRunner:
                     messages = answer[1]
                     if messages:
                         log.info("reclaimed %d job message(s) from a replica that stopped", len(messages))
+                        messages = await drop_poisoned(self, messages)
                 if not messages:
                     found = await self.r.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=room,
                                                     block=1000)  # fmt: skip
@@ -211,20 +212,20 @@ class RedisJobRunner:
                     await self._hand_back(msg_id)
                 self.inflight.pop(msg_id, None)
                 return
-            await self._fail(job_id, error_object(exc))
+            await self.fail(job_id, error_object(exc))
         except EngineInputError as exc:
-            await self._fail(job_id, error_object(VoxportError("invalid", str(exc), param=exc.param)))
+            await self.fail(job_id, error_object(VoxportError("invalid", str(exc), param=exc.param)))
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = VoxportError("internal", f"Internal error: {type(exc).__name__}.", code="internal_error")
-            await self._fail(job_id, error_object(error))
+            await self.fail(job_id, error_object(error))
         try:
             await self._ack(msg_id)
         except (RedisError, OSError) as exc:
             self.shared.mark(exc)
         self.inflight.pop(msg_id, None)
 
-    async def _fail(self, job_id: str, error: dict) -> None:
+    async def fail(self, job_id: str, error: dict) -> None:
         finished = await self.store.finish(job_id, FAILED, error=error)
         await self.results.discard(job_id)
         if finished is not None:
