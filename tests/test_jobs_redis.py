@@ -273,3 +273,25 @@ def test_a_segment_that_replicas_keep_dying_on_fails_its_job(redis_aof: RedisSer
         assert wait_until(lambda: not unfinished(j := job(a.base_url, fine)) and j)["status"] == "succeeded"
     finally:
         a.stop()
+
+
+def test_a_replica_stopped_cleanly_hands_its_work_back_at_once(
+    redis_aof: RedisServer, tmp_path: Path
+) -> None:
+    # A visibility timeout far beyond the test's patience: only a hand-back lets B finish in time.
+    patient = ("--sim-step-ms", "100", "--job-visibility-timeout-s", "3600")
+    a = replica(tmp_path / "a", redis_aof.url, *patient)
+    try:
+        ids = [httpx.post(f"{a.base_url}/v1/audio/speech/jobs", json=BODY, timeout=30).json()["id"]
+               for _ in range(4)]  # fmt: skip
+        wait_until(lambda: job(a.base_url, ids[0])["progress"]["segments_done"] >= 1)
+    finally:
+        out = a.stop()  # SIGTERM
+    assert "back to the queue" in out
+    b = replica(tmp_path / "b", redis_aof.url, *patient)
+    try:
+        final = [wait_until(lambda i=i: not unfinished(j := job(b.base_url, i)) and j) for i in ids]
+        assert [j["status"] for j in final] == ["succeeded"] * 4
+        assert [generated(redis_aof, i) for i in ids] == [SEGMENTS] * 4
+    finally:
+        b.stop()
