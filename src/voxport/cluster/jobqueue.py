@@ -192,38 +192,45 @@ class RedisJobRunner:
     # -- one message ------------------------------------------------------------------------------
 
     async def _handle(self, msg_id: bytes) -> None:
+        job_id, index, _cancel = self.inflight[msg_id]
+        try:
+            if await self._settle(msg_id):
+                await self._ack(msg_id)
+        except asyncio.CancelledError:
+            raise  # shutting down: the message stays in `inflight`, and close() hands it back
+        except (RedisError, OSError, VoxportError) as exc:
+            # Redis away: the message stays claimed, unrenewed, and is reclaimed once Redis is back.
+            if not isinstance(exc, VoxportError):
+                self.shared.mark(exc)
+            log.warning("job %s segment %d left to be reclaimed: %s", job_id, index, exc)
+        self.inflight.pop(msg_id, None)
+
+    async def _settle(self, msg_id: bytes) -> bool:
+        """Work on one message; False if it was handed back instead of done."""
         job_id, index, cancel = self.inflight[msg_id]
         try:
             await self._process(job_id, index, cancel)
         except RequestCancelled:
             pass
-        except asyncio.CancelledError:
-            raise  # shutting down: close() hands the message back
-        except (RedisError, OSError) as exc:  # Redis away: the message stays claimed, and is reclaimed
-            self.shared.mark(exc)
-            self.inflight.pop(msg_id, None)
-            return
         except (EngineUnavailable, VoxportError) as exc:
             if isinstance(exc, EngineUnavailable) or exc.kind == "unavailable":
+                if isinstance(exc, VoxportError) and exc.code == "job_store_unavailable":
+                    raise
                 self.interrupted += 1
                 log.warning("job %s segment %d handed back: %s", job_id, index, exc)
                 await asyncio.sleep(OUTAGE_PAUSE_S)
-                with contextlib.suppress(RedisError, OSError):
-                    await self._hand_back(msg_id)
-                self.inflight.pop(msg_id, None)
-                return
+                await self._hand_back(msg_id)
+                return False
             await self.fail(job_id, error_object(exc))
         except EngineInputError as exc:
             await self.fail(job_id, error_object(VoxportError("invalid", str(exc), param=exc.param)))
+        except (RedisError, OSError):
+            raise
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = VoxportError("internal", f"Internal error: {type(exc).__name__}.", code="internal_error")
             await self.fail(job_id, error_object(error))
-        try:
-            await self._ack(msg_id)
-        except (RedisError, OSError) as exc:
-            self.shared.mark(exc)
-        self.inflight.pop(msg_id, None)
+        return True
 
     async def fail(self, job_id: str, error: dict) -> None:
         finished = await self.store.finish(job_id, FAILED, error=error)

@@ -7,9 +7,8 @@ float32, by index), `job:<id>:audio` (the encoded result, expiring after `job_re
 `jobs:unfinished:<scope>` (the per-key quota's count), `idem:job|batch:<scope>:<key>` (idempotency keys),
 `batch:<id>` and `batch:<id>:jobs`, `delivery:<id>` and `deliveries:due` (webhooks, by when they are due),
 and `jobs:stream` (the queue: one message per segment to generate, and one per job to encode; see
-`jobqueue`). Every change that must be atomic is one Lua script (`jobscripts`).
-
-Redis failing answers `unavailable` (retry later): a job store that is away is an outage, not a bug.
+`jobqueue`). Every change that must be atomic is one Lua script (`jobscripts`). Redis failing answers
+`unavailable` (retry later): a job store that is away is an outage, not a bug.
 """
 
 from __future__ import annotations
@@ -221,8 +220,7 @@ class RedisJobStore:
     async def finish(self, job_id: str, status: str, *, result: dict[str, Any] | None = None,
                      error: dict[str, Any] | None = None, ttl_seconds: float | None = None,
                      audio: bytes | None = None) -> Job | None:  # fmt: skip
-        """Move an unfinished job to a final status (with its audio, if it succeeded); None if it had
-        finished already (a cancel won)."""
+        """Move an unfinished job to a final status (with its audio); None if it had finished already."""
         assert status in FINISHED
         now = self.clock()
         expires = repr(now + ttl_seconds) if (result is not None and ttl_seconds) else ""
@@ -236,10 +234,12 @@ class RedisJobStore:
     async def delete(self, job_id: str) -> None:
         await self.run("DELETE", job_id)
 
+    @guarded
     async def discard(self, job_id: str) -> None:
         """A job's work and audio (the job itself stays)."""
         await self.r.delete(self.key("job", job_id, "seg"), self.key("job", job_id, "audio"))
 
+    @guarded
     async def audio(self, job_id: str) -> bytes | None:
         return await self.r.get(self.key("job", job_id, "audio"))
 
