@@ -141,7 +141,12 @@ def create_app(
     loaded = Loaded()
     speech = _speech(settings, engine, voices, loaded, shared)
     cache = speech.cache
-    jobs = JobService(settings, speech, speech.metrics)
+    backend = None
+    if shared is not None:  # imported only then: the embedded default needs no Redis
+        from voxport.cluster.jobs import redis_backend
+
+        backend = redis_backend(shared)
+    jobs = JobService(settings, speech, speech.metrics, backend=backend)
     sampler = ResourceSampler(cuda=lambda: engine.ready and (engine.info.device or "").startswith("cuda"))
 
     @asynccontextmanager
@@ -175,9 +180,9 @@ def create_app(
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            await engine.close()
             if shared is not None:
                 await shared.close()
-            await engine.close()
 
     # /docs and /redoc with their scripts and styles served from the fastapi-offline package: no CDN; and
     # no validator badge, which Swagger UI would otherwise fetch from validator.swagger.io.

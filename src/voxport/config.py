@@ -250,6 +250,13 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Prefix of every Redis key (one Redis can serve several voxport deployments).",
     )
+    job_visibility_timeout_s: float = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="With --redis-url: how long a job segment claimed by a replica that stopped renewing its "
+        "claim (it died) waits before another replica takes it over.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )

@@ -33,6 +33,7 @@ class JobPriority:
     def __init__(self, speech: SpeechService, on_preempted: Callable[[], None] = lambda: None):
         self.speech = speech
         self.generating = 0  # job segments holding a generation slot now
+        self.waiting = 0  # job segments waiting for headroom
         self.preempted = 0  # segment generations abandoned for a live request
         self._on_preempted = on_preempted
 
@@ -63,12 +64,26 @@ class JobPriority:
         room = not self.live or self.live + self.generating < self.speech.engine.capacity
         return free and room and self.speech.accepts_requests
 
+    def free_slots(self) -> int:
+        """Segments that could start generating now, less those already waiting for a slot (a queue
+        consumer takes no more work than this)."""
+        if not self.speech.accepts_requests or (
+            self.live and self.live + self.generating >= self.speech.engine.capacity
+        ):
+            return 0
+        a = self.speech.admission
+        return max(0, max(1, a.max_concurrent - self.reserve) - a.generating - a.queued - self.waiting)
+
     @contextlib.asynccontextmanager
     async def _slot(self, cancel: asyncio.Event) -> AsyncIterator[None]:
-        while not self._headroom():
-            if cancel.is_set():
-                raise RequestCancelled
-            await asyncio.sleep(_POLL_S)
+        self.waiting += 1
+        try:
+            while not self._headroom():
+                if cancel.is_set():
+                    raise RequestCancelled
+                await asyncio.sleep(_POLL_S)
+        finally:
+            self.waiting -= 1
         async with self.speech.admission.slot():
             self.generating += 1
             try:

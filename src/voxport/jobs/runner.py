@@ -1,6 +1,6 @@
-"""The job runner: queued jobs through the same speech service as live requests, at lower priority
-(jobs/priority.py: segments take a slot only with headroom, and are pre-empted on an engine that a live
-request needs), one segment at a time, yielding between segments.
+"""The embedded job runner (SQLite store, segment files): queued jobs through the same speech service as
+live requests, at lower priority (`work.SegmentWork`, `priority.JobPriority`: a live request pre-empts
+a job segment on an engine it needs), one segment at a time, yielding between segments.
 
 Durability: each finished segment's float32 audio is written atomically before its progress is recorded;
 a job the last process left running resumes at its first missing segment. The final audio is joined from
@@ -13,26 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
-from voxport.audio import FORMATS, encode, encode_stream, wav_header
 from voxport.config import Settings
 from voxport.engine.base import EngineInputError, EngineUnavailable
 from voxport.errors import RequestCancelled, VoxportError
-from voxport.files import atomic_writer
-from voxport.jobs.priority import JobPriority
 from voxport.jobs.segments import SegmentFiles
 from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore
+from voxport.jobs.work import SegmentReader, SegmentWork
 from voxport.protocol import SpeechCreateParams
 from voxport.speech import SpeechService
-from voxport.speech.joiner import CrossFader
-from voxport.speech.loudness import held
 from voxport.speech.prepare import PreparedSpeech
-from voxport.speech.timings import Span, Timeline
-from voxport.text import normalize, segment
 
 log = logging.getLogger("voxport.jobs")
 
@@ -62,10 +56,10 @@ class JobRunner:
         self.store = store
         self.files = files
         self.speech = speech
+        self.work = SegmentWork(settings, speech, on_preempted)
         self.on_finished = on_finished
         self.on_segment = on_segment
         self.on_started = on_started
-        self.priority = JobPriority(speech, on_preempted)
         self.running: dict[str, asyncio.Event] = {}  # job id -> its cancel switch
         self.interrupted = 0  # segments abandoned because the engine was unavailable
         self._wake = asyncio.Event()
@@ -73,6 +67,11 @@ class JobRunner:
         self._loop_task: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         self._closing = False
+
+    @property
+    def parallel(self) -> int:
+        """Jobs generating at once."""
+        return self.work.parallel
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -106,7 +105,7 @@ class JobRunner:
     async def _loop(self) -> None:
         while not self._closing:
             self._wake.clear()
-            room = self.priority.parallel - len(self.running)
+            room = self.parallel - len(self.running)
             if room > 0:
                 for job in await self.store.next_queued(limit=room + len(self.running)):
                     if room <= 0:
@@ -138,15 +137,10 @@ class JobRunner:
     # -- one job ----------------------------------------------------------------------------------
 
     def plan(self, text: str, language: str | None = None) -> list[str]:
-        """The job's segments: sentences packed up to the segment cap, as live long text is split."""
-        cap = min(self.settings.segment_max_chars, self.settings.max_input_chars)
-        return segment(normalize(text, language), cap, pack=True, language=language) or [text]
+        return self.work.plan(text, language)
 
     async def prepare(self, params: SpeechCreateParams, text: str) -> PreparedSpeech:
-        """One segment as a live request for that text would be prepared (voice, limits, prefix)."""
-        update = {"input": text, "stream": False, "stream_format": "audio"}
-        preparer = self.speech.preparer
-        return await preparer.complete(await preparer.plan(params.model_copy(update=update)))
+        return await self.work.prepare(params, text)
 
     async def _run(self, job: Job) -> None:
         cancel = self.running[job.id]
@@ -194,8 +188,7 @@ class JobRunner:
         for index in range(done, len(plan)):
             if cancel.is_set():
                 raise RequestCancelled
-            prepared = await self.prepare(params, plan[index])
-            audio = await self.priority.generate(prepared, f"{job.id}/{index}", cancel)
+            audio = await self.work.generate(job.id, index, params, plan[index], cancel)
             await asyncio.to_thread(self.files.write_segment, job.id, index, audio)
             samples += len(audio)
             await self.store.segment_done(job.id, index + 1, samples / rate)
@@ -204,7 +197,8 @@ class JobRunner:
         if cancel.is_set():
             raise RequestCancelled
         first = await self.prepare(params, plan[0])
-        result = await self._encode(job.id, first, len(plan), rate)
+        result = await self.work.encode(self.files.audio_path(job.id), first, self._reader(job.id),
+                                        len(plan), rate)  # fmt: skip
         finished = await self.store.finish(job.id, SUCCEEDED, result=result,
                                            ttl_seconds=self.settings.job_result_ttl_hours * 3600)  # fmt: skip
         if finished is None:  # cancelled while encoding
@@ -212,59 +206,8 @@ class JobRunner:
         await asyncio.to_thread(self.files.drop_segments, job.id)
         await self.on_finished(finished)
 
-    async def _joined(self, job_id: str, total: int, rate: int, times: Timeline) -> AsyncIterator[np.ndarray]:
-        fader = CrossFader(rate, total)
-        for index in range(total):
-            audio = await asyncio.to_thread(self.files.read_segment, job_id, index)
-            joined = fader.push(index, audio, True)
-            times.add(index, fader.starts[-1], len(audio))
-            if len(joined):
-                yield joined
-        tail = fader.flush()
-        if len(tail):
-            yield tail
+    def _reader(self, job_id: str) -> SegmentReader:
+        async def read(index: int) -> np.ndarray:
+            return await asyncio.to_thread(self.files.read_segment, job_id, index)
 
-    async def _encode(self, job_id: str, prepared: PreparedSpeech, total: int, rate: int) -> dict[str, Any]:
-        """Join the segment files and encode them once into the job's audio file (written atomically)."""
-        fmt, out_rate = prepared.response_format, prepared.sample_rate  # segments are at speed already
-        samples, timeline = 0, Timeline([Span("")] * total, rate)
-
-        async def counted() -> AsyncIterator[np.ndarray]:
-            nonlocal samples
-            # `loudness`: as for a stream, one gain from the voice's level, held over the whole job.
-            gain = await self.speech.levels.gain(prepared.voice, prepared.loudness, out_rate)
-            async for chunk in held(self._joined(job_id, total, rate, timeline), gain):
-                samples += len(chunk)
-                yield chunk
-
-        writer = atomic_writer(self.files.audio_path(job_id))
-        handle = await asyncio.to_thread(writer.__enter__)
-        try:
-            if fmt == "flac":  # its header needs the whole signal (see audio.encode)
-                whole = [chunk async for chunk in counted()]
-                audio = np.concatenate(whole) if whole else np.zeros(0, dtype=np.float32)
-                data = await asyncio.to_thread(encode, audio, rate, fmt, out_rate)
-                await asyncio.to_thread(handle.write, data)
-            else:
-                async for data in encode_stream(counted(), rate, fmt, out_rate):
-                    await asyncio.to_thread(handle.write, data)
-            if fmt == "wav":  # the streamed header said "length unknown": the file knows it now
-
-                def fix_header() -> None:
-                    size = handle.seek(0, 2)
-                    handle.seek(0)
-                    handle.write(wav_header(out_rate, size - 44))
-
-                await asyncio.to_thread(fix_header)
-        except BaseException as exc:
-            await asyncio.to_thread(writer.__exit__, type(exc), exc, exc.__traceback__)
-            raise
-        await asyncio.to_thread(writer.__exit__, None, None, None)
-        size = (await asyncio.to_thread(self.files.audio_path(job_id).stat)).st_size
-        return {
-            "content_type": FORMATS[fmt].content_type,
-            "bytes": size,
-            "duration_seconds": round(samples / rate, 3),
-            "sample_rate": out_rate,
-            "timings": [[s["start"], s["end"]] for s in timeline.segments()],  # for jobs/captions.py
-        }
+        return read

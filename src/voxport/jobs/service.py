@@ -14,21 +14,19 @@ from pydantic import ValidationError
 from voxport.config import Settings
 from voxport.errors import Kind, VoxportError
 from voxport.jobs import captions
+from voxport.jobs.backend import BackendFactory, JobHooks, embedded_backend
 from voxport.jobs.protocol import (
     SpeechBatchCreateParams,
     SpeechJobCreateParams,
     batch_object,
     job_object,
 )
-from voxport.jobs.runner import JobRunner
-from voxport.jobs.segments import SegmentFiles
 from voxport.jobs.store import (
     CANCELLED,
     FINISHED,
     QUEUED,
     RUNNING,
     Job,
-    JobStore,
     QuotaExceeded,
 )
 from voxport.jobs.webhooks import (
@@ -37,7 +35,6 @@ from voxport.jobs.webhooks import (
     WebhookSender,
     WebhookURLError,
     check_url,
-    load_secret,
 )
 from voxport.metrics import Metrics
 from voxport.protocol import SpeechCreateParams
@@ -75,19 +72,23 @@ class JobMetrics:
 
 
 class JobService:
-    def __init__(self, settings: Settings, speech: SpeechService, metrics: Metrics):
+    def __init__(
+        self,
+        settings: Settings,
+        speech: SpeechService,
+        metrics: Metrics,
+        backend: BackendFactory | None = None,
+    ):
+        """`backend`: where jobs live and what runs them; the embedded SQLite one unless given."""
         self.settings = settings
         self.speech = speech
-        root = Path(settings.data_dir) / "jobs"
-        self.store = JobStore(root)
-        self.files = SegmentFiles(root)
         self.allow = Allowlist.parse(settings.webhook_allow_hosts)
         self.metrics = JobMetrics(metrics)
-        self.runner = JobRunner(
-            settings, self.store, self.files, speech, self._finished,
-            on_segment=self.metrics.segments.inc, on_started=self.refresh_counts,
-            on_preempted=self.metrics.preempted.inc,
-        )  # fmt: skip
+        hooks = JobHooks(self._finished, self.metrics.segments.inc, self.refresh_counts,
+                         self.metrics.preempted.inc)  # fmt: skip
+        self.backend = (backend or embedded_backend)(settings, speech, hooks)
+        self.store = self.backend.store
+        self.runner = self.backend.runner
         self.dispatcher: WebhookDispatcher | None = None
         self.counts: dict[str, int] = {}
 
@@ -95,7 +96,7 @@ class JobService:
 
     async def start(self) -> None:
         await self.store.open()
-        secret = await asyncio.to_thread(load_secret, self.settings.webhook_secret, self.settings.data_dir)
+        secret = await self.backend.secret()
         sender = WebhookSender(secret, self.allow, self.settings.webhook_timeout_s)
         outcome = self.metrics.webhooks.labels
         self.dispatcher = WebhookDispatcher(self.store, sender, self.settings.webhook_retry_s,
@@ -239,8 +240,8 @@ class JobService:
         if job.status != "succeeded":
             raise _error("conflict", f"Job '{job_id}' is {job.status}; its audio exists once it has "
                            "succeeded.", "job_id", "job_not_succeeded")  # fmt: skip
-        path = self.files.audio_path(job_id)
-        if job.result is None or not await asyncio.to_thread(path.exists):
+        path = None if job.result is None else await self.backend.audio_file(job_id)
+        if path is None:
             raise _error("not_found", f"The audio of job '{job_id}' has expired or was deleted.",
                            "job_id", "job_content_expired")  # fmt: skip
         return path, job.result["content_type"]
@@ -276,7 +277,7 @@ class JobService:
         if finished is None:  # it finished meanwhile
             return job_object(await self._job(job_id, scope))
         if not self.runner.cancel(job_id):  # not running: nothing will clean its directory up but us
-            await asyncio.to_thread(self.files.remove, job_id)
+            await self.backend.discard(job_id)
         await self._finished(finished)
         return job_object(finished)
 
@@ -285,7 +286,7 @@ class JobService:
         if job.status not in FINISHED:
             await self.cancel(job_id, scope)
         await self.store.delete(job_id)
-        await asyncio.to_thread(self.files.remove, job_id)
+        await self.backend.discard(job_id)
         await self.refresh_counts()
         return {"id": job_id, "object": "speech.job.deleted", "deleted": True}
 

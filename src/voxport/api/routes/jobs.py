@@ -16,7 +16,8 @@ from voxport.jobs.protocol import SpeechBatchCreateParams, SpeechJobCreateParams
 from voxport.jobs.service import JobService
 from voxport.jobs.store import key_scope
 
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401), tags=["jobs"])
+# 503 on every route: with --redis-url, the job store itself can be unreachable (docs/jobs.md).
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401, 503), tags=["jobs"])
 
 _EXTENSIONS = {"audio/mpeg": "mp3", "audio/opus": "opus", "audio/aac": "aac", "audio/flac": "flac",
                "audio/wav": "wav", "audio/pcm": "pcm"}  # fmt: skip
