@@ -54,7 +54,7 @@ async def health_report(
     return Health(
         status="ok" if state == "ready" else "unavailable", version=__version__,
         model=speech.settings.served_model_id, checkpoint=checkpoint, engine=engine, engine_state=state,
-        attention=attention, device=device, ready=speech.accepts_requests,
+        attention=attention, device=device, ready=speech.accepts_requests, draining=speech.draining,
         requests_in_flight=jobs.in_flight, requests_generating=admission.generating,
         requests_queued=admission.queued, requests_cancelled=jobs.cancelled_total,
         capacity=HealthCapacity(engine_batch=admission.engine_batch, max_concurrent=admission.max_concurrent,
@@ -75,6 +75,8 @@ async def health(request: Request, speech: SpeechDep) -> Health:
 
 @router.get("/ready", responses=errors(503))
 async def ready(speech: SpeechDep) -> Ready:
+    if speech.draining:  # stopping: a load balancer takes this replica out of rotation
+        raise unavailable("The server is draining before it stops.", code="draining", retry_after=None)
     if not speech.accepts_requests:
         raise unavailable("The speech engine is not ready.", code="not_ready", retry_after=None)
     return Ready()
