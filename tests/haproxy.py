@@ -1,8 +1,8 @@
 """A real HAProxy (Debian's `haproxy` package) on loopback, running the shipped deploy/haproxy.cfg as is:
 the addresses come from the environment variables that file reads. It runs in the foreground (-db) as a
-child process and is stopped by its PID. Without the haproxy binary the tests that need it skip, unless
-VOXPORT_REQUIRE_HAPROXY is set (.ci/run sets it), where they fail: a missing balancer must never pass for
-a working one."""
+child process and is stopped by its PID. The same for nginx with deploy/nginx.conf. Without the binaries the
+tests that need them skip, unless VOXPORT_REQUIRE_PROXIES is set (.ci/run sets it), where they fail: a
+missing balancer must never pass for a working one."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ from tests.conftest import free_port
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
 SERVERS = ("replica1", "replica2")  # the `server` lines of deploy/haproxy.cfg, in order
+
+
+def _missing(package: str) -> None:
+    if os.environ.get("VOXPORT_REQUIRE_PROXIES"):
+        pytest.fail(
+            f"VOXPORT_REQUIRE_PROXIES is set but {package} is not installed (apt-get install {package})"
+        )
+    pytest.skip(f"needs {package}: apt-get install {package}")
 
 
 def haproxy_binary() -> str:
@@ -95,3 +103,52 @@ class HAProxy:
         out = self.output()
         self.log.close()
         return out
+
+
+class Nginx:
+    """deploy/nginx.conf (nginx reads no environment) with its listen and server addresses rewritten to
+    free loopback ports, in its own prefix directory; stopped by its PID."""
+
+    def __init__(self, replicas: list[str], prefix: Path):
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.access(binary, os.X_OK):
+            _missing("nginx-light")
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        text = (CONFIG.parent / "nginx.conf").read_text()
+        text = text.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{self.port};")
+        for default, address in zip(("127.0.0.1:8001", "127.0.0.1:8002"), replicas, strict=True):
+            assert f"server {default} " in text
+            text = text.replace(f"server {default} ", f"server {address} ")
+        (prefix / "logs").mkdir(parents=True, exist_ok=True)
+        config = prefix / "nginx.conf"
+        config.write_text(text)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "-p",
+                str(prefix),
+                "-c",
+                str(config),
+                "-g",
+                "daemon off; pid nginx.pid; error_log stderr;",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.base_url}/health", timeout=2)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError("nginx did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -10,7 +10,7 @@ import asyncio
 import signal
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,7 @@ import pytest
 
 from tests.audio_check import decode
 from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess
-from tests.haproxy import HAProxy, haproxy_binary
+from tests.haproxy import HAProxy, Nginx, haproxy_binary
 
 PCM_BYTES_PER_STEP = int(STEP_SECONDS * 24000) * 2  # 24 kHz s16le
 DRAIN_S = 5  # longer than deploy/haproxy.cfg takes to see a failing /ready (inter 1 s x fall 2)
@@ -130,12 +130,12 @@ def test_tiny_checkpoint_speech_reaches_both_replicas_through_haproxy(
                 replica.stop()
 
 
-def test_a_stream_passes_through_unbuffered(sim_cluster: Cluster) -> None:
+def _unbuffered_stream(base_url: str, replica_named: Callable[[str], ServerProcess]) -> None:
     steps = 600  # seconds of generation at the sim engine's rate
-    with httpx.stream("POST", f"{sim_cluster.lb.base_url}/v1/audio/speech", json=_speech("Long", steps),
+    with httpx.stream("POST", f"{base_url}/v1/audio/speech", json=_speech("Long", steps),
                       timeout=120) as response:  # fmt: skip
         assert response.status_code == 200
-        replica = sim_cluster.replicas[response.headers["x-voxport-replica"]]
+        replica = replica_named(response.headers["x-voxport-replica"])
         chunks = response.iter_raw()
         first = next(chunks)
         # The first audio is here while the replica is still generating the rest: HAProxy passed it on
@@ -145,6 +145,34 @@ def test_a_stream_passes_through_unbuffered(sim_cluster: Cluster) -> None:
         assert 0 < len(first) < steps * PCM_BYTES_PER_STEP
         total = len(first) + sum(len(chunk) for chunk in chunks)
     assert total == steps * PCM_BYTES_PER_STEP
+
+
+def test_a_stream_passes_through_haproxy_unbuffered(sim_cluster: Cluster) -> None:
+    _unbuffered_stream(sim_cluster.lb.base_url, sim_cluster.replicas.__getitem__)
+
+
+def test_nginx_spreads_requests_and_passes_streams_unbuffered(tmp_path: Path) -> None:
+    replicas = [_sim_replica(tmp_path / f"r{i}") for i in (1, 2)]
+    nginx = None
+    try:
+        for replica in replicas:
+            replica.wait_ready()
+        by_address = {f"127.0.0.1:{r.port}": r for r in replicas}
+        nginx = Nginx(list(by_address), tmp_path / "nginx")
+        served = Counter()
+        for i in range(4):
+            response = httpx.post(
+                f"{nginx.base_url}/v1/audio/speech", json=_speech(f"Via nginx {i}", 5), timeout=60
+            )
+            assert response.status_code == 200 and len(response.content) == 5 * PCM_BYTES_PER_STEP
+            served[response.headers["x-voxport-replica"]] += 1
+        assert set(served) == set(by_address)
+        _unbuffered_stream(nginx.base_url, by_address.__getitem__)
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        for replica in replicas:
+            replica.stop()
 
 
 def test_sigterm_takes_a_replica_out_of_rotation_while_its_stream_finishes(sim_cluster: Cluster) -> None:
