@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -24,7 +25,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
 SERVERS = ("replica1", "replica2")  # the `server` lines of deploy/haproxy.cfg, in order
 
 
-def _missing(package: str) -> None:
+def _missing(package: str) -> NoReturn:
     if os.environ.get("VOXPORT_REQUIRE_PROXIES"):
         pytest.fail(
             f"VOXPORT_REQUIRE_PROXIES is set but {package} is not installed (apt-get install {package})"
