@@ -87,7 +87,9 @@ def _draining_server(base: type, speech: Any, drain_s: float) -> type:
         drain_logged = False
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if sig == signal.SIGTERM and drain_s > 0 and self.drain_until is None and not self.should_exit:
+            # The first SIGTERM once serving (during start-up there is nothing to drain).
+            first = self.drain_until is None and not self.should_exit
+            if sig == signal.SIGTERM and drain_s > 0 and self.started and first:
                 # A signal handler: only flags are set here; the main loop's next tick logs and acts.
                 self.drain_until = time.monotonic() + drain_s
                 speech.draining = True
