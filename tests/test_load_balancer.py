@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.audio_check import decode
-from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess
+from tests.conftest import SERVER_START_TIMEOUT, STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess
 from tests.haproxy import HAProxy, Nginx, haproxy_binary
 
 PCM_BYTES_PER_STEP = int(STEP_SECONDS * 24000) * 2  # 24 kHz s16le
@@ -34,10 +34,10 @@ def _sim_replica(data: Path, *extra: str) -> ServerProcess:
 class Cluster:
     """Two replicas and HAProxy; `replicas[name]` by HAProxy's server name."""
 
-    def __init__(self, replicas: list[ServerProcess]):
+    def __init__(self, replicas: list[ServerProcess], start_timeout: float = SERVER_START_TIMEOUT):
         self.replicas = dict(zip(("replica1", "replica2"), replicas, strict=True))
         for replica in replicas:
-            replica.wait_ready()
+            replica.wait_ready(start_timeout)
         self.lb = HAProxy([f"127.0.0.1:{r.port}" for r in replicas])
         self.lb.wait_for({"replica1": "UP", "replica2": "UP"})
 
@@ -106,7 +106,8 @@ def test_tiny_checkpoint_speech_reaches_both_replicas_through_haproxy(
     replicas = [ServerProcess([*args, "--data-dir", str(tmp_path / f"r{i}")]) for i in (1, 2)]
     cluster = None
     try:
-        cluster = Cluster(replicas)
+        # Two checkpoint servers starting at once on a small machine: more than one's usual allowance.
+        cluster = Cluster(replicas, start_timeout=2 * SERVER_START_TIMEOUT)
         client = openai.OpenAI(api_key="unused", base_url=f"{cluster.lb.base_url}/v1", max_retries=0)
         served = Counter()
         for i in range(4):
