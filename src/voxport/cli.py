@@ -4,6 +4,7 @@ the benchmark (or its HTTP client)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -74,6 +75,38 @@ def _stopped(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
+def _draining_server(base: type, speech: Any, drain_s: float) -> type:
+    """uvicorn's Server (passed in: only `serve` imports uvicorn), with a drain period between the first
+    SIGTERM and the listener closing."""
+    import time
+
+    log = logging.getLogger("voxport")
+
+    class DrainingServer(base):  # type: ignore[misc, valid-type]
+        drain_until: float | None = None
+        drain_logged = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # The first SIGTERM once serving (during start-up there is nothing to drain).
+            first = self.drain_until is None and not self.should_exit
+            if sig == signal.SIGTERM and drain_s > 0 and self.started and first:
+                # A signal handler: only flags are set here; the main loop's next tick logs and acts.
+                self.drain_until = time.monotonic() + drain_s
+                speech.draining = True
+                return
+            super().handle_exit(sig, frame)  # a second SIGTERM, or SIGINT: stop now
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.drain_until is not None and not self.should_exit:
+                if not self.drain_logged:
+                    self.drain_logged = True
+                    log.info("SIGTERM: draining for %g s (/ready answers 503), then stopping", drain_s)
+                self.should_exit = time.monotonic() >= self.drain_until
+            return await super().on_tick(counter)
+
+    return DrainingServer
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
@@ -105,12 +138,13 @@ def _serve(args: argparse.Namespace) -> int:
     except (VoicesFileError, LexiconError, EngineError) as exc:
         print(f"voxport serve: {exc}", file=sys.stderr)
         return 2
-    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish within the grace period, then
-    # runs the lifespan shutdown, which stops the engine. It then re-raises the signal to the handler that
-    # was there before it: this one, which makes a stop that was asked for and completed exit 0 (and a
-    # SIGTERM before uvicorn took over exit 0 at once).
+    # On SIGTERM the server first drains for drain_s (still serving; /ready answers 503, so that a load
+    # balancer moves new requests elsewhere); then uvicorn stops accepting, lets in-flight requests finish
+    # within the grace period, and runs the lifespan shutdown, which stops the engine. A SIGTERM that
+    # uvicorn saw itself is re-raised to the handler that was there before it: this one, which makes a
+    # stop that was asked for and completed exit 0 (and a SIGTERM before uvicorn took over exit 0 at once).
     signal.signal(signal.SIGTERM, _stopped)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -121,7 +155,10 @@ def _serve(args: argparse.Namespace) -> int:
         # uvloop and httptools where installed, httptools with our limit on a request head's size.
         **uvicorn_options(settings.max_header_kb * 1024),
     )
-    return 0
+    server = _draining_server(uvicorn.Server, app.state.speech, settings.drain_s)(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 3  # 3: uvicorn's own status when start-up failed
 
 
 def _dummy_model(args: argparse.Namespace) -> int:

@@ -198,6 +198,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         30, ge=0, description="On SIGTERM, how long in-flight requests may run before they are cut."
     )
+    drain_s: float = Field(
+        0,
+        ge=0,
+        description="On SIGTERM, how long the server keeps serving with /ready answering 503 before it stops "
+        "accepting connections: time for a load balancer's health checks to take it out of rotation.",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,

@@ -44,6 +44,11 @@ class Probes:
         body = json.dumps(envelope(not_ready), separators=(",", ":")).encode()
         extra = [(k.lower().encode(), v.encode()) for k, v in headers_of(not_ready).items()]
         self._not_ready: Answer = (status_of(not_ready), [*_sized(body), *extra], body)
+        # Stopping (SIGTERM with --drain-s): still serving, but a load balancer must send no more.
+        draining = unavailable("The server is draining before it stops.", code="draining", retry_after=None)
+        body = json.dumps(envelope(draining), separators=(",", ":")).encode()
+        extra = [(k.lower().encode(), v.encode()) for k, v in headers_of(draining).items()]
+        self._draining: Answer = (status_of(draining), [*_sized(body), *extra], body)
 
     def routes(self) -> dict[tuple[str, str], Probe]:
         return {("GET", "/health"): self.get_health, ("HEAD", "/health"): self.head_health,
@@ -67,7 +72,7 @@ class Probes:
             self._engine(), speech.accepts_requests, jobs.in_flight, admission.generating, admission.queued,
             jobs.cancelled_total, cache.enabled, cache.entries, cache.bytes, cache.stats.hits,
             cache.stats.misses, cache.stats.evictions, admission.load_score, sampler.rss_bytes,
-            sampler.gpu_memory_bytes, queue["queued"], queue["running"], self._redis_state(),
+            sampler.gpu_memory_bytes, queue["queued"], queue["running"], self._redis_state(), speech.draining,
         )  # fmt: skip
         if key != self._key:
             self._body = self._render(key).model_dump_json().encode()
@@ -93,7 +98,7 @@ class Probes:
                               misses=key[10], evictions=key[11]),
             routing=HealthRouting(load_score=key[12], accepts_requests=ready),
             rss_bytes=key[13], gpu_memory_bytes=key[14], jobs=HealthJobs(queued=key[15], running=key[16]),
-            redis=key[17], degraded=self.degraded(),
+            redis=key[17], degraded=self.degraded(), draining=key[18],
         )  # fmt: skip
 
     def _redis_state(self) -> str | None:
@@ -115,6 +120,8 @@ class Probes:
     async def ready(self) -> Answer:
         """200 while the engine can serve, even with Redis away (requests then go without the shared
         cache): a load balancer keeps the replica in rotation, and `degraded` says what is missing."""
+        if self.speech.draining:
+            return self._draining
         if not self.speech.accepts_requests:
             return self._not_ready
         if self.degraded():

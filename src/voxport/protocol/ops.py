@@ -67,6 +67,7 @@ class Health(BaseModel):
     attention: str | None
     device: str | None
     ready: bool
+    draining: bool = False  # SIGTERM received: still serving, but /ready fails (drain_s)
     requests_in_flight: int
     requests_generating: int
     requests_queued: int

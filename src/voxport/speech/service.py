@@ -96,10 +96,14 @@ class SpeechService:
         self.preparer = Preparer(settings, engine, voices, weights_fingerprint)
         self.joiner = Joiner(engine, self.watch, metrics)
         self.levels = VoiceLevels(engine, voices, settings.max_length)
+        # Set once the server is stopping (SIGTERM with a drain period): requests are still served, but
+        # /ready fails so that a load balancer sends new ones elsewhere.
+        self.draining = False
 
     @property
     def accepts_requests(self) -> bool:
-        return self.engine.ready and not self.watch.stalled and self.voices.loaded
+        """Whether new work should come here: /ready, the job runner and load balancers follow it."""
+        return self.engine.ready and not self.watch.stalled and self.voices.loaded and not self.draining
 
     def cancel(self, request_id: str) -> None:
         if not self.jobs.cancel(request_id):
