@@ -1,4 +1,8 @@
-"""The one Settings object. Every field is a `voxport serve --flag` and a `VOXPORT_FLAG` variable."""
+"""The one Settings object. Every field is a `voxport serve --flag` and a `VOXPORT_FLAG` variable.
+
+It is longer than 300 lines because it is one flat list of every setting, each with its range and the
+one-line description that `voxport serve --help` prints: split by feature, a reader would have to know
+which feature owns a flag before finding it."""
 
 from __future__ import annotations
 

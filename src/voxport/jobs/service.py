@@ -8,13 +8,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from voxport.config import Settings
 from voxport.errors import Kind, VoxportError
 from voxport.jobs import captions
 from voxport.jobs.backend import BackendFactory, JobHooks, embedded_backend
+from voxport.jobs.metrics import JobMetrics
 from voxport.jobs.protocol import (
     SpeechBatchCreateParams,
     SpeechJobCreateParams,
@@ -45,30 +45,6 @@ log = logging.getLogger("voxport.jobs")
 
 def _error(kind: Kind, message: str, param: str | None = None, code: str | None = None) -> VoxportError:
     return VoxportError(kind, message, param=param, code=code)
-
-
-class JobMetrics:
-    """The jobs' series, in the app's registry."""
-
-    def __init__(self, metrics: Metrics):
-        r = metrics.registry
-        self.jobs = Gauge("voxport_jobs", "Speech jobs in the store, by status.", ["status"], registry=r)
-        self.queue_depth = Gauge("voxport_job_queue_depth", "Speech jobs waiting to run.", registry=r)
-        self.segments = Counter(
-            "voxport_job_segments", "Job segments generated (finished and written).", registry=r
-        )
-        self.webhooks = Counter(
-            "voxport_webhook_deliveries",
-            "Webhook delivery attempts by outcome: delivered, retry, failed (gave up), refused (address "
-            "policy).",
-            ["outcome"],
-            registry=r,
-        )
-        self.preempted = Counter(
-            "voxport_job_segments_preempted",
-            "Job segment generations abandoned (and later redone) because a live request needed the engine.",
-            registry=r,
-        )
 
 
 class JobService:

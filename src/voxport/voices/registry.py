@@ -13,24 +13,20 @@ import secrets
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from voxport.audio import encode, write_wav
-from voxport.engine.base import Engine, SynthesisRequest, VoicePrompt
+from voxport.engine.base import Engine, VoicePrompt
 from voxport.errors import VoxportError, invalid
-from voxport.files import atomic_write
 from voxport.lexicon import Lexicon, LexiconError
 from voxport.protocol import VoiceUpload
 from voxport.voices import library
-from voxport.voices.catalog import Voice, VoicesFileError, design_prefix, load_voices_file
+from voxport.voices.catalog import Voice, VoicesFileError, load_voices_file
 from voxport.voices.consents import Consent, ConsentStore
+from voxport.voices.designed import design_clip
 from voxport.voices.mirror import LibraryMirror, SharedLibrary
 from voxport.voices.uploads import ENCODER_RATE, Upload, read_upload
 
 log = logging.getLogger("voxport.voices")
 
-# What a designed voice says in its reference clip.
-DESIGN_CLIP_TEXT = "Hello there. This is how I sound when I read a few ordinary sentences aloud."
 _TRUTHY = {"1", "true", "yes", "on", "y", "t"}  # `consent` from clients older than consent ids
 
 
@@ -164,22 +160,8 @@ class VoiceRegistry:
         return prompt
 
     async def _design_clip(self, voice: Voice) -> Path:
-        """The designed voice's reference clip: made once from its description and seed, then kept."""
-        info = self.engine.info
-        steps = max(1, round(self.design_clip_seconds / info.step_seconds))
-        path = self._designed / f"{voice.id}-{voice.key}-{steps}.wav"
-        if await asyncio.to_thread(path.is_file):
-            return path
         designed = [v.id for v in self.builtin.values() if v.kind == "designed"]
-        number = designed.index(voice.id) + 1 if voice.id in designed else len(designed)
-        log.info("designing voice %s (%d/%d)…", voice.id, number, len(designed))
-        text = design_prefix(voice.description, None) + DESIGN_CLIP_TEXT
-        request = SynthesisRequest(text=text, max_length=steps, seed=voice.seed)
-        audio = np.concatenate([chunk async for chunk in self.engine.generate(request)])
-        wav = await asyncio.to_thread(encode, audio, info.sample_rate, "wav", info.sample_rate)
-        await asyncio.to_thread(atomic_write, path, wav)
-        log.info("designed voice %s: reference clip of %.1fs stored", voice.id, len(audio) / info.sample_rate)
-        return path
+        return await design_clip(self.engine, voice, self._designed, self.design_clip_seconds, designed)
 
     # -- uploads ----------------------------------------------------------------------------------
 
