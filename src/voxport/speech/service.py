@@ -186,15 +186,13 @@ class SpeechService:
         still gets a proper error before any byte is sent. The slot is held until the stream ends."""
         if key is not None:
             self._looked_up(job, "MISS")
-        # Held for the whole stream; measuring a voice's level the first time is engine work: a deadline.
-        gain = await with_deadline(
-            self.levels.gain(prepared.voice, prepared.loudness, prepared.sample_rate),
-            self.settings.request_timeout_s,
-        )
         slot = await self._admit()
         timeline = Timeline(prepared.spans, self.engine.info.sample_rate)
         audio = self.joiner.audio(prepared.segments, job, timeline, prepared.speed)
         try:
+            # Held for the whole stream. A voice's first measurement is engine work: in the slot, timed.
+            measured = self.levels.gain(prepared.voice, prepared.loudness, prepared.sample_rate)
+            gain = await with_deadline(measured, self.settings.request_timeout_s)
             first = await with_deadline(_first(audio), self.settings.request_timeout_s)
         except BaseException:
             await audio.aclose()
