@@ -251,7 +251,7 @@ def test_with_appendonly_queued_jobs_survive_a_redis_restart(redis_aof: RedisSer
 def test_a_segment_that_replicas_keep_dying_on_fails_its_job(redis_aof: RedisServer, tmp_path: Path) -> None:
     async def submit() -> str:
         shared = SharedRedis(redis_aof.url, PREFIX)
-        store = RedisJobStore(shared, lambda text: [text], delivery_lease_s=30)
+        store = RedisJobStore(shared, lambda text, language=None: [text], delivery_lease_s=30)
         job, _ = await store.create_job(BODY)
         await shared.close()
         return job.id

@@ -17,7 +17,7 @@ from voxport.jobs.store import CANCELLED, SUCCEEDED, QuotaExceeded
 BODY = {"model": "tts-1", "voice": "alloy", "input": "One. Two. Three."}
 
 
-def plan(text: str) -> list[str]:
+def plan(text: str, language: str | None = None) -> list[str]:
     return text.split(" ")
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from voxport.cluster.redis import SharedRedis
 
 _JSON = [(b"content-type", b"application/json")]
-_READY = b'{"ready":true}'  # `degraded` left out when empty (its default)
+_READY = b'{"ready":true}'  # a single node: `degraded` left out (its default, empty)
 
 
 class Probes:
@@ -124,7 +124,7 @@ class Probes:
             return self._draining
         if not self.speech.accepts_requests:
             return self._not_ready
-        if self.degraded():
+        if self.redis is not None:  # a replica sharing state says what it serves without, if anything
             body = json.dumps({"ready": True, "degraded": self.degraded()}, separators=(",", ":")).encode()
             return 200, _sized(body), body
         return 200, _READY_HEADERS, _READY
