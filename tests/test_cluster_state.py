@@ -228,7 +228,14 @@ def test_a_redis_restart_degrades_then_recovers(replicas, redis_shared: RedisSer
         wait_for(lambda r=replica: degraded(r) == [], "/ready to report redis back")
     # The library outlives a Redis that lost its data: the replicas offered their mirrors again.
     assert voice in voice_ids(b) and voice in voice_ids(a)
-    text = f"Cached again after the restart {uuid.uuid4().hex[:8]}."
-    assert speak(a, text).headers["x-cache"] == "MISS"
-    assert speak(b, text).headers["x-cache"] == "HIT"
+
+    # Caching across replicas resumes. Right after the restart a background loop of a replica (the job
+    # queue's reader, on a pooled connection the restart closed) can still fail once and mark Redis away
+    # until the next once-a-second ping; a write in that second is skipped, so this waits for it to pass.
+    def cached_across() -> bool:
+        text = f"Cached again after the restart {uuid.uuid4().hex[:8]}."
+        assert speak(a, text).headers["x-cache"] == "MISS"
+        return speak(b, text).headers["x-cache"] == "HIT"
+
+    wait_for(cached_across, "a request made on A to be a hit on B again", timeout=15)
     assert metric(a, "voxport_redis_errors_total") + metric(b, "voxport_redis_errors_total") >= 1
