@@ -36,6 +36,12 @@ class JobPriority:
         self.waiting = 0  # job segments waiting for headroom
         self.preempted = 0  # segment generations abandoned for a live request
         self._on_preempted = on_preempted
+        self._watching: set[asyncio.Event] = set()  # one per segment generating: woken by each arrival
+        speech.admission.on_arrival.append(self._arrived)
+
+    def _arrived(self) -> None:
+        for woken in self._watching:
+            woken.set()
 
     @property
     def reserve(self) -> int:
@@ -92,12 +98,20 @@ class JobPriority:
                 self.generating -= 1
 
     async def _preempt_when_crowded(self, cancel: asyncio.Event, attempt: asyncio.Event) -> None:
-        while not cancel.is_set():
-            if self.live and self._engine_full():
-                self.preempted += 1
-                self._on_preempted()
-                break
-            await asyncio.sleep(_POLL_S)
+        woken = asyncio.Event()
+        self._watching.add(woken)
+        try:
+            while not cancel.is_set():
+                if self.live and self._engine_full():
+                    self.preempted += 1
+                    self._on_preempted()
+                    break
+                woken.clear()
+                # Woken by a request's arrival; the timeout catches the rest (a cancel, the engine's width).
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(woken.wait(), _POLL_S)
+        finally:
+            self._watching.discard(woken)
         attempt.set()
 
     async def generate(self, prepared: PreparedSpeech, name: str, cancel: asyncio.Event) -> np.ndarray:

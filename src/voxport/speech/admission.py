@@ -39,6 +39,8 @@ class Admission:
         self._slots = asyncio.Semaphore(max_concurrent)
         self.generating = 0
         self.queued = 0
+        # Told of each request that asks for a slot, before it waits (job segments yield to it at once).
+        self.on_arrival: list[Callable[[], None]] = []
 
     @property
     def load_score(self) -> float:
@@ -58,6 +60,8 @@ class Admission:
                 code="rate_limit_exceeded",
                 retry_after=1,
             )
+        for listener in self.on_arrival:
+            listener()
         self.queued += 1
         try:
             await self._slots.acquire()
