@@ -46,10 +46,11 @@ def _wait(url: str, timeout: float = 120) -> None:
     raise TimeoutError(url)
 
 
-def _replica(work: Path, name: str, redis_url: str | None, prefix: str) -> tuple[subprocess.Popen, str]:
+def _replica(work: Path, name: str, redis_url: str | None, prefix: str,
+             sim: list[str]) -> tuple[subprocess.Popen, str]:  # fmt: skip
     port = _free_port()
     args = [sys.executable, "-m", "voxport", "serve", "--engine", "sim", "--port", str(port), "--data-dir",
-            str(work / name), "--log-level", "warning"]  # fmt: skip
+            str(work / name), "--log-level", "warning", *sim]  # fmt: skip
     if redis_url:
         args += [
             "--redis-url",
@@ -84,7 +85,12 @@ def _run(bases: list[str], jobs: int) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40)
+    # As benchmarks/scaleout.py: a small, slow simulated GPU per replica, so that the engine, not this
+    # machine's CPU, limits one replica (at the sim's full speed two replicas on two cores only share them).
+    parser.add_argument("--max-num-seqs", type=int, default=8)
+    parser.add_argument("--sim-step-ms", type=float, default=40.0)
     args = parser.parse_args()
+    sim = ["--max-num-seqs", str(args.max_num_seqs), "--sim-step-ms", str(args.sim_step_ms)]
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
     work = Path(tempfile.mkdtemp(prefix="voxport-jobs-redis-"))
     port = _free_port()
@@ -99,7 +105,7 @@ def main() -> int:
             ("redis-1", 1, redis_url),
             ("redis-2", 2, redis_url),
         ):
-            started = [_replica(work, f"{setup}-{i}", url, setup) for i in range(replicas)]
+            started = [_replica(work, f"{setup}-{i}", url, setup, sim) for i in range(replicas)]
             procs += [p for p, _ in started]
             wall, audio = _run([b for _, b in started], args.jobs)
             results[setup] = audio / wall
