@@ -25,14 +25,13 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
+from _local import free_port, wait_ok
 
 BARE_APP = """
 async def app(scope, receive, send):
@@ -53,24 +52,6 @@ uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[1]), log_l
 """
 HIT_BODY = {"model": "tts-1", "voice": "alloy", "input": "Your table is ready.", "response_format": "mp3",
             "seed": 7, "max_length": 32, "stream": False}  # fmt: skip
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(url: str, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"hotpath: {url} did not answer")
 
 
 def _wrk(url: str, connections: int, seconds: int, script: Path | None) -> dict[str, float]:
@@ -141,7 +122,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="voxport-hotpath-"))
     (work / "bare.py").write_text(BARE_APP)
     (work / "h11_server.py").write_text(H11_SERVER)
-    ports = {name: _port() for name in ("bare", "vox", "disk", "h11")}
+    ports = {name: free_port() for name in ("bare", "vox", "disk", "h11")}
     commands = {
         "bare": [
             sys.executable,
@@ -166,10 +147,10 @@ def main() -> int:
     procs = [subprocess.Popen(command, cwd=work) for command in commands.values()]
     try:
         url = {name: f"http://127.0.0.1:{ports[name]}" for name in commands}
-        _wait(f"{url['bare']}/")
+        wait_ok(f"{url['bare']}/")
         for name in commands:
             if name != "bare":
-                _wait(f"{url[name]}/ready")
+                wait_ok(f"{url[name]}/ready")
         size = {name: _warm_hit(url[name]) for name in commands if name != "bare"}
         post = _script(work, "post", "POST", HIT_BODY)
         hit = f"cache hit, POST /v1/audio/speech (mp3, {size['vox'] // 1000} kB)"

@@ -21,34 +21,15 @@ import time
 from pathlib import Path
 
 import httpx
+from _local import free_port, wait_ok
 
 TEXT = " ".join(f"Sentence {i} of a background job, read at a steady pace." for i in range(12))
 BODY = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": "wav", "max_length": 40}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
-
-
 def _replica(work: Path, name: str, redis_url: str | None, prefix: str,
              sim: list[str]) -> tuple[subprocess.Popen, str]:  # fmt: skip
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "voxport", "serve", "--engine", "sim", "--port", str(port), "--data-dir",
             str(work / name), "--log-level", "warning", *sim]  # fmt: skip
     if redis_url:
@@ -60,7 +41,7 @@ def _replica(work: Path, name: str, redis_url: str | None, prefix: str,
         ]  # one prefix per setup: its replicas share it
     proc = subprocess.Popen(args)
     base = f"http://127.0.0.1:{port}"
-    _wait(f"{base}/ready")
+    wait_ok(f"{base}/ready")
     return proc, base
 
 
@@ -93,7 +74,7 @@ def main() -> int:
     sim = ["--max-num-seqs", str(args.max_num_seqs), "--sim-step-ms", str(args.sim_step_ms)]
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
     work = Path(tempfile.mkdtemp(prefix="voxport-jobs-redis-"))
-    port = _free_port()
+    port = free_port()
     redis_args = [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", str(work)]
     redis = subprocess.Popen(redis_args, stdout=subprocess.DEVNULL)
     redis_url = f"redis://127.0.0.1:{port}/0"

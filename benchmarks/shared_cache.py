@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,31 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from _local import free_port, wait_ok
 
 BODY = {"model": "tts-1", "voice": "alloy", "input": "Your table is ready.", "seed": 7, "max_length": 32,
         "stream": False}  # fmt: skip
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(url: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"shared_cache: {url} did not answer")
-
-
 def _serve(work: Path, name: str, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = _port()
+    port = free_port()
     command = [sys.executable, "-m", "voxport", "serve", "--engine", "sim", "--port", str(port),
                "--data-dir", str(work / name), "--log-level", "warning", *extra]  # fmt: skip
     return subprocess.Popen(command), f"http://127.0.0.1:{port}"
@@ -79,7 +61,7 @@ def main() -> int:
         print("shared_cache: needs redis-server (apt-get install redis-server)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="voxport-shared-cache-"))
-    redis_port = _port()
+    redis_port = free_port()
     procs = [subprocess.Popen([redis_server, "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
                                "--dir", str(work)], stdout=subprocess.DEVNULL)]  # fmt: skip
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -88,7 +70,7 @@ def main() -> int:
         procs += [proc for proc, _ in started]
         disk, made, other = (url for _, url in started)
         for url in (disk, made, other):
-            _wait(f"{url}/ready")
+            wait_ok(f"{url}/ready")
         rows = []
         for fmt in ("mp3", "wav"):
             body = {**BODY, "response_format": fmt}
