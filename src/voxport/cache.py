@@ -78,6 +78,29 @@ class CachedAudio:
     meta: dict[str, Any]
 
 
+def entry_header(payload: bytes, meta: dict[str, Any]) -> bytes:
+    """An entry's bytes before its payload: magic, header length, and the header (with the payload's
+    length and MD5). The disk cache and the shared Redis one store the same entries."""
+    header = {**meta, "length": len(payload), "md5": hashlib.md5(payload).hexdigest()}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return MAGIC + struct.pack("<I", len(encoded)) + encoded
+
+
+def read_entry(data: bytes) -> CachedAudio:
+    """The entry in `data`, or ValueError when it is not whole and consistent."""
+    try:
+        if data[:8] != MAGIC:
+            raise ValueError("bad magic")
+        (header_len,) = struct.unpack("<I", data[8:12])
+        meta = json.loads(data[12 : 12 + header_len])
+        payload = data[12 + header_len :]
+        if len(payload) != meta["length"] or hashlib.md5(payload).hexdigest() != meta["md5"]:
+            raise ValueError("payload does not match its header")
+    except (KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+    return CachedAudio(payload, meta)
+
+
 @dataclass
 class _Entry:
     size: int
@@ -190,24 +213,16 @@ class AudioCache:
             self._remove(key)
             return None
         try:
-            data = path.read_bytes()
-            if data[:8] != MAGIC:
-                raise ValueError("bad magic")
-            (header_len,) = struct.unpack("<I", data[8:12])
-            meta = json.loads(data[12 : 12 + header_len])
-            payload = data[12 + header_len :]
-            if len(payload) != meta["length"] or hashlib.md5(payload).hexdigest() != meta["md5"]:
-                raise ValueError("payload does not match its header")
+            found = read_entry(path.read_bytes())
         except FileNotFoundError:
             self._forget(key)
             return None
-        except (ValueError, KeyError, struct.error, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             log.warning("cache entry %s is corrupt (%s): discarded", key, exc)
             self.stats.corrupt += 1
             self._remove(key)
             return None
         now = time.time()
-        found = CachedAudio(payload, meta)
         with self._lock:
             entry.used = now
             if self._index.get(key) is entry:  # not removed meanwhile
@@ -218,10 +233,7 @@ class AudioCache:
 
     def _write(self, key: str, payload: bytes, meta: dict[str, Any]) -> None:
         path = self._path(key)
-        header = json.dumps(
-            {**meta, "length": len(payload), "md5": hashlib.md5(payload).hexdigest()}, separators=(",", ":")
-        ).encode()
-        atomic_write(path, MAGIC + struct.pack("<I", len(header)) + header, payload)
+        atomic_write(path, entry_header(payload, meta), payload)
         now = time.time()
         size = path.stat().st_size
         with self._lock:

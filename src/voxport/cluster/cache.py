@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import secrets
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,12 +31,11 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from voxport.cache import CachedAudio, CacheStats
+from voxport.cache import CachedAudio, CacheStats, entry_header, read_entry
 from voxport.cluster.redis import SharedRedis
 
 log = logging.getLogger("voxport.cache")
 
-MAGIC = b"VXPCACH1"
 _HASH_IN_THREAD = 256 * 1024  # payloads above this are hashed in a worker thread
 _LEASE_MS = 10_000  # a holder that dies stops blocking the others after this long
 _POLL_S = 0.05  # how often a waiting replica looks for the holder's result
@@ -52,24 +48,8 @@ _RELEASE = _IF_OURS.format("'del', KEYS[1]")
 
 
 def pack(payload: bytes, meta: dict[str, Any]) -> bytes:
-    header = {**meta, "length": len(payload), "md5": hashlib.md5(payload).hexdigest()}
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    return MAGIC + struct.pack("<I", len(encoded)) + encoded + payload
-
-
-def unpack(data: bytes) -> CachedAudio:
-    """The entry, or ValueError when it is not whole and consistent."""
-    try:
-        if data[:8] != MAGIC:
-            raise ValueError("bad magic")
-        (header_len,) = struct.unpack("<I", data[8:12])
-        meta = json.loads(data[12 : 12 + header_len])
-        payload = data[12 + header_len :]
-        if len(payload) != meta["length"] or hashlib.md5(payload).hexdigest() != meta["md5"]:
-            raise ValueError("payload does not match its header")
-    except (KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
-        raise ValueError(str(exc)) from None
-    return CachedAudio(payload, meta)
+    """One Redis value: the disk cache's entry format (voxport.cache), header and payload together."""
+    return entry_header(payload, meta) + payload
 
 
 @dataclass
@@ -125,8 +105,8 @@ class RedisAudioCache:
     async def _check(self, key: str, data: bytes) -> CachedAudio | None:
         try:
             if len(data) > _HASH_IN_THREAD:
-                return await asyncio.to_thread(unpack, data)
-            return unpack(data)
+                return await asyncio.to_thread(read_entry, data)
+            return read_entry(data)
         except ValueError as exc:
             log.warning("cache entry %s is corrupt (%s): discarded", key, exc)
             self.stats.corrupt += 1
