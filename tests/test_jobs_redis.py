@@ -69,6 +69,10 @@ def job(base: str, job_id: str) -> dict:
 
 
 def unfinished(job: dict) -> bool:
+    # A 503 while the replica reconnects to a Redis that was just restarted (the store's answer while
+    # Redis is away, with Retry-After): not finished yet, ask again.
+    if "status" not in job and job.get("error", {}).get("code") == "job_store_unavailable":
+        return True
     return job["status"] in ("queued", "running")
 
 
