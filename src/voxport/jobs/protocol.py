@@ -27,6 +27,12 @@ def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     return value
 
 
+def stored_speech_body(speech: BaseModel, exclude: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """A speech request's body as a job keeps it: set fields only, without `exclude` and without the
+    streaming fields (streaming does not apply to a job)."""
+    return speech.model_dump(exclude={*exclude, "stream", "stream_format"}, exclude_none=True, mode="json")
+
+
 class SpeechJobCreateParams(SpeechCreateParams):
     """POST /v1/audio/speech/jobs: every field of /v1/audio/speech, plus where to report and a label."""
 
@@ -36,11 +42,8 @@ class SpeechJobCreateParams(SpeechCreateParams):
     _metadata = field_validator("metadata")(_check_metadata)
 
     def speech_body(self) -> dict[str, Any]:
-        """The /v1/audio/speech part, as stored with the job (streaming does not apply to a job)."""
-        body = self.model_dump(exclude={"webhook_url", "metadata"}, exclude_none=True, mode="json")
-        body.pop("stream", None)
-        body.pop("stream_format", None)
-        return body
+        """The /v1/audio/speech part, as stored with the job."""
+        return stored_speech_body(self, {"webhook_url", "metadata"})
 
 
 class SpeechBatchCreateParams(BaseModel):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -20,6 +21,7 @@ from voxport.jobs.protocol import (
     SpeechJobCreateParams,
     batch_object,
     job_object,
+    stored_speech_body,
 )
 from voxport.jobs.store import (
     CANCELLED,
@@ -41,6 +43,7 @@ from voxport.protocol import SpeechCreateParams
 from voxport.speech import SpeechService
 
 log = logging.getLogger("voxport.jobs")
+T = TypeVar("T")
 
 
 def _error(kind: Kind, message: str, param: str | None = None, code: str | None = None) -> VoxportError:
@@ -139,9 +142,16 @@ class JobService:
     ) -> dict[str, Any]:
         self._check_webhook(params.webhook_url)
         await self._validate_speech(params, self.settings.max_job_chars)
+        job = await self._enqueue(self.store.create_job, params.speech_body(), params, scope, idempotency_key)
+        return job_object(job)
+
+    async def _enqueue(self, create: Callable[..., Awaitable[tuple[T, bool]]], what: Any,
+                       params: SpeechJobCreateParams | SpeechBatchCreateParams, scope: str,
+                       idempotency_key: str | None) -> T:  # fmt: skip
+        """A job or a batch into the store, within the quotas; the runner woken if it is new."""
         try:
-            job, created = await self.store.create_job(
-                params.speech_body(), scope=scope, metadata=params.metadata, webhook_url=params.webhook_url,
+            made, created = await create(
+                what, scope=scope, metadata=params.metadata, webhook_url=params.webhook_url,
                 idempotency_key=idempotency_key, max_queued=self.settings.max_queued_jobs,
                 max_queued_per_key=self.settings.max_queued_jobs_per_key,
             )  # fmt: skip
@@ -150,7 +160,7 @@ class JobService:
         if created:
             await self.refresh_counts()
             self.runner.wake()
-        return job_object(job)
+        return made
 
     async def create_batch(
         self, params: SpeechBatchCreateParams, *, scope: str, idempotency_key: str | None
@@ -171,21 +181,8 @@ class JobService:
                 raise _error("invalid", f"Invalid value for '{prefix}{field}': {first.get('msg')}.",
                                f"{prefix}{field}") from None  # fmt: skip
             await self._validate_speech(speech, self.settings.max_input_chars, prefix)
-            body = speech.model_dump(exclude_none=True, mode="json")
-            body.pop("stream", None)
-            body.pop("stream_format", None)
-            bodies.append(body)
-        try:
-            batch, created = await self.store.create_batch(
-                bodies, scope=scope, metadata=params.metadata, webhook_url=params.webhook_url,
-                idempotency_key=idempotency_key, max_queued=self.settings.max_queued_jobs,
-                max_queued_per_key=self.settings.max_queued_jobs_per_key,
-            )  # fmt: skip
-        except QuotaExceeded as exc:
-            raise self._quota_error(exc) from None
-        if created:
-            await self.refresh_counts()
-            self.runner.wake()
+            bodies.append(stored_speech_body(speech))
+        batch = await self._enqueue(self.store.create_batch, bodies, params, scope, idempotency_key)
         return batch_object(batch)
 
     # -- reading ----------------------------------------------------------------------------------
