@@ -28,6 +28,7 @@ from voxport.cache import AudioCache, AudioStore, checkpoint_fingerprint
 from voxport.config import Settings
 from voxport.engine import create_engine
 from voxport.engine.base import Engine
+from voxport.faultlog import OncePerCause
 from voxport.jobs.service import JobService
 from voxport.lexicon import Lexicon
 from voxport.metrics import Gauges, Metrics, ResourceSampler
@@ -94,13 +95,14 @@ def _cache(settings: Settings, metrics: Metrics, shared: SharedRedis | None) -> 
 
 async def _watch(shared: SharedRedis, voices: VoiceRegistry) -> None:
     """Keep Redis' reachability current, and the voice library with it even on an idle replica."""
+    errors = OncePerCause(log)
     while True:
         await asyncio.sleep(1.0)
         try:
             if await shared.ping():
                 await voices.refresh()
-        except Exception:  # the watcher must outlive any one failure
-            log.exception("shared voice library refresh failed")
+        except Exception as exc:  # the watcher must outlive any one failure
+            errors.report("shared voice library refresh", exc)
 
 
 def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: Loaded,

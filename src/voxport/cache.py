@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from voxport.faultlog import OncePerCause
 from voxport.files import TEMP_PREFIX, atomic_write
 
 log = logging.getLogger("voxport.cache")
@@ -342,9 +343,13 @@ class AudioCache:
             self._inflight.pop(key, None)
 
     async def run_sweeper(self, interval: float) -> None:
+        errors = OncePerCause(log)
         while True:
             await asyncio.sleep(interval)
-            await asyncio.to_thread(self.sweep)
+            try:
+                await asyncio.to_thread(self.sweep)
+            except Exception as exc:  # the sweeper outlives it and tries again next time
+                errors.report("cache sweep", exc)
 
 
 class AudioStore(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 import httpcore
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 class WebhookURLError(ValueError):
@@ -66,9 +68,27 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
+def _check_host_name(host: str) -> None:
+    """A DNS name as it goes on the wire: ASCII labels of 1 to 63 characters, 253 in all (an
+    internationalised name in its IDNA `xn--` form)."""
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise WebhookURLError(
+            "'webhook_url' has an invalid host name: each dot-separated label must be 1 to 63 letters, "
+            "digits, hyphens or underscores (an internationalised name in its IDNA xn-- form), 253 "
+            "characters in all."
+        )
+
+
 def check_url(url: str, allow: Allowlist) -> None:
     """At submission: refuse a URL that can never be delivered to. A host name is checked again, by its
     addresses, at each delivery."""
+    if not url.isascii() or any(ch <= " " or ch == "\x7f" for ch in url):
+        raise WebhookURLError(
+            "'webhook_url' must be ASCII without spaces or control characters: percent-encode the path "
+            "and give an internationalised host name in its IDNA (xn--) form."
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -84,6 +104,8 @@ def check_url(url: str, allow: Allowlist) -> None:
     if port == 0:
         raise WebhookURLError("'webhook_url' has port 0.")
     address = _literal(host)
+    if address is None:
+        _check_host_name(host)
     if address is not None and not public(address) and not allow.permits(host, address):
         raise WebhookURLError(
             f"'webhook_url' points at {address}, a non-public address; the server does not send webhooks "

@@ -21,6 +21,7 @@ import numpy as np
 from voxport.config import Settings
 from voxport.engine.base import EngineInputError, EngineUnavailable
 from voxport.errors import RequestCancelled, VoxportError
+from voxport.faultlog import OncePerCause
 from voxport.jobs.segments import SegmentFiles
 from voxport.jobs.store import FAILED, SUCCEEDED, Job, JobStore
 from voxport.jobs.work import SegmentReader, SegmentWork
@@ -67,6 +68,7 @@ class JobRunner:
         self._loop_task: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         self._closing = False
+        self._errors = OncePerCause(log)
 
     @property
     def parallel(self) -> int:
@@ -106,17 +108,21 @@ class JobRunner:
         while not self._closing:
             self._wake.clear()
             room = self.parallel - len(self.running)
-            if room > 0:
-                for job in await self.store.next_queued(limit=room + len(self.running)):
-                    if room <= 0:
-                        break
-                    if job.id in self.running:
-                        continue
-                    self.running[job.id] = asyncio.Event()
-                    task = asyncio.create_task(self._run(job), name=f"voxport-job-{job.id}")
-                    self._tasks.add(task)
-                    task.add_done_callback(self._done)
-                    room -= 1
+            try:
+                queued = await self.store.next_queued(limit=room + len(self.running)) if room > 0 else []
+            except Exception as exc:  # the loop outlives it; the next pass (at most 5 s on) tries again
+                self._errors.report("reading queued jobs", exc)
+                queued = []
+            for job in queued:
+                if room <= 0:
+                    break
+                if job.id in self.running:
+                    continue
+                self.running[job.id] = asyncio.Event()
+                task = asyncio.create_task(self._run(job), name=f"voxport-job-{job.id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+                room -= 1
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 5.0)
 
@@ -129,8 +135,8 @@ class JobRunner:
             try:
                 for job_id in await self.store.expired():
                     await asyncio.to_thread(self.files.remove, job_id)
-            except Exception:
-                log.exception("job result expiry failed")
+            except Exception as exc:
+                self._errors.report("job result expiry", exc)
             # A short TTL is honoured closely: sweep at least twice per TTL.
             await asyncio.sleep(min(EXPIRY_SWEEP_S, max(0.1, self.settings.job_result_ttl_hours * 1800)))
 

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import httpcore
 from standardwebhooks import Webhook
 
+from voxport.faultlog import OncePerCause
 from voxport.files import atomic_write
 from voxport.jobs.addresses import (
     Allowlist,
@@ -104,6 +105,13 @@ class WebhookSender:
         }
 
     async def send(self, msg_id: str, url: str, payload: str) -> Outcome:
+        """Never raises (but for cancellation): any failure is the outcome of this attempt."""
+        try:
+            return await self._send(msg_id, url, payload)
+        except Exception as exc:  # whatever it is, it is one failed attempt, retried after a backoff
+            return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def _send(self, msg_id: str, url: str, payload: str) -> Outcome:
         try:
             check_url(url, self.allow)
             parts = urlsplit(url)
@@ -156,6 +164,9 @@ class WebhookDispatcher:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
     _sending: set[str] = field(default_factory=set)
+    _hold: dict[str, float] = field(default_factory=dict)  # delivery id -> no attempt before
+    _unrecorded: dict[str, int] = field(default_factory=dict)  # delivery id -> attempts the store missed
+    _errors: OncePerCause = field(default_factory=lambda: OncePerCause(log))
     _closing: bool = False
 
     async def enqueue(self, subject: str, event: str, url: str, data: dict[str, Any]) -> Delivery:
@@ -179,11 +190,23 @@ class WebhookDispatcher:
     async def _loop(self) -> None:
         limit = asyncio.Semaphore(self.max_parallel)
         running: set[asyncio.Task] = set()
+        failures = 0
         try:
             while not self._closing:
                 self._wake.clear()
-                due, next_at = await self.store.due_deliveries(self.clock())
+                try:
+                    due, next_at = await self.store.due_deliveries(self.clock())
+                    failures = 0
+                except Exception as exc:  # e.g. the store is unreachable for now: back off, try again
+                    self._errors.report("reading due webhook deliveries", exc)
+                    failures += 1
+                    due, next_at = [], self.clock() + min(30.0, next_gap(failures))
+                now = self.clock()
                 for delivery in due:
+                    held = self._hold.get(delivery.id)
+                    if held is not None and held > now:
+                        next_at = held if next_at is None else min(next_at, held)
+                        continue
                     if delivery.id in self._sending:
                         continue
                     self._sending.add(delivery.id)
@@ -197,30 +220,41 @@ class WebhookDispatcher:
             for task in running:
                 task.cancel()
 
+    def _judge(self, delivery: Delivery, outcome: Outcome) -> tuple[str, str, float]:
+        """(stored status, metric label, next attempt at) after this attempt."""
+        now = self.clock()
+        if outcome.ok:
+            return "delivered", "delivered", now
+        if outcome.refused:
+            return "failed", "refused", now
+        next_at = now + next_gap(delivery.attempts + 1)
+        if next_at - delivery.created_at > self.retry_s:
+            return "failed", "failed", now
+        return "pending", "retry", next_at
+
     async def _attempt(self, delivery: Delivery, limit: asyncio.Semaphore) -> None:
+        # Whatever fails here, the delivery waits its backoff before the next attempt: recorded in the
+        # store, or held in memory when the store could not record it.
         try:
-            async with limit:
-                outcome = await self.sender.send(delivery.id, delivery.url, delivery.payload)
-            now = self.clock()
-            attempts = delivery.attempts + 1
-            if outcome.ok:
-                status, label, next_at = "delivered", "delivered", now
-            elif outcome.refused:
-                status, label, next_at = "failed", "refused", now
-            else:
-                next_at = now + next_gap(attempts)
-                if next_at - delivery.created_at > self.retry_s:
-                    status, label = "failed", "failed"
-                else:
-                    status, label = "pending", "retry"
+            try:
+                async with limit:
+                    outcome = await self.sender.send(delivery.id, delivery.url, delivery.payload)
+            except Exception as exc:
+                self._errors.report("webhook delivery", exc)
+                outcome = Outcome(False, error=f"{type(exc).__name__}: {exc}"[:300])
+            status, label, next_at = self._judge(delivery, outcome)
             await self.store.record_attempt(delivery.id, status=status, next_attempt_at=next_at,
                                             http_status=outcome.status, error=outcome.error)  # fmt: skip
+            self._hold.pop(delivery.id, None)
+            self._unrecorded.pop(delivery.id, None)
             self.on_outcome(label)
             if not outcome.ok:
-                log.warning("webhook %s (%s) attempt %d: %s -> %s", delivery.id, delivery.event, attempts,
-                            outcome.error, status)  # fmt: skip
-        except Exception:
-            log.exception("webhook %s: delivery attempt crashed", delivery.id)
+                log.warning("webhook %s (%s) attempt %d: %s -> %s", delivery.id, delivery.event,
+                            delivery.attempts + 1, outcome.error, status)  # fmt: skip
+        except Exception as exc:
+            self._errors.report("recording a webhook attempt", exc)
+            missed = self._unrecorded[delivery.id] = self._unrecorded.get(delivery.id, 0) + 1
+            self._hold[delivery.id] = self.clock() + next_gap(delivery.attempts + missed)
         finally:
             self._sending.discard(delivery.id)
             self._wake.set()
