@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from voxport.text import normalize, segment, split_sentences
@@ -70,3 +72,30 @@ def test_cjk_is_packed_without_spaces_and_wrapped_lines_are_joined() -> None:
     assert segment("One. Two.", 300, pack=True, language="fr") == ["One. Two."]
     assert normalize("今天天气\n  很好。\nOK\n明天", "zh") == "今天天气很好。\nOK\n明天"
     assert normalize("今天天气\n很好。", "en") == "今天天气\n很好。"
+
+
+MAX_JOB_CHARS = 200_000
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["a. ", "Mr. ", "e.g. ", "J. R. ", ".", "?!", ".!", '."', "a.", "字 \n", "x", " ", "a, ", "。.", "!."],
+)
+@pytest.mark.parametrize("language", [None, "zh", "ar"])
+def test_segmentation_is_linear_on_adversarial_text(unit: str, language: str | None) -> None:
+    """Abbreviation-dense or punctuation-only text up to the longest job input: linear time (this took
+    minutes when each dot looked back over the whole unfinished sentence). The bound is generous."""
+    text = (unit * (MAX_JOB_CHARS // len(unit) + 1))[:MAX_JOB_CHARS]
+    started = time.process_time()
+    pieces = segment(normalize(text, language), 300, pack=True, language=language)
+    assert time.process_time() - started < 5
+    assert all(len(piece) <= 300 for piece in pieces)
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "").replace("\n", "") or language == "zh"
+
+
+def test_cut_and_split_keep_the_text() -> None:
+    """Pieces put back together give the text, whitespace aside."""
+    text = "Mr. Smith met Dr. Jones, e.g. at 3 p.m. today! " * 50 + "x" * 1000 + " Done."
+    pieces = segment(text, 120, pack=False)
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
+    assert pieces[0] == "Mr. Smith met Dr. Jones, e.g. at 3 p.m. today!"

@@ -33,8 +33,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def serve(model: Path, data: Path) -> ServerProcess:
-    return ServerProcess(["--model", str(model), "--data-dir", str(data), "--max-length", str(TEST_MAX_LENGTH),
-                          "--webhook-secret", SECRET, "--webhook-allow-hosts", "127.0.0.1"])  # fmt: skip
+    return ServerProcess(["--model", str(model), "--data-dir", str(data), "--max-length",
+                          str(TEST_MAX_LENGTH), "--webhook-secret", SECRET, "--webhook-allow-hosts",
+                          "127.0.0.1"])  # fmt: skip
 
 
 @pytest.mark.parametrize("url", BAD_URLS)

@@ -28,7 +28,11 @@ ABBREVIATIONS = frozenset(
 )  # fmt: skip
 _CLOSERS = "\"')]}’”」』）"
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
-_WORD_BEFORE = re.compile(r"([\w.]+)$")
+# The word before a dot, matched on the reversed text from the dot backwards: linear in the word, and the
+# words before successive boundaries are disjoint (whitespace follows each), so a whole pass is linear.
+# A word longer than this cannot be an abbreviation, so no more of it is read.
+_LONGEST_WORD = 16
+_WORD_REVERSED = re.compile(r"[\w.]+")
 _CJK_WRAP = re.compile(rf"(?<=[{_CJK}])[ \t]*\n[ \t\n]*(?=[{_CJK}])")
 
 
@@ -44,8 +48,12 @@ class LanguageRules:
 
     def __post_init__(self) -> None:
         closers = "[" + re.escape(_CLOSERS) + "]*"
-        spaced = f"([{re.escape(self.spaced)}]+{closers})(?=\\s)"
-        marks = f"([{re.escape(self.marks)}]+{closers})"
+        # A mark that ends a sentence wherever it stands is not also one that needs whitespace after it.
+        only_spaced = re.escape("".join(ch for ch in self.spaced if ch not in self.marks))
+        # Possessive, and only from the start of a run of marks: a long run of dots with no whitespace
+        # after it is read once, not once from each of its positions (which would be quadratic).
+        spaced = f"(?<![{only_spaced}])([{only_spaced}]++{closers}+)(?=\\s)"
+        marks = f"([{re.escape(self.marks)}][{re.escape(self.marks + self.spaced)}]*+{closers})"
         object.__setattr__(self, "_end", re.compile(f"{spaced}|{marks}|(\\n+)"))
 
 
@@ -75,11 +83,14 @@ def normalize(text: str, language: str | None = None) -> str:
     return text
 
 
-def _is_abbreviation(before: str, abbreviations: frozenset[str]) -> bool:
-    match = _WORD_BEFORE.search(before)
+def _is_abbreviation(reversed_text: str, start: int, end: int, abbreviations: frozenset[str]) -> bool:
+    """Whether the word ending at `end` (and starting at `start` or later) is an abbreviation or an
+    initial; `reversed_text` is the text reversed."""
+    n = len(reversed_text)
+    match = _WORD_REVERSED.match(reversed_text, n - end, min(n - start, n - end + _LONGEST_WORD + 1))
     if not match:
         return False
-    word = match.group(1).lower().rstrip(".")
+    word = match.group(0)[::-1].lower().rstrip(".")
     return word in abbreviations or (len(word) == 1 and word.isalpha())
 
 
@@ -88,11 +99,12 @@ def split_sentences(text: str, language: str | None = None) -> list[str]:
     rules = rules_for(language)
     sentences: list[str] = []
     start = 0
+    reversed_text = text[::-1]
     for match in rules._end.finditer(text):  # type: ignore[attr-defined]
         end = match.end()
         western = match.group(1)
         single_dot = western is not None and western.rstrip(_CLOSERS) == "."
-        if single_dot and _is_abbreviation(text[start : match.start()], rules.abbreviations):
+        if single_dot and _is_abbreviation(reversed_text, start, match.start(), rules.abbreviations):
             continue
         piece = text[start:end].strip()
         if piece:
@@ -105,19 +117,24 @@ def split_sentences(text: str, language: str | None = None) -> list[str]:
 
 
 def _cut(sentence: str, max_chars: int) -> list[str]:
+    """`sentence` in pieces of at most `max_chars`; positions, not copies of the rest, so linear."""
     pieces: list[str] = []
-    rest = sentence
-    while len(rest) > max_chars:
-        window = rest[: max_chars + 1]
-        cut = max(window.rfind(","), window.rfind("，"), window.rfind("、"))
-        if cut <= 0:
-            cut = window.rfind(" ")
-        if cut <= 0:
-            cut = max_chars - 1
-        pieces.append(rest[: cut + 1].strip())
-        rest = rest[cut + 1 :].strip()
-    if rest:
-        pieces.append(rest)
+    pos, n = 0, len(sentence)
+    while n - pos > max_chars:
+        stop = pos + max_chars + 1
+        cut = max(
+            sentence.rfind(",", pos, stop), sentence.rfind("，", pos, stop), sentence.rfind("、", pos, stop)
+        )
+        if cut <= pos:
+            cut = sentence.rfind(" ", pos, stop)
+        if cut <= pos:
+            cut = pos + max_chars - 1
+        pieces.append(sentence[pos : cut + 1].strip())
+        pos = cut + 1
+        while pos < n and sentence[pos].isspace():
+            pos += 1
+    if pos < n:
+        pieces.append(sentence[pos:])
     return pieces
 
 

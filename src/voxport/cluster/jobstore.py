@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from asyncio import to_thread
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -123,7 +124,7 @@ class RedisJobStore:
                          metadata: dict[str, str] | None = None, webhook_url: str | None = None,
                          idempotency_key: str | None = None, max_queued: int | None = None,
                          max_queued_per_key: int | None = None) -> tuple[Job, bool]:  # fmt: skip
-        plan = self.planner(request["input"], request.get("language"))
+        plan = await to_thread(self.planner, request["input"], request.get("language"))
         most, most_key = max_queued or 2**62, max_queued_per_key or 2**62
         answer = await self.run(
             "CREATE_JOB", scope, idempotency_key or "", most, most_key, repr(self.clock()),
@@ -140,10 +141,9 @@ class RedisJobStore:
                            metadata: dict[str, str] | None = None, webhook_url: str | None = None,
                            idempotency_key: str | None = None, max_queued: int | None = None,
                            max_queued_per_key: int | None = None) -> tuple[Batch, bool]:  # fmt: skip
-        jobs: list[Any] = []
-        for request in requests:
-            plan = self.planner(request["input"], request.get("language"))
-            jobs += [new_id("speechjob"), _dump(request), _dump(plan), len(plan)]
+        plans = await to_thread(lambda: [self.planner(q["input"], q.get("language")) for q in requests])
+        jobs: list[Any] = [x for q, plan in zip(requests, plans, strict=True)
+                           for x in (new_id("speechjob"), _dump(q), _dump(plan), len(plan))]  # fmt: skip
         most, most_key = max_queued or 2**62, max_queued_per_key or 2**62
         answer = await self.run(
             "CREATE_BATCH", scope, idempotency_key or "", most, most_key, repr(self.clock()),

@@ -182,7 +182,7 @@ class JobRunner:
 
     async def _execute(self, job: Job, cancel: asyncio.Event) -> None:
         params = SpeechCreateParams.model_validate(job.request)
-        plan = job.segments or self.plan(params.input, params.language)
+        plan = job.segments or await asyncio.to_thread(self.plan, params.input, params.language)
         rate = self.speech.engine.info.sample_rate
         done, samples = await asyncio.to_thread(self.files.done, job.id, len(plan))
         if not await self.store.start(job.id, plan, done, samples / rate):

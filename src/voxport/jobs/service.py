@@ -127,7 +127,9 @@ class JobService:
             raise _error("invalid", f"'input' is {len(params.input)} characters; the maximum is {limit}.",
                            f"{prefix}input", "string_too_long")  # fmt: skip
         try:
-            await self.runner.prepare(params, self.runner.plan(params.input, params.language)[0])
+            # Planning is linear in the text (up to max_job_chars), but off the event loop all the same.
+            plan = await asyncio.to_thread(self.runner.plan, params.input, params.language)
+            await self.runner.prepare(params, plan[0])
         except VoxportError as exc:
             if not exc.client_fault or not prefix:
                 raise
