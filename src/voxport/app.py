@@ -182,6 +182,7 @@ def create_app(
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            await speech.watch.close()
             await engine.close()
             if shared is not None:
                 await shared.close()

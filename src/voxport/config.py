@@ -182,7 +182,8 @@ class Settings(BaseSettings):
         60,
         gt=0,
         description="Seconds without any engine progress while work waits before the engine "
-        "counts as stalled: requests then fail with 503 and /ready turns false.",
+        "counts as stalled: requests then fail with 503 and /ready turns false, until the engine "
+        "produces again or a probe generation succeeds.",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 
 from voxport.engine.base import Engine, GenerationStats, SynthesisRequest
-from voxport.errors import RequestCancelled, unavailable
+from voxport.errors import RequestCancelled
 from voxport.metrics import Metrics
 from voxport.speech.jobs import SpeechJob
+from voxport.speech.stall import EngineWatch
 from voxport.speech.timings import Timeline
 from voxport.tempo import Tempo
 
@@ -59,35 +60,6 @@ class CrossFader:
         return held
 
 
-class EngineWatch:
-    """Notices an engine that stops answering: work is waiting and nothing has moved for too long."""
-
-    def __init__(self, stall_after: float):
-        self.stall_after = stall_after
-        self.waiting = 0
-        self.last_progress = time.monotonic()
-        self.stalled = False
-
-    def progress(self) -> None:
-        self.last_progress = time.monotonic()
-        self.stalled = False
-
-    @contextlib.contextmanager
-    def waiting_for_engine(self):
-        if self.waiting == 0:  # the clock starts when work starts waiting, not at the last chunk ever
-            self.last_progress = time.monotonic()
-        self.waiting += 1
-        try:
-            yield
-        finally:
-            self.waiting -= 1
-
-    def check(self) -> None:
-        if time.monotonic() - self.last_progress > self.stall_after:
-            self.stalled = True
-            raise unavailable(f"The speech engine has not answered for {self.stall_after:.0f}s.")
-
-
 class Joiner:
     def __init__(self, engine: Engine, watch: EngineWatch, metrics: Metrics):
         self.engine = engine
@@ -106,12 +78,7 @@ class Joiner:
             while True:
                 step = asyncio.ensure_future(chunks.__anext__())
                 with self.watch.waiting_for_engine():
-                    while True:
-                        await asyncio.wait({step, waiter}, timeout=self.watch.stall_after,
-                                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-                        if step.done() or waiter.done():
-                            break
-                        self.watch.check()
+                    await self.watch.wait(step, waiter)
                 if not step.done():
                     raise RequestCancelled
                 try:

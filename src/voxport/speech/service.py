@@ -25,10 +25,11 @@ from voxport.metrics import Metrics
 from voxport.protocol import SpeechCreateParams, VoiceUpload
 from voxport.speech.admission import Admission, Slot
 from voxport.speech.jobs import JobRegistry, SpeechJob, with_deadline
-from voxport.speech.joiner import EngineWatch, Joiner
+from voxport.speech.joiner import Joiner
 from voxport.speech.loudness import VoiceLevels, held, normalized
 from voxport.speech.prepare import PreparedSpeech, Preparer
 from voxport.speech.results import SpeechResult, SpeechStream
+from voxport.speech.stall import EngineWatch
 from voxport.speech.timings import Timeline
 from voxport.voices import VoiceRegistry
 
@@ -47,7 +48,7 @@ class SpeechService:
         self.metrics = metrics
         self.admission = admission
         self.jobs = jobs
-        self.watch = EngineWatch(settings.engine_stall_s)
+        self.watch = EngineWatch(settings.engine_stall_s, engine)
         self.preparer = Preparer(settings, engine, voices, weights_fingerprint)
         self.joiner = Joiner(engine, self.watch, metrics)
         self.levels = VoiceLevels(engine, voices, settings.max_length)
