@@ -217,6 +217,7 @@ def create_app(
                 ("/v1/audio/speech/jobs", settings.max_job_body_bytes),
                 ("/v1/audio/speech/batches", settings.max_batch_body_bytes),
             ),
+            param_by_path=(("/v1/audio/speech/batches", "requests"),),
         ),
     )
     app.add_middleware(

@@ -321,9 +321,16 @@ class Settings(BaseSettings):
         return 6 * (self.max_job_chars + 4096) + 2**16
 
     @property
+    def max_batch_item_bytes(self) -> int:
+        """One request of a batch, as JSON: `input` at four bytes a character (UTF-8's longest), plus
+        16 KiB for every other field."""
+        return 4 * self.max_input_chars + 2**14
+
+    @property
     def max_batch_body_bytes(self) -> int:
-        """A batch's JSON body: `max_batch_requests` speech requests."""
-        return self.max_batch_requests * self.max_json_body_bytes
+        """A batch's JSON body, refused past this before it is parsed: `max_batch_requests` requests of
+        `max_batch_item_bytes`, plus 64 KiB for the batch's own fields (32 MiB by default)."""
+        return self.max_batch_requests * self.max_batch_item_bytes + 2**16
 
     @property
     def max_upload_body_bytes(self) -> int:

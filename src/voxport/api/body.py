@@ -3,6 +3,7 @@ the same fields plus a recording. Each parser is a dependency that answers 400/4
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -66,8 +67,9 @@ def json_body(model: type[M]) -> Callable[[Request], Coroutine[Any, Any, M]]:
         raw = await request.body()
         if not raw.strip():
             raise invalid("The request body is empty; send a JSON object.", None, "invalid_body")
-        try:
-            data = from_json(raw, allow_inf_nan=False)
+        try:  # a large body (a batch: up to tens of MiB) is parsed off the event loop
+            data = from_json(raw, allow_inf_nan=False) if len(raw) < 2**20 else await asyncio.to_thread(
+                from_json, raw, allow_inf_nan=False)  # fmt: skip
         except ValueError as exc:  # also: nesting deeper than 200, a number beyond 4300 digits
             raise invalid(f"The request body is not valid JSON: {exc}.", None, "invalid_json") from None
         if not isinstance(data, dict):

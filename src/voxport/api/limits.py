@@ -46,12 +46,14 @@ class BodyLimits:
     read_timeout_s: float
     # Routes whose JSON bodies may be larger than a speech request's (jobs, batches): path -> cap.
     json_bytes_by_path: tuple[tuple[str, int], ...] = ()
+    # The field a too-large body is blamed on, where one is (a batch's `requests`): path -> param.
+    param_by_path: tuple[tuple[str, str], ...] = ()
 
 
 class _Cut(Exception):
-    def __init__(self, status: int, message: str, code: str):
+    def __init__(self, status: int, message: str, code: str, param: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.param = status, message, code, param
 
 
 def _mib(n: int) -> str:
@@ -63,6 +65,7 @@ class BodyLimitMiddleware:
         self.app = app
         self.limits = limits
         self._json_caps = dict(limits.json_bytes_by_path)
+        self._params = dict(limits.param_by_path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in _UNREAD:
@@ -78,7 +81,8 @@ class BodyLimitMiddleware:
         json_cap = self._json_caps.get(scope["path"], self.limits.json_bytes)
         cap = self.limits.upload_bytes if upload else json_cap
         what = "upload" if upload else "request body"
-        too_large = _Cut(413, f"The {what} exceeds this server's limit of {_mib(cap)}.", "request_too_large")
+        too_large = _Cut(413, f"The {what} exceeds this server's limit of {_mib(cap)}.", "request_too_large",
+                         None if upload else self._params.get(scope["path"]))  # fmt: skip
         if declared is not None and declared.isdigit() and int(declared) > cap:
             await _answer(send, too_large)
             return
@@ -129,7 +133,7 @@ class BodyLimitMiddleware:
 
 
 async def _answer(send: Send, cut: _Cut) -> None:
-    body = json.dumps(error_body(cut.message, "invalid_request_error", None, cut.code)).encode()
+    body = json.dumps(error_body(cut.message, "invalid_request_error", cut.param, cut.code)).encode()
     await send(
         {
             "type": "http.response.start",
