@@ -120,3 +120,39 @@ async def _read(data: Path) -> list:
         return await store.deliveries()
     finally:
         await store.close()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _job_with_webhook(api: httpx.Client, url: str, text: str) -> None:
+    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav", "webhook_url": url}
+    answer = api.post("/v1/audio/speech/jobs", json=body)
+    assert answer.status_code == 202, answer.text
+
+
+def test_a_gigabyte_webhook_answer_is_not_read(tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 29, item 5: the receiver's answer is read up to a small cap, then the connection dropped."""
+    server = serve(tiny_model, tmp_path)
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.base_url, timeout=60) as api, Receiver() as warm, \
+                Receiver(status=200, answer_bytes=2**30) as huge:  # fmt: skip
+            _job_with_webhook(api, warm.url, "Warm up.")  # everything a job uses, loaded first
+            deadline = time.monotonic() + 120
+            while not warm.accepted() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert warm.accepted()
+            before = rss_bytes(server.proc.pid)
+            _job_with_webhook(api, huge.url, "Warm up.")  # the same text: the cache answers, no new work
+            assert huge.done.wait(120), "the answer never ended"
+            time.sleep(1)
+            grown = rss_bytes(server.proc.pid) - before
+            assert len(huge.received) == 1 and huge.streamed < 256 * 2**20, huge.streamed
+        assert grown < 150 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
+    finally:
+        server.stop()
