@@ -94,3 +94,32 @@ def test_the_api_pages_load_nothing_from_another_host(
         url for url in requested if not re.match(rf"({re.escape(server.base_url)}/|data:|blob:)", url)
     ]
     assert not elsewhere, elsewhere
+
+
+_OUR_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: .")
+
+
+def test_start_up_output_is_voxports_own_lines(server: ServerProcess) -> None:
+    output = server.output()
+    assert " ready: model " in output
+    start_up = output.split(" ready: model ", 1)[0].splitlines()[:-1]  # up to the line saying it is ready
+    assert len(start_up) >= 3  # the engine's and the voices' lines
+    foreign = [line for line in start_up if not _OUR_LINE.match(line)]
+    assert not foreign, "\n".join(foreign)  # no bare prints (voxcpm's), warnings or uvicorn's own format
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [({"input": ""}, "input", "at least 1 character, not 0"),
+     ({"dialogue": []}, "dialogue", "at least 1 item"),
+     ({"instructions": "x" * 4097}, "instructions", "at most 4096 characters")],
+)  # fmt: skip
+async def test_length_errors_speak_of_the_fields_own_type(
+    http: httpx.AsyncClient, fields: dict, param: str, words: str
+) -> None:
+    body = {"model": "tts-1", "input": "Hi.", **fields}
+    if "dialogue" in fields:
+        del body["input"]
+    error = (await http.post("/v1/audio/speech", json=body)).json()["error"]
+    assert (error["param"], error["code"]) == (param, "invalid_value")
+    assert words in error["message"]

@@ -168,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # uvicorn's lines in voxport's format (_configure_logging), not its own
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         timeout_keep_alive=settings.keep_alive_s,
         # uvloop and httptools where installed, httptools with our limit on a request head's size.
