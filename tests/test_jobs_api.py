@@ -91,6 +91,14 @@ def test_submit_poll_content(api: httpx.Client) -> None:
         assert abs(w.getnframes() / w.getframerate() - done["result"]["duration_seconds"]) < 0.01
     part = api.get(f"/v1/audio/speech/jobs/{job['id']}/content", headers={"Range": "bytes=4-11"})
     assert part.status_code == 206 and part.content == content.content[4:12]
+    size = len(content.content)
+    for bad, status, code in (
+        (f"bytes={size + 10}-", 416, "range_not_satisfiable"),
+        ("pages=1-2", 400, "invalid_range"),
+    ):
+        refused = api.get(f"/v1/audio/speech/jobs/{job['id']}/content", headers={"Range": bad})
+        assert refused.status_code == status and refused.json()["error"]["code"] == code, refused.text
+    assert refused.json()["error"]["param"] == "Range"
     listed = api.get("/v1/audio/speech/jobs", params={"limit": 1}).json()
     assert listed["object"] == "list" and listed["first_id"] == job["id"] == listed["data"][0]["id"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -67,13 +69,38 @@ def test_serve_with_missing_directory_exits_at_once(tmp_path) -> None:
     assert time.monotonic() - started < 60
 
 
+def test_serve_with_a_missing_relative_path_says_no_such_directory(tmp_path) -> None:
+    (tmp_path / "models").mkdir()  # `models/tiny` beside a models folder is a path, not a hub id
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for model in ("models/tiny", "checkpoints/v2/tiny"):
+        command = [sys.executable, "-m", "voxport", "serve", "--model", model]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+        assert result.returncode == 2
+        assert f"--model {model}: no such directory" in result.stderr
+        assert "hub" not in result.stderr
+
+
+def test_a_taken_port_is_reported_before_the_model_loads(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # No checkpoint at all: had the model been loaded first, this would fail on the model instead.
+        result = _serve(
+            "--model", str(tmp_path / "nowhere"), "--port", str(port), "--data-dir", str(tmp_path)
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "no such directory" not in result.stderr
+
+
 def test_serve_with_unreachable_hub_says_how_to_proceed(tmp_path) -> None:
     import os
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = _serve("--model", "openbmb/VoxCPM2", env=env)
     assert result.returncode == 2
-    assert "Could not fetch model 'openbmb/VoxCPM2'" in result.stderr
+    assert "no such local directory, and could not fetch 'openbmb/VoxCPM2'" in result.stderr
     assert "voxport dummy-model" in result.stderr and "--model" in result.stderr
 
 

@@ -137,12 +137,21 @@ def test_bad_pronunciations_are_a_400_naming_the_field(http: httpx.Client, pronu
 # -- language -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("language", ["xx", "EN", "eng", "", "zh-CN", 7])
+@pytest.mark.parametrize("language", ["xx", "eng", "", "english", "xx-US", 7])
 def test_a_bad_language_is_a_400_naming_it(http: httpx.Client, language: object) -> None:
-    message = _error(http.post("/v1/audio/speech", json={**SPEECH, "input": "Hi.", "language": language}),
-                     "language")  # fmt: skip
-    if language == "xx":
+    response = http.post("/v1/audio/speech", json={**SPEECH, "input": "Hi.", "language": language})
+    message = _error(response, "language")
+    if isinstance(language, str):
+        assert response.json()["error"]["code"] == "unsupported_language"
         assert "zh" in message and "en" in message  # the codes it could have used
+
+
+@pytest.mark.parametrize(
+    ("tag", "code"), [("EN", "en"), ("en-US", "en"), ("zh-CN", "zh"), ("ZH_hant_TW", "zh")]
+)
+def test_a_language_tag_in_any_case_is_its_language(http: httpx.Client, tag: str, code: str) -> None:
+    text = {"zh": "你好!今天天气很好!", "en": "Hello. How are you."}[code]
+    assert _steps(http, input=text, language=tag) == pytest.approx(_steps(http, input=text, language=code))
 
 
 def _steps(http: httpx.Client, **fields: object) -> float:

@@ -107,6 +107,21 @@ def _draining_server(base: type, speech: Any, drain_s: float) -> type:
     return DrainingServer
 
 
+def _unlistenable(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (taken, not an address of this host), or None. uvicorn
+    binds only after the lifespan start-up, i.e. after the model has loaded."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}."
+    return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
@@ -115,6 +130,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voxport serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level)
+    if taken := _unlistenable(settings.host, settings.port):  # now, not after minutes of model loading
+        print(f"voxport serve: {taken}", file=sys.stderr)
+        return 2
     _keep_writes_in(settings.data_dir)
     from voxport.checkpoint import CheckpointUnavailable, resolve_checkpoint
 
@@ -150,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # uvicorn's lines in voxport's format (_configure_logging), not its own
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         timeout_keep_alive=settings.keep_alive_s,
         # uvloop and httptools where installed, httptools with our limit on a request head's size.

@@ -4,6 +4,7 @@ every non-2xx answer into the envelope: one per error base (ours, the engine's, 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -100,8 +101,22 @@ def validation_error(exc: ValidationError | RequestValidationError) -> VoxportEr
         return invalid("The request body is not valid JSON.", None, "invalid_json")
     if param is None:
         return invalid(f"The request body is invalid: {first.get('msg')}.", None, "invalid_body")
-    detail = str(first.get("msg", "")).removeprefix("Value error, ")
+    detail = _length(first) or str(first.get("msg", "")).removeprefix("Value error, ")
     return invalid(f"Invalid value for '{param}': {detail}.", param)
+
+
+def _length(error: Any) -> str | None:
+    """A length complaint in the value's own terms: pydantic says "item" of a text when the bound sits on
+    an optional field (`input`: "at least 1 item")."""
+    bound = {"too_short": ("at least", "min_length"), "too_long": ("at most", "max_length")}.get(
+        error["type"]
+    )
+    limit, value = (error.get("ctx") or {}).get(bound[1]) if bound else None, error.get("input")
+    if limit is None or not isinstance(value, str | list | dict):
+        return None
+    unit = {str: "character", dict: "entr"}.get(type(value), "item")
+    plural = {"entr": "ies"}.get(unit, "s") if limit != 1 else {"entr": "y"}.get(unit, "")
+    return f"should have {bound[0]} {limit} {unit}{plural}, not {len(value)}"
 
 
 async def _ours(_request: Request, exc: Exception) -> JSONResponse:
@@ -133,8 +148,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Method {request.method} is not allowed on {request.url.path}."
             code = "method_not_allowed"
             headers["Allow"] = ", ".join(allowed_methods(request))
-        else:
-            message, code = str(exc.detail), None
+        else:  # every 4xx has a code: the status's name (413 request_entity_too_large, ...)
+            message, code = str(exc.detail), HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
         body = error_body(message, error_type(exc.status_code), None, code)
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
 

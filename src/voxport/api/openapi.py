@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from voxport.api.field_docs import describe
 from voxport.protocol import SpeechCreateParams
 
 _ERRORS: dict[int, str] = {
@@ -140,6 +141,7 @@ def _complete(schema: dict[str, Any]) -> None:
                     response.pop("content", None)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+    describe(schema)
 
 
 def install_openapi(app: FastAPI) -> None:

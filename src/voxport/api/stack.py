@@ -11,11 +11,16 @@ envelope, through the handlers api/errors.py installs), then the router. Built o
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -41,6 +46,27 @@ def create_api(**kwargs: Any) -> VoxportAPI:
     CDN). fastapi-offline builds those pages on a FastAPI app of its own, made with the same arguments:
     its routes that this app lacks (the pages, their static files) are taken over."""
     app = VoxportAPI(**{**kwargs, "docs_url": None, "redoc_url": None})
+    app.add_route(REDOC_JS, _redoc_js, include_in_schema=False)  # before fastapi-offline's static mount
     ours = {getattr(route, "path", None) for route in app.router.routes}
     app.router.routes.extend(r for r in FastAPIOffline(**kwargs).router.routes if r.path not in ours)
     return app
+
+
+REDOC_JS = "/static-offline-docs/redoc.standalone.js"
+# ReDoc's side menu shows Redocly's logo from their CDN: an empty picture instead, so that /redoc loads
+# nothing from another host.
+_REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+_EMPTY_SVG = b"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
+
+
+@functools.cache
+def _redoc_bundle() -> bytes:
+    return (
+        (Path(fastapi_offline.__file__).parent / "static" / "redoc.standalone.js")
+        .read_bytes()
+        .replace(_REDOC_LOGO, _EMPTY_SVG)
+    )
+
+
+async def _redoc_js(_request: Request) -> Response:
+    return Response(_redoc_bundle(), media_type="text/javascript", headers={"cache-control": "max-age=3600"})

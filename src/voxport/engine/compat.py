@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.machinery
+import io
 import logging
 import sys
 import types
+import warnings
+from collections.abc import Iterator
 
 log = logging.getLogger("voxport.engine")
 
@@ -66,6 +70,33 @@ def silence_progress_bars() -> None:
         return iterable
 
     voxcpm2.tqdm = passthrough  # type: ignore[attr-defined]
+
+
+class _LogWriter(io.TextIOBase):
+    """A text stream whose lines go to a logger (at DEBUG: `--log-level debug` shows them)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log, self._pending = logger, ""
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            if line.strip():
+                self._log.debug("%s", line)
+        return len(text)
+
+
+@contextlib.contextmanager
+def quiet_third_party(logger: logging.Logger) -> Iterator[None]:
+    """While a model loads: what voxcpm prints on stdout or stderr (`Loading model from safetensors: ...`,
+    `Running on device`) goes to `logger` at DEBUG instead of the server's output, and torch's FutureWarning
+    that voxcpm's AudioVAE still calls `weight_norm` (harmless, about torch's future API) is not shown. The
+    start-up output is then voxport's own lines. Process-wide while it lasts: use it around loading only."""
+    writer = _LogWriter(logger)  # voxcpm prints to stderr; the log handler keeps the real one
+    with warnings.catch_warnings(), contextlib.redirect_stdout(writer), contextlib.redirect_stderr(writer):
+        warnings.filterwarnings("ignore", message=r".*weight_norm.* is deprecated", category=FutureWarning)
+        yield
 
 
 @functools.lru_cache(maxsize=1)

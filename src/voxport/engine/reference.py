@@ -209,7 +209,11 @@ class ReferenceEngine:
                 job.fail(EngineUnavailable("the engine was closed"))
 
     def _load(self) -> None:
-        from voxport.engine.compat import install_torchaudio_placeholder, silence_progress_bars
+        from voxport.engine.compat import (
+            install_torchaudio_placeholder,
+            quiet_third_party,
+            silence_progress_bars,
+        )
 
         if install_torchaudio_placeholder():
             log.info("torchaudio cannot load here; using a placeholder (VoxCPM2 does not need it)")
@@ -229,9 +233,10 @@ class ReferenceEngine:
 
         silence_progress_bars()
         started = time.perf_counter()
-        tts = VoxCPM.from_pretrained(
-            self._model_dir, load_denoiser=False, optimize=False, device=self._device
-        )
+        with quiet_third_party(log):
+            tts = VoxCPM.from_pretrained(
+                self._model_dir, load_denoiser=False, optimize=False, device=self._device
+            )
         model = tts.tts_model
         self._model = model
         self._info = EngineInfo(

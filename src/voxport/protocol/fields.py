@@ -6,7 +6,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
 from voxport.lexicon import check_entry
 
@@ -66,7 +66,16 @@ def _pronunciations(value: dict[str, str]) -> dict[str, str]:
 Pronunciations = Annotated[
     dict[str, str], Field(max_length=MAX_PRONUNCIATIONS), AfterValidator(_pronunciations)
 ]
-# An ISO 639-1 code; which ones the model speaks is checked against the engine's list (speech/prepare.py).
-Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")]
+
+
+def _primary_language(value: object) -> object:
+    """`EN`, `en-US`, `zh_CN`, `zh-Hant-TW` -> `en`, `en`, `zh`, `zh`: a BCP 47 tag's language, in lower
+    case (the region or script changes nothing in voxport's text rules)."""
+    return value.strip().replace("_", "-").split("-")[0].lower() if isinstance(value, str) else value
+
+
+# An ISO 639-1 code, or a BCP 47 tag in any case reduced to it; which languages the model speaks is checked
+# against the engine's list (speech/prepare.py: 400 unsupported_language, listing them).
+Language = Annotated[str, BeforeValidator(_primary_language)]
 # Target integrated loudness, LUFS (ITU-R BS.1770).
 Loudness = Annotated[float, Field(ge=-50.0, le=-5.0)]

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from voxport.api.auth import require_api_key
 from voxport.api.body import json_body
+from voxport.api.files import RangeFileResponse
 from voxport.api.openapi import BODY_ERRORS, errors, json_request
 from voxport.errors import invalid
 from voxport.jobs.protocol import SpeechBatchCreateParams, SpeechJobCreateParams
@@ -73,9 +74,11 @@ async def retrieve_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str,
 @router.get("/v1/audio/speech/jobs/{job_id}/content", responses=errors(404, 409))
 async def job_content(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileResponse:
     path, content_type = await jobs.content(job_id, scope)
-    # Starlette's FileResponse answers Range requests (206, multipart byteranges, 416).
+    # Starlette's FileResponse answers Range requests (206, multipart byteranges); a bad one in the envelope.
     name = f"{job_id}.{_EXTENSIONS.get(content_type, 'bin')}"
-    return FileResponse(Path(path), media_type=content_type, filename=name, content_disposition_type="inline")
+    return RangeFileResponse(
+        Path(path), media_type=content_type, filename=name, content_disposition_type="inline"
+    )
 
 
 _CAPTIONS = {"description": "The job's captions: one cue per synthesised segment (docs/jobs.md).",
