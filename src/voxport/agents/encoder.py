@@ -42,6 +42,8 @@ class LiveEncoder:
     async def encode(self, samples: np.ndarray) -> bytes:
         if not len(samples):
             return b""
+        if self._codec is None:  # soxr on one chunk: well under a millisecond, no thread hop (as audio.py)
+            return self._encode(samples)
         return await asyncio.to_thread(self._encode, samples)
 
     def _encode(self, samples: np.ndarray, last: bool = False) -> bytes:

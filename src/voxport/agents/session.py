@@ -148,13 +148,16 @@ class LiveSession:
 
     def _ended(self, context: LiveContext, task: asyncio.Task[None]) -> None:
         """A context's task ended: done, cancelled or failed. Its place is given back."""
-        if self.contexts.get(context.id) is context:
+        ours = self.contexts.get(context.id) is context  # not cancelled by the client or a disconnect
+        if ours:
             del self.contexts[context.id]
             if not context.closing:
                 self.service.contexts.dec()
         self.speech.jobs.close(context.job)
         if task.cancelled() or context.job.cancel.is_set():
             self.service.ended.labels("cancelled").inc()
+            if ours:  # cancelled by request id (POST /v1/audio/speech/cancel): the client is told too
+                self._spawn(self.emit(ContextCancelledEvent(context_id=context.id)))
             return
         exc = task.exception()
         self.service.ended.labels("error" if exc is not None else "done").inc()

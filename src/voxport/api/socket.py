@@ -122,10 +122,12 @@ async def _frame(session: LiveSession, frame: dict[str, Any]) -> None:
             context_id = data["context_id"]
         message = _validate(SpeechContextMessage, data)
         await session.handle(message, _options(session, message))
-    except (VoxportError, ValidationError) as exc:
-        await session.fail(context_id, validation_error(exc) if isinstance(exc, ValidationError) else exc)
+    except ValidationError as exc:
+        await session.fail(context_id, validation_error(exc))
     except RequestCancelled:
         pass
+    except Exception as exc:  # engine errors (as_error maps them), and bugs: scoped to the context
+        await session.fail(context_id, exc)
 
 
 def _decode(frame: dict[str, Any], max_bytes: int) -> dict[str, Any]:
