@@ -94,3 +94,23 @@ def test_each_segment_is_generated_as_a_continuation_of_the_previous(
         assert len(current.continuation.audio) == TEST_MAX_LENGTH * real.info.samples_per_step
         assert np.array_equal(current.continuation.audio, np.concatenate(made))
     assert [s["continued"] for s in segments] == [False, True, True]
+
+
+def test_a_context_refused_at_admission_gets_the_429_envelope(tiny_model: Path, tmp_path: Path) -> None:
+    """Contexts go through the same admission as HTTP requests: one slot, no queue, and the second context
+    asks while the first is generating."""
+    settings = make_settings(tiny_model, tmp_path, max_length=400, max_concurrent=1, max_queue=0)
+    app = create_app(settings, engine=ReferenceEngine(str(tiny_model), cpu_threads=1))
+    with TestClient(app) as client, client.websocket_connect("/v1/audio/speech/ws") as ws:
+        ws.send_text(json.dumps({"context_id": "long", "text": "word " * 25 + "end.", "max_length": 400,
+                                 "response_format": "pcm", "close": True}))  # fmt: skip
+        while json.loads(ws.receive_text())["type"] != "audio":
+            pass
+        ws.send_text(json.dumps({"context_id": "late", "text": "Refused.", "close": True}))
+        while (event := json.loads(ws.receive_text()))["context_id"] != "late":
+            pass
+        assert event["type"] == "error"
+        assert event["error"]["type"] == "requests" and event["error"]["code"] == "rate_limit_exceeded"
+        ws.send_text(json.dumps({"context_id": "long", "cancel": True}))
+        while (event := json.loads(ws.receive_text()))["type"] != "cancelled":
+            pass

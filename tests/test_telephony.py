@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 
 import httpx
 import numpy as np
@@ -86,3 +87,24 @@ def test_g711_at_a_rate_it_cannot_serve_is_400_naming_sample_rate(server: Server
     error = response.json()["error"]
     assert error["param"] == "sample_rate"
     assert "8000" in error["message"] and "16000" in error["message"]
+
+
+def _job_audio(server: ServerProcess, **body) -> tuple[dict, bytes]:
+    payload = {"model": "tts-1", "voice": "alloy", "input": TEXT, "seed": 7, **body}
+    created = httpx.post(f"{server.base_url}/v1/audio/speech/jobs", json=payload, timeout=60)
+    assert created.status_code == 202, created.text
+    url = f"{server.base_url}/v1/audio/speech/jobs/{created.json()['id']}"
+    deadline = time.monotonic() + 180
+    while (job := httpx.get(url, timeout=30).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["status"] == "succeeded", job
+    return job, httpx.get(f"{url}/content", timeout=30).content
+
+
+def test_g711_speech_job_at_8k(server: ServerProcess) -> None:
+    job, audio = _job_audio(server, response_format="mulaw")
+    assert job["result"]["sample_rate"] == 8000
+    _, pcm = _job_audio(server, response_format="pcm", sample_rate=8000)
+    reference = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    assert_same_speech(decode_g711(audio, "mulaw", 8000), reference)
