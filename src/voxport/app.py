@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from voxport import __version__
+from voxport.agents.session import LiveService
 from voxport.api.auth import AccessPolicy
 from voxport.api.errors import install_error_handlers
 from voxport.api.limits import BodyLimitMiddleware, BodyLimits
@@ -194,6 +195,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.speech = speech
+    app.state.live = LiveService(settings, speech)  # the speech socket's per-process state
     app.state.metrics = speech.metrics
     app.state.jobs = jobs
     app.state.redis = shared

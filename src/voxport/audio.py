@@ -1,8 +1,7 @@
 """Audio post-processing: speed, resampling and encoding to the response formats.
 
-pcm and wav are resampled in-process (soxr); mp3, opus and aac at normal speed are encoded in-process on
-FFmpeg's libraries (voxport.codec); buffered flac by libsndfile; the rest goes through the ffmpeg binary
-(PATH, else the `imageio-ffmpeg` wheel's).
+pcm and wav are resampled in-process (soxr); the other formats at normal speed are encoded in-process on
+FFmpeg's libraries (voxport.codec), buffered flac by libsndfile; the rest goes through the ffmpeg binary.
 `encode` is synchronous (callers run it in a worker thread); `encode_stream` is an async iterator that
 never blocks the event loop (codec work in a thread pool, or an ffmpeg subprocess on asyncio pipes).
 """
@@ -10,6 +9,7 @@ never blocks the event loop (codec work in a thread pool, or an ffmpeg subproces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib.util
 import io
@@ -28,8 +28,10 @@ import soxr
 ENGINE_CHANNELS = 1
 _READ_SIZE = 1 << 16
 WAV_HEADER_BYTES = 44
-IN_PROCESS_CODECS = frozenset({"mp3", "opus", "aac"})
+IN_PROCESS_CODECS = frozenset({"mp3", "opus", "aac", "mulaw", "alaw"})
 _COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# G.711 is a telephony codec: narrowband (8 kHz) as phone networks carry it, or 16 kHz wideband.
+TELEPHONY_RATES = (8000, 16000)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ FORMATS: dict[str, AudioFormat] = {
     "flac": AudioFormat("flac", "audio/flac", 48000, None, "flac", "flac"),
     "wav": AudioFormat("wav", "audio/wav", 48000),
     "pcm": AudioFormat("pcm", "audio/pcm", 24000),
+    # Raw G.711 (no header), 8 bits a sample: what telephony providers' media streams carry.
+    "mulaw": AudioFormat("mulaw", "audio/basic", 8000, TELEPHONY_RATES, "mulaw", "pcm_mulaw"),
+    "alaw": AudioFormat("alaw", "audio/x-alaw-basic", 8000, TELEPHONY_RATES, "alaw", "pcm_alaw"),
 }
 
 
@@ -84,19 +89,14 @@ def in_process(fmt: str, speed: float) -> bool:  # without PyAV: the ffmpeg bina
 
 
 def needs_ffmpeg(fmt: str, speed: float) -> bool:
-    """wav and pcm at normal speed are resampled in-process (soxr), with no pipe to buffer in; mp3, opus
-    and aac at normal speed are encoded in-process (voxport.codec)."""
-    if speed != 1.0:
-        return True
-    return FORMATS[fmt].muxer is not None and not in_process(fmt, speed)
+    """At normal speed, wav and pcm are resampled in-process (soxr), the IN_PROCESS_CODECS encoded (codec)."""
+    return speed != 1.0 or (FORMATS[fmt].muxer is not None and not in_process(fmt, speed))
 
 
 def ffmpeg_available() -> bool:
-    try:
-        ffmpeg_binary()
-    except AudioEncodingError:
-        return False
-    return True
+    with contextlib.suppress(AudioEncodingError):
+        return bool(ffmpeg_binary())
+    return False
 
 
 def atempo_factors(speed: float) -> list[float]:
@@ -206,9 +206,8 @@ async def encode_stream(
     """Encode an async stream of float32 chunks, yielding encoded bytes as soon as they exist.
 
     One encoder (a codec context here, or an ffmpeg process) lives for the whole stream, so the
-    concatenated output is one valid file
-    (one header, no gaps at chunk joins). wav starts with a header of unknown length (0xFFFFFFFF).
-    Leaving the iteration early stops the encoder and the upstream chunks.
+    concatenated output is one valid file (one header, no gaps at chunk joins). wav starts with a header
+    of unknown length (0xFFFFFFFF). Leaving the iteration early stops the encoder and the upstream chunks.
     """
     if in_process(fmt, speed):
         from voxport.codec import encode_chunks  # it imports this module for FORMATS

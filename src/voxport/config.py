@@ -268,6 +268,39 @@ class Settings(BaseSettings):
         description="With --redis-url: how long a job segment claimed by a replica that stopped renewing its "
         "claim (it died) waits before another replica takes it over.",
     )
+    # The speech WebSocket (GET /v1/audio/speech/ws, docs/api.md#speech-websocket).
+    ws_max_contexts: int = Field(
+        16, ge=1, le=1024, description="Speech socket: most open contexts per socket."
+    )
+    ws_max_sockets_per_key: int = Field(
+        256, ge=1, description="Speech socket: most open sockets per API key (per HTTP worker process)."
+    )
+    ws_max_message_bytes: int = Field(
+        65536, ge=1024, description="Speech socket: largest client message, in bytes."
+    )
+    ws_max_context_chars: int = Field(
+        100_000, ge=1, description="Speech socket: most text one context may be sent, in characters."
+    )
+    ws_idle_timeout_s: float = Field(
+        60,
+        gt=0,
+        description="Speech socket: closed (code 4408) after this long with no client message and "
+        "no context speaking.",
+    )
+    ws_buffer_delay_ms: int = Field(
+        1000,
+        ge=0,
+        le=60000,
+        description="Speech socket: default max_buffer_delay_ms, the wait after the "
+        "last text before an unfinished sentence is spoken.",
+    )
+    ws_clause_chars: int = Field(
+        150,
+        ge=20,
+        le=4096,
+        description="Speech socket: a sentence longer than this is spoken clause by "
+        "clause (cut at its last comma, else space, within this many characters).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )

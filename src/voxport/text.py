@@ -156,3 +156,30 @@ def segment(text: str, max_chars: int, pack: bool, language: str | None = None) 
         else:
             packed.append(piece)
     return packed
+
+
+def sentence_end(text: str, language: str | None = None, final: bool = False) -> int | None:
+    """Where the first sentence of `text` ends (an index into it), by the same rules as `split_sentences`;
+    None while no sentence is known to be complete. Without `final`, a boundary counts only once a
+    character follows it (more text could still extend it: a second dot, a closing quote, another line
+    break), so that text arriving in pieces, split anywhere, is cut where the whole text would be."""
+    rules = rules_for(language)
+    for match in rules._end.finditer(text):  # type: ignore[attr-defined]
+        western = match.group(1)
+        single_dot = western is not None and western.rstrip(_CLOSERS) == "."
+        if single_dot and _is_abbreviation(text[: match.start()], rules.abbreviations):
+            continue
+        return match.end() if final or match.end() < len(text) else None
+    return None
+
+
+def clause_end(text: str, max_chars: int) -> int:
+    """Where the first clause of a sentence longer than `max_chars` ends: after its last comma within
+    the cap, else its last space, else at the cap (as `segment` cuts long sentences)."""
+    window = text[: max_chars + 1]
+    cut = max(window.rfind(","), window.rfind("，"), window.rfind("、"))
+    if cut <= 0:
+        cut = window.rfind(" ")
+    if cut <= 0:
+        cut = max_chars - 1
+    return cut + 1

@@ -37,6 +37,11 @@ class AccessPolicy:
         if self._encoded and not self._matches(_bearer(request), self._encoded):
             raise _unauthorized("Incorrect or missing API key: send `Authorization: Bearer <key>`.")
 
+    def check_token(self, token: str | None) -> None:
+        """An API key that came another way than the header (the speech socket's subprotocol)."""
+        if self._encoded and not self._matches(token.encode() if token else None, self._encoded):
+            raise _unauthorized("Incorrect or missing API key: send `Authorization: Bearer <key>`.")
+
     def check_admin(self, request: Request) -> None:
         if self.admin_key is not None:
             if not self._matches(_bearer(request), (self.admin_key.encode(),)):

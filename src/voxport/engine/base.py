@@ -72,6 +72,31 @@ LANGUAGES = frozenset(
 
 
 @dataclass(frozen=True)
+class Continuation:
+    """The previous segment of the same utterance, which this one carries on: the text the model read for
+    it and the audio it made (mono float32 at the engine's rate). Engines put both in front of the
+    request as a continuation prompt (VoxCPM2's prompt text + prompt audio), after the voice's reference
+    audio when the voice has one, so that the voice and prosody carry over instead of starting cold."""
+
+    text: str
+    audio: np.ndarray = field(repr=False, compare=False)
+
+    def wav_bytes(self, sample_rate: int) -> bytes:
+        """The audio as a 16-bit WAV file (what the engines' prompt encoders read)."""
+        import io
+
+        import soundfile
+
+        out = io.BytesIO()
+        soundfile.write(out, np.clip(self.audio, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+        return out.getvalue()
+
+    def patches(self, samples_per_step: int) -> int:
+        """LM positions its audio takes (one per step of audio)."""
+        return -(-len(self.audio) // samples_per_step)
+
+
+@dataclass(frozen=True)
 class SynthesisRequest:
     text: str
     voice: VoicePrompt | None = None
@@ -80,6 +105,7 @@ class SynthesisRequest:
     max_length: int = 2048  # upper bound on generated steps (0.16 s each)
     seed: int | None = None
     normalize: bool = False
+    continuation: Continuation | None = None  # the previous segment, generated as this one's prompt
 
 
 @dataclass

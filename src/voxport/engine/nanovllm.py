@@ -221,7 +221,7 @@ class NanoVllmEngine:
         text = collapse_whitespace(request.text)
         if request.normalize:
             text = await asyncio.to_thread(normalize_text, text)
-        voice = request.voice
+        voice = await self._continued(request)
         handle = voice.handle if voice is not None else {}
         text_tokens = self.count_tokens(text)
         stats.input_tokens = text_tokens
@@ -241,7 +241,7 @@ class NanoVllmEngine:
         if "prompt_latents" in handle:
             kwargs["prompt_latents"] = handle["prompt_latents"]
             kwargs["prompt_text"] = handle["transcript"]
-        elif "ref_audio_latents" in handle:
+        if "ref_audio_latents" in handle:  # with prompt latents too: reference + continuation
             kwargs["ref_audio_latents"] = handle["ref_audio_latents"]
         stream = self._pool.generate(target_text=text, **kwargs)
         try:
@@ -260,6 +260,31 @@ class NanoVllmEngine:
             raise EngineError(f"generation failed: {exc}") from exc
         finally:
             await stream.aclose()  # cancels the sequence in the worker if it is still running
+
+    async def _continued(self, request: SynthesisRequest) -> VoicePrompt | None:
+        """The request's voice, or with a continuation, a prompt of the previous segment's latents and text
+        (after the voice's reference audio when it has one)."""
+        voice, continuation = request.voice, request.continuation
+        if continuation is None:
+            return voice
+        data = await asyncio.to_thread(continuation.wav_bytes, self.info.sample_rate)
+        try:
+            latents = await self._pool.encode_latents(data, "wav")
+        except Exception as exc:
+            if _worker_died(exc):
+                self._worker_died = True
+                raise EngineUnavailable(f"the nano-vllm worker died: {exc}") from exc
+            raise
+        handle: dict[str, Any] = {
+            "prompt_latents": latents,
+            "transcript": collapse_whitespace(continuation.text),
+        }
+        positions = len(latents) // 4 // (_FEAT_DIM * _PATCH_SIZE)
+        if voice is not None and "ref_audio_latents" in voice.handle:
+            handle["ref_audio_latents"] = voice.handle["ref_audio_latents"]
+            positions += voice.positions
+        key = voice.key if voice is not None else ""
+        return VoicePrompt(key=key, mode="continuation", positions=positions, handle=handle)
 
     def _require_ready(self) -> None:
         if not self.ready:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -281,6 +282,26 @@ class ReferenceEngine:
             positions = int(cache["ref_audio_feat"].shape[0]) + 2  # ref start / end tokens
         return VoicePrompt(key=key, mode=cache["mode"], positions=positions, handle=cache)
 
+    def _prompt(self, request: SynthesisRequest) -> tuple[Any, int]:
+        """The prompt cache a request generates after, and the LM positions it takes. With a continuation,
+        the previous segment's text and audio are the continuation prompt, after the voice's reference
+        audio when it has one (voxcpm's "ref_continuation" mode)."""
+        voice, continuation = request.voice, request.continuation
+        if continuation is None:
+            return (voice.handle, voice.positions) if voice else (None, 0)
+        text = collapse_whitespace(continuation.text)
+        with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
+            wav.write(continuation.wav_bytes(self.info.sample_rate))
+            wav.flush()
+            cache = self._model.build_prompt_cache(prompt_text=text, prompt_wav_path=wav.name)
+        positions = int(cache["audio_feat"].shape[0]) + self._tokens(text)
+        handle = voice.handle if voice is not None else None
+        if isinstance(handle, dict) and "ref_audio_feat" in handle:
+            cache["ref_audio_feat"] = handle["ref_audio_feat"]
+            cache["mode"] = "ref_continuation"
+            positions += int(handle["ref_audio_feat"].shape[0]) + 2
+        return cache, positions
+
     def _prepare_text(self, request: SynthesisRequest) -> str:
         text = collapse_whitespace(request.text)
         if request.normalize:
@@ -302,7 +323,7 @@ class ReferenceEngine:
         text_tokens = self._tokens(text)
         stats.input_tokens = text_tokens
         steps = steps_cap(text_tokens, request.max_length)
-        prompt_positions = request.voice.positions if request.voice else 0
+        prompt_cache, prompt_positions = self._prompt(request)
         needed = prompt_positions + text_tokens + 1 + steps
         if needed > self.info.max_model_len:
             raise EngineInputError(
@@ -317,7 +338,7 @@ class ReferenceEngine:
             torch.manual_seed(request.seed)
         stream = self._model.generate_with_prompt_cache_streaming(
             target_text=text,
-            prompt_cache=request.voice.handle if request.voice else None,
+            prompt_cache=prompt_cache,
             min_len=2,
             max_len=request.max_length,
             inference_timesteps=request.inference_timesteps,

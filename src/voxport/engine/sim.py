@@ -194,7 +194,7 @@ class SimEngine:
         text_tokens = self.count_tokens(text)
         stats.input_tokens = text_tokens
         # The window is counted as nano-vllm counts it, so that a request fits here exactly when it would.
-        positions = prompt_positions(self.count_tokens, text, text_tokens, request.voice)
+        positions = prompt_positions(self.count_tokens, text, text_tokens, _continued(request))
         steps = generation_length(text_tokens, request.max_length, positions, self._max_model_len)
         if steps < 1:
             raise EngineInputError(
@@ -227,7 +227,10 @@ class SimEngine:
 
     def _tone(self, text: str, request: SynthesisRequest) -> np.ndarray:
         voice = request.voice.key if request.voice is not None else ""
-        digest = hashlib.blake2b(f"{text}\0{voice}\0{request.seed}".encode(), digest_size=8).digest()
+        key = f"{text}\0{voice}\0{request.seed}"
+        if request.continuation is not None:  # a continued segment is another generation
+            key += f"\0{request.continuation.text}"
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
         periods = _LOWEST_PERIODS + int.from_bytes(digest, "little") % _PITCHES
         tone = self._tones.get(periods)
         if tone is None:
@@ -284,6 +287,21 @@ class SimEngine:
             seq.out.put_nowait(type(exc)(str(exc)))  # one exception object per waiter: tracebacks stay apart
         self._running.clear()
         self._waiting.clear()
+
+
+def _continued(request: SynthesisRequest) -> VoicePrompt | None:
+    """The prompt the request occupies the window with: with a continuation, the previous segment's audio
+    (one position per step, as the encoders give) and text, after the voice's reference audio if any."""
+    voice, continuation = request.voice, request.continuation
+    if continuation is None:
+        return voice
+    positions = continuation.patches(SAMPLES_PER_STEP)
+    if voice is not None and voice.mode == "reference":
+        positions += voice.positions
+    handle = {"transcript": collapse_whitespace(continuation.text)}
+    return VoicePrompt(
+        key=voice.key if voice else "", mode="continuation", positions=positions, handle=handle
+    )
 
 
 def _frames(wav_path: str) -> tuple[int, int]:

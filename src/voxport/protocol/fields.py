@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
 from voxport.lexicon import check_entry
 
-ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm", "mulaw", "alaw"]
 StreamFormat = Literal["audio", "sse"]
 _LINE_BREAKS = frozenset("\t\n\r")
 

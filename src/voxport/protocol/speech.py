@@ -83,6 +83,7 @@ class Usage(BaseModel):
 class SpeechAudioDeltaEvent(BaseModel):
     type: Literal["speech.audio.delta"] = "speech.audio.delta"
     audio: str  # base64 of one encoded block
+    sample_rate: int | None = None  # voxport: on the first delta only, the rate of the audio (Hz)
 
 
 class SpeechAudioDoneEvent(BaseModel):

@@ -117,6 +117,10 @@ class SpeechService:
             return "DISABLED"
         return "BYPASS" if no_cache else "USE"
 
+    async def admit(self) -> Slot:
+        """A generation slot, through the same admission as every request (busy: refused at once)."""
+        return await self._admit()
+
     async def _admit(self) -> Slot:
         if not self.engine.ready:
             raise unavailable("The speech engine is not available.")

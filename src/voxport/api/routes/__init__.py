@@ -2,10 +2,11 @@
 
 from fastapi import APIRouter
 
-from voxport.api.routes import jobs, models, ops, playground, speech, voices
+from voxport.api.routes import jobs, live, models, ops, playground, speech, voices
 
 ROUTERS: tuple[APIRouter, ...] = (
     speech.router,
+    live.router,
     jobs.router,
     voices.router,
     voices.admin,

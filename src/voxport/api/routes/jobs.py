@@ -21,7 +21,8 @@ from voxport.jobs.store import key_scope
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401, 503), tags=["jobs"])
 
 _EXTENSIONS = {"audio/mpeg": "mp3", "audio/opus": "opus", "audio/aac": "aac", "audio/flac": "flac",
-               "audio/wav": "wav", "audio/pcm": "pcm"}  # fmt: skip
+               "audio/wav": "wav", "audio/pcm": "pcm", "audio/basic": "ulaw",
+               "audio/x-alaw-basic": "alaw"}  # fmt: skip
 
 
 async def _jobs(request: Request) -> JobService:

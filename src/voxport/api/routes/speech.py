@@ -35,7 +35,16 @@ from voxport.speech import SpeechJob, SpeechResult, SpeechStream
 log = logging.getLogger("voxport.api")
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401), tags=["speech"])
 
-_AUDIO = ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm")
+_AUDIO = (
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/aac",
+    "audio/flac",
+    "audio/wav",
+    "audio/pcm",
+    "audio/basic",
+    "audio/x-alaw-basic",
+)
 _SPEECH_ROUTE = {
     "openapi_extra": speech_request(),
     "response_class": Response,
@@ -95,7 +104,8 @@ def _cache_headers(job: SpeechJob) -> dict[str, str]:
 def _event(
     event: SpeechAudioDeltaEvent | SpeechAudioDoneEvent | SpeechErrorEvent | SpeechAudioSegmentEvent,
 ) -> bytes:
-    return b"data: " + event.model_dump_json().encode() + b"\n\n"
+    exclude_none = isinstance(event, SpeechAudioDeltaEvent)  # sample_rate: on the first delta only
+    return b"data: " + event.model_dump_json(exclude_none=exclude_none).encode() + b"\n\n"
 
 
 def _segments(stream: SpeechStream, final: bool = False) -> list[bytes]:
@@ -109,11 +119,13 @@ async def _sse(stream: SpeechStream) -> AsyncIterator[bytes]:
     """OpenAI's speech SSE events: speech.audio.delta per encoded block, then speech.audio.done; with
     `timestamps`, a speech.audio.segment event before each segment's first audio."""
     job = stream.job
+    rate: int | None = stream.prepared.sample_rate
     try:
         async for data in stream:
             for event in _segments(stream):
                 yield event
-            yield _event(SpeechAudioDeltaEvent(audio=base64.b64encode(data).decode()))
+            yield _event(SpeechAudioDeltaEvent(audio=base64.b64encode(data).decode(), sample_rate=rate))
+            rate = None
         for event in _segments(stream, final=not job.cancel.is_set()):
             yield event
     except Exception as exc:  # the stream has begun: report in-band, then close

@@ -1,0 +1,1 @@
+"""Voice agents: the speech WebSocket's service (contexts, text buffering, continuity)."""

@@ -1,0 +1,53 @@
+"""A context's text buffer: text arrives in pieces (an LLM's tokens) and leaves as segments to speak.
+
+A segment is a sentence, cut by voxport.text's rules; a sentence longer than the clause length leaves
+clause by clause. A boundary is taken only once the text after it is known, and a clause only once the
+buffer is past the clause length, so a text split anywhere, even mid-word, across messages gives the
+same segments as the same text in one message. `drain` takes everything (flush, close, the buffer delay).
+"""
+
+from __future__ import annotations
+
+from voxport.text import clause_end, sentence_end
+
+
+class TextBuffer:
+    def __init__(self, language: str | None, clause_chars: int):
+        self.language = language
+        self.clause_chars = clause_chars
+        self.text = ""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.text.strip())
+
+    def add(self, text: str) -> list[str]:
+        """Append `text`; the segments now complete."""
+        self.text += text
+        return self._take(final=False)
+
+    def drain(self) -> list[str]:
+        """Every segment left, the unfinished sentence included."""
+        return self._take(final=True)
+
+    def _take(self, final: bool) -> list[str]:
+        segments: list[str] = []
+        while True:
+            end = self._next(final)
+            if end is None:
+                return segments
+            piece, self.text = self.text[:end].strip(), self.text[end:]
+            if piece:
+                segments.append(piece)
+
+    def _next(self, final: bool) -> int | None:
+        """Where the next segment ends, or None when it is not complete yet."""
+        text, limit = self.text, self.clause_chars + 1
+        if not text:
+            return None
+        end = sentence_end(text, self.language, final)
+        if end is not None and end <= limit:
+            return end
+        if len(text) > limit:  # a long sentence: its first clause
+            return clause_end(text, self.clause_chars)
+        return len(text) if final else None

@@ -1,0 +1,218 @@
+"""One context of the speech socket: text in, segments spoken one after another, events out.
+
+Text goes through the context's TextBuffer; each complete segment is queued, and the context's task speaks
+the queue in order: it takes an admission slot for the segment (as an HTTP request does; busy: the
+context ends with a 429-shaped error), generates it through the service's joiner (cancel race, stalled
+engine), and encodes it into the context's one stream. Each segment after the first is generated as a
+continuation of the previous one (its text and audio as the prompt) when both fit the model's window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel
+
+from voxport.agents.buffer import TextBuffer
+from voxport.agents.encoder import LiveEncoder
+from voxport.engine.base import Continuation, SynthesisRequest, VoicePrompt
+from voxport.errors import invalid
+from voxport.protocol import Usage
+from voxport.protocol.live import (
+    ContextAudioEvent,
+    ContextDoneEvent,
+    ContextFlushedEvent,
+    ContextSegmentEvent,
+)
+from voxport.speech import SpeechJob, SpeechService
+from voxport.speech.prepare import SpeechPlan
+from voxport.tempo import Tempo
+from voxport.text import normalize
+
+Emit = Callable[[BaseModel], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ContextSetup:
+    """What a context's first message settled: the validated plan, the voice's prompt, the design prefix."""
+
+    plan: SpeechPlan
+    prompt: VoicePrompt | None
+    prefix: str
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class _Flush:
+    flush_id: str | None
+
+
+_END = object()
+
+
+class LiveContext:
+    def __init__(self, context_id: str, request_id: str, setup: ContextSetup, speech: SpeechService,
+                 emit: Emit, clause_chars: int, max_chars: int):  # fmt: skip
+        self.id = context_id
+        self.setup = setup
+        self.speech = speech
+        self.emit = emit
+        self.max_chars = max_chars
+        self.buffer = TextBuffer(setup.plan.params.language, clause_chars)
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.job = SpeechJob(request_id)  # registered while the context lives: counted, cancellable by id
+        self.closing = False
+        self.speaking = False
+        self.chars = 0
+        self.index = 0
+        self.samples = 0  # engine-rate samples sent so far: the context's audio clock
+        self.previous: Continuation | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._first_audio = True
+        self.task = asyncio.create_task(self._run())
+
+    @property
+    def busy(self) -> bool:
+        """Text waiting or being spoken (the socket is not idle)."""
+        return self.speaking or not self.queue.empty() or self.buffer.pending
+
+    # -- from the client's messages ---------------------------------------------------------------
+
+    def add(self, text: str, delay_ms: int | None = None) -> None:
+        if self.chars + len(text) > self.max_chars:
+            raise invalid(
+                f"A context may be sent at most {self.max_chars} characters of text; this message would "
+                f"make it {self.chars + len(text)}.", "text", "context_too_long",
+            )  # fmt: skip
+        self.chars += len(text)
+        if delay_ms is not None:
+            self.setup = dataclasses.replace(self.setup, delay_s=delay_ms / 1000)
+        for piece in self.buffer.add(text):
+            self.queue.put_nowait(piece)
+        self._arm()
+
+    def flush(self, flush_id: str | None) -> None:
+        self._drain()
+        self.queue.put_nowait(_Flush(flush_id))
+
+    def close(self) -> None:
+        self._drain()
+        self.closing = True
+        self.queue.put_nowait(_END)
+
+    async def cancel(self) -> None:
+        """Stop at once: buffered text is dropped, a generation in progress is abandoned (the engine
+        stops within one step). Returns once the context's last audio has been handed out."""
+        self._disarm()
+        self.job.cancel.set()
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+    # -- the buffer delay -------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        self._disarm()
+        for piece in self.buffer.drain():
+            self.queue.put_nowait(piece)
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self.buffer.pending:
+            self._timer = asyncio.get_running_loop().call_later(self.setup.delay_s, self._drain)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the context's task ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        plan, rate = self.setup.plan, self.speech.engine.info.sample_rate
+        encoder = await asyncio.to_thread(LiveEncoder, plan.response_format, rate, plan.sample_rate)
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, _Flush):
+                    await self.emit(ContextFlushedEvent(context_id=self.id, flush_id=item.flush_id))
+                    continue
+                assert isinstance(item, str)
+                self.speaking = True
+                await self._speak(item, encoder)
+                self.speaking = False
+            await self._send(await encoder.finish())
+            await self.emit(ContextDoneEvent(context_id=self.id, usage=Usage(**self.job.usage)))
+        finally:
+            self.speaking = False
+            await asyncio.to_thread(encoder.close)
+
+    def _request(self, text: str) -> SynthesisRequest:
+        """The segment's engine request: the text as shaped for the engine (lexicon, language rules), as a
+        continuation of the previous segment when the two fit the window, else on its own."""
+        speech, setup = self.speech, self.setup
+        params = setup.plan.params
+        spoken, _ = speech.voices.lexicon.apply(text, params.pronunciations)
+        spoken = normalize(spoken, params.language)
+        previous = self.previous if self.previous is not None and self._fits(self.previous, spoken) else None
+        text = spoken if previous is not None else setup.prefix + spoken
+        request = speech.preparer.request(setup.plan, text, setup.prompt, setup.plan.seed)
+        return dataclasses.replace(request, continuation=previous)
+
+    def _fits(self, previous: Continuation, text: str) -> bool:
+        engine, prompt = self.speech.engine, self.setup.prompt
+        info = engine.info
+        # A continuation replaces the voice's own continuation prompt; a reference voice stays in front.
+        positions = prompt.positions if prompt is not None and prompt.mode == "reference" else 0
+        positions += previous.patches(info.samples_per_step) + engine.count_tokens(previous.text)
+        return info.fits(positions, engine.count_tokens(text), self.setup.plan.max_length)
+
+    async def _speak(self, text: str, encoder: LiveEncoder) -> None:
+        request = self._request(text)
+        segment = SpeechJob(self.job.request_id, cancel=self.job.cancel, started=time.perf_counter())
+        start, raw = self.samples, []
+        rate, speed = self.speech.engine.info.sample_rate, self.setup.plan.speed
+        tempo = Tempo(rate, speed) if speed != 1.0 else None
+        slot = await self.speech.admit()
+        try:
+            async for chunk in self.speech.joiner.audio([request], segment):
+                raw.append(chunk)
+                out = await asyncio.to_thread(tempo.push, chunk) if tempo is not None else chunk
+                await self._audio(out, encoder)
+        finally:
+            slot.release()
+            self.job.input_tokens += segment.input_tokens
+            self.job.output_steps += segment.output_steps
+            self.job.samples += segment.samples
+            self.job.sample_rate = rate
+        if tempo is not None:
+            await self._audio(await asyncio.to_thread(tempo.flush), encoder)
+        audio = np.concatenate(raw) if raw else np.zeros(0, dtype=np.float32)
+        await self.emit(ContextSegmentEvent(
+            context_id=self.id, index=self.index, text=text, start=round(start / rate, 3),
+            end=round(self.samples / rate, 3), continued=request.continuation is not None,
+        ))  # fmt: skip
+        self.index += 1
+        self.previous = Continuation(request.text, audio) if len(audio) else None
+
+    async def _audio(self, samples: np.ndarray, encoder: LiveEncoder) -> None:
+        self.samples += len(samples)
+        await self._send(await encoder.encode(samples))
+
+    async def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        rate = self.setup.plan.sample_rate if self._first_audio else None
+        self._first_audio = False
+        await self.emit(
+            ContextAudioEvent(context_id=self.id, audio=base64.b64encode(data).decode(), sample_rate=rate)
+        )
