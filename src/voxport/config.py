@@ -243,6 +243,9 @@ class Settings(BaseSettings):
         "not public (loopback, private, link-local); empty: public addresses only.",
     )
     webhook_timeout_s: float = Field(10, gt=0, description="Deadline of one webhook delivery attempt.")
+    webhook_parallel: int = Field(
+        64, ge=1, description="Webhook delivery attempts at once, over every receiver (2 at most to any one)."
+    )
     webhook_retry_s: float = Field(
         86_400,
         ge=0,
