@@ -156,3 +156,43 @@ def test_a_gigabyte_webhook_answer_is_not_read(tiny_model: Path, tmp_path: Path)
         assert grown < 150 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
     finally:
         server.stop()
+
+
+def test_hanging_receivers_do_not_delay_another_jobs_webhook(tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 29, item 9: deliveries to different receivers run at once (bounded): 16 receivers that hang
+    hold back only their own deliveries, not another job's."""
+    server = ServerProcess(["--model", str(tiny_model), "--data-dir", str(tmp_path), "--max-length",
+                            str(TEST_MAX_LENGTH), "--webhook-secret", SECRET, "--webhook-allow-hosts",
+                            "127.0.0.1", "--webhook-timeout-s", "90"])  # fmt: skip
+    hanging = [Receiver(hang_s=60) for _ in range(16)]
+    try:
+        server.wait_ready()
+        for receiver in hanging:
+            receiver.__enter__()
+        with httpx.Client(base_url=server.base_url, timeout=60) as api, Receiver() as other:
+            for receiver in hanging:
+                _job_with_webhook(api, receiver.url, "Hang on.")
+            deadline = time.monotonic() + 240
+            while sum(len(r.received) for r in hanging) < 16 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert sum(len(r.received) for r in hanging) == 16  # all 16 attempts at once
+            answer = api.post(
+                "/v1/audio/speech/jobs",
+                json={"model": "tts-1", "voice": "alloy", "input": "Another job.", "webhook_url": other.url},
+            )
+            job_id = answer.json()["id"]
+            while time.monotonic() < deadline:
+                job = api.get(f"/v1/audio/speech/jobs/{job_id}").json()
+                if job["status"] == "succeeded":
+                    break
+                time.sleep(0.1)
+            finished = time.monotonic()
+            while not other.accepted() and time.monotonic() - finished < 30:
+                time.sleep(0.05)
+            delay = time.monotonic() - finished
+        assert other.accepted(), "the other job's webhook never came"
+        assert delay < 5, f"the other job's webhook came {delay:.1f} s after it finished"
+    finally:
+        server.stop()
+        for receiver in hanging:
+            receiver.__exit__(None, None, None)

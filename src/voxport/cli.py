@@ -145,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
-    from voxport.api.serving import uvicorn_options
+    from voxport.api.serving import Deadlines, uvicorn_options
     from voxport.app import create_app
     from voxport.engine.base import EngineError
     from voxport.lexicon import LexiconError
@@ -172,7 +172,12 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         timeout_keep_alive=settings.keep_alive_s,
         # uvloop and httptools where installed, httptools with our limit on a request head's size.
-        **uvicorn_options(settings.max_header_kb * 1024),
+        **uvicorn_options(
+            settings.max_header_kb * 1024,
+            Deadlines(
+                settings.connection_idle_s, settings.request_head_timeout_s, settings.request_body_timeout_s
+            ),
+        ),
     )
     server = _draining_server(uvicorn.Server, app.state.speech, settings.drain_s)(config)
     with contextlib.suppress(KeyboardInterrupt):

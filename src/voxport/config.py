@@ -141,6 +141,17 @@ class Settings(BaseSettings):
         32, ge=4, le=1024, description="Largest request head (request line and headers), in KiB; beyond: 431."
     )
     keep_alive_s: float = Field(5, gt=0, description="How long an idle keep-alive connection stays open.")
+    connection_idle_s: float = Field(
+        10, gt=0, description="How long a new connection may stay silent before its first byte; then closed."
+    )
+    request_head_timeout_s: float = Field(
+        10, gt=0, description="Deadline of a request's head (request line and headers) from its first byte; "
+        "past it: 408 and the connection is closed.",
+    )  # fmt: skip
+    request_body_timeout_s: float = Field(
+        120, gt=0, description="Deadline of a request's whole body from the end of its head; past it the "
+        "connection is closed.",
+    )  # fmt: skip
     max_user_voices: int = Field(100, ge=0, description="Most voices the user library holds.")
     max_user_voices_mb: float = Field(500, gt=0, description="Most MiB of recordings the user library holds.")
     cache_ttl_minutes: float = Field(
@@ -243,6 +254,9 @@ class Settings(BaseSettings):
         "not public (loopback, private, link-local); empty: public addresses only.",
     )
     webhook_timeout_s: float = Field(10, gt=0, description="Deadline of one webhook delivery attempt.")
+    webhook_parallel: int = Field(
+        64, ge=1, description="Webhook delivery attempts at once, over every receiver (2 at most to any one)."
+    )
     webhook_retry_s: float = Field(
         86_400,
         ge=0,

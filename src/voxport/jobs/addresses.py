@@ -53,11 +53,41 @@ class Allowlist:
         return any(address in net for net in self.networks if net.version == address.version)
 
 
+# IPv6 prefixes that carry an IPv4 address (RFC 6052 NAT64, RFC 8215 local-use NAT64, 6to4, Teredo,
+# IPv4-compatible): such an address reaches, or is translated to, the IPv4 address inside it.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_COMPATIBLE = ipaddress.ip_network("::/96")
+# IPv4 ranges Python's `is_global` lets through that are not public unicast: IETF protocol assignments.
+_NOT_PUBLIC_V4 = (ipaddress.ip_network("192.0.0.0/24"),)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4, Teredo), if any."""
+    value = int(address)
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _COMPATIBLE or address in _NAT64:
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    if address in _NAT64_LOCAL:  # a /48 prefix: the IPv4 address is bits 48-63 and 72-87 (RFC 6052)
+        return ipaddress.IPv4Address(((value >> 64) & 0xFFFF) << 16 | (value >> 40) & 0xFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client's address, where the traffic goes
+    return None
+
+
 def public(address: IPAddress) -> bool:
     """Globally routable unicast: not loopback, private, link-local (metadata), shared, reserved,
-    unspecified or multicast. An IPv4-mapped IPv6 address is judged as the IPv4 address it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    unspecified, multicast or an IETF protocol assignment (192.0.0.0/24). An IPv6 address that carries an
+    IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is judged as that IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return public(inner)
+    if isinstance(address, ipaddress.IPv4Address) and any(address in net for net in _NOT_PUBLIC_V4):
+        return False
     return address.is_global and not address.is_multicast
 
 

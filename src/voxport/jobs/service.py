@@ -79,7 +79,8 @@ class JobService:
         sender = WebhookSender(secret, self.allow, self.settings.webhook_timeout_s)
         outcome = self.metrics.webhooks.labels
         self.dispatcher = WebhookDispatcher(self.store, sender, self.settings.webhook_retry_s,
-                                            on_outcome=lambda o: outcome(o).inc())  # fmt: skip
+                                            on_outcome=lambda o: outcome(o).inc(),
+                                            max_parallel=self.settings.webhook_parallel)  # fmt: skip
         await self.refresh_counts()
         self.dispatcher.start()
         self.runner.start()

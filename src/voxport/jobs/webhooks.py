@@ -54,6 +54,8 @@ FIRST_RETRY_S = 1.0
 MAX_RETRY_GAP_S = 600.0
 # Most of a receiver's answer body read; the rest is never read (the connection is closed).
 ANSWER_CAP = 64 * 1024
+# Attempts at once to one receiver (scheme, host, port): a receiver that hangs holds back only its own.
+PER_RECEIVER = 2
 
 
 @dataclass
@@ -157,6 +159,15 @@ class WebhookSender:
             return response.status
 
 
+def _receiver(url: str) -> str:
+    """Whom a delivery goes to, for the per-receiver limit: scheme, host and port."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    except ValueError:
+        return url[:200]
+
+
 def next_gap(attempts: int) -> float:
     """Seconds to wait after the `attempts`-th failed attempt."""
     return min(MAX_RETRY_GAP_S, FIRST_RETRY_S * 2 ** max(0, attempts - 1))
@@ -172,10 +183,12 @@ class WebhookDispatcher:
     retry_s: float
     on_outcome: Callable[[str], None] = lambda outcome: None  # delivered | retry | failed | refused
     clock: Callable[[], float] = time.time
-    max_parallel: int = 8
+    max_parallel: int = 64  # attempts at once, over every receiver
+    per_receiver: int = PER_RECEIVER
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
     _sending: set[str] = field(default_factory=set)
+    _busy: dict[str, int] = field(default_factory=dict)  # receiver (scheme://host:port) -> attempts there
     _hold: dict[str, float] = field(default_factory=dict)  # delivery id -> no attempt before
     _unrecorded: dict[str, int] = field(default_factory=dict)  # delivery id -> attempts the store missed
     _errors: OncePerCause = field(default_factory=lambda: OncePerCause(log))
@@ -200,7 +213,6 @@ class WebhookDispatcher:
                 await self._task
 
     async def _loop(self) -> None:
-        limit = asyncio.Semaphore(self.max_parallel)
         running: set[asyncio.Task] = set()
         failures = 0
         try:
@@ -219,10 +231,14 @@ class WebhookDispatcher:
                     if held is not None and held > now:
                         next_at = held if next_at is None else min(next_at, held)
                         continue
-                    if delivery.id in self._sending:
-                        continue
+                    receiver = _receiver(delivery.url)
+                    if delivery.id in self._sending or self._busy.get(receiver, 0) >= self.per_receiver:
+                        continue  # one slow receiver holds back only its own deliveries
+                    if len(self._sending) >= self.max_parallel:
+                        break  # an attempt that ends wakes the loop
                     self._sending.add(delivery.id)
-                    task = asyncio.create_task(self._attempt(delivery, limit))
+                    self._busy[receiver] = self._busy.get(receiver, 0) + 1
+                    task = asyncio.create_task(self._attempt(delivery, receiver))
                     running.add(task)
                     task.add_done_callback(running.discard)
                 wait = 30.0 if next_at is None else max(0.05, min(30.0, next_at - self.clock()))
@@ -244,13 +260,12 @@ class WebhookDispatcher:
             return "failed", "failed", now
         return "pending", "retry", next_at
 
-    async def _attempt(self, delivery: Delivery, limit: asyncio.Semaphore) -> None:
+    async def _attempt(self, delivery: Delivery, receiver: str) -> None:
         # Whatever fails here, the delivery waits its backoff before the next attempt: recorded in the
         # store, or held in memory when the store could not record it.
         try:
             try:
-                async with limit:
-                    outcome = await self.sender.send(delivery.id, delivery.url, delivery.payload)
+                outcome = await self.sender.send(delivery.id, delivery.url, delivery.payload)
             except Exception as exc:
                 self._errors.report("webhook delivery", exc)
                 outcome = Outcome(False, error=f"{type(exc).__name__}: {exc}"[:300])
@@ -269,4 +284,8 @@ class WebhookDispatcher:
             self._hold[delivery.id] = self.clock() + next_gap(delivery.attempts + missed)
         finally:
             self._sending.discard(delivery.id)
+            if self._busy.get(receiver, 0) > 1:
+                self._busy[receiver] -= 1
+            else:
+                self._busy.pop(receiver, None)
             self._wake.set()
