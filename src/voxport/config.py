@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     cache_memory_mb: float = Field(
         64, ge=0, description="MiB of hot cache entries (each up to 1 MiB) also kept in memory; 0: none."
     )
+    cache_shared_across_keys: bool = Field(
+        False,
+        description="With several API keys, share cached audio between them (one tenant holding "
+        "several keys); off: each key has its own cache entries (docs/configuration.md, Tenants).",
+    )
     max_concurrent: int | None = Field(
         None,
         ge=1,

@@ -110,7 +110,9 @@ class JobService:
         except WebhookURLError as exc:
             raise _error("invalid", str(exc), param, "invalid_webhook_url") from None
 
-    async def _validate_speech(self, params: SpeechCreateParams, limit: int, prefix: str = "") -> None:
+    async def _validate_speech(
+        self, params: SpeechCreateParams, limit: int, scope: str, prefix: str = ""
+    ) -> None:
         """What the speech service would refuse (model, voice, format, rates), refused now, with the
         field named; and the job's own input limit. A job speaks `input` (dialogues are live-only for
         now); its timings are its captions (GET .../captions), not `timestamps`."""
@@ -127,7 +129,7 @@ class JobService:
             raise _error("invalid", f"'input' is {len(params.input)} characters; the maximum is {limit}.",
                            f"{prefix}input", "string_too_long")  # fmt: skip
         try:
-            await self.runner.prepare(params, self.runner.plan(params.input, params.language)[0])
+            await self.runner.prepare(params, self.runner.plan(params.input, params.language)[0], scope)
         except VoxportError as exc:
             if not exc.client_fault or not prefix:
                 raise
@@ -141,7 +143,7 @@ class JobService:
         self, params: SpeechJobCreateParams, *, scope: str, idempotency_key: str | None
     ) -> dict[str, Any]:
         self._check_webhook(params.webhook_url)
-        await self._validate_speech(params, self.settings.max_job_chars)
+        await self._validate_speech(params, self.settings.max_job_chars, scope)
         job = await self._enqueue(self.store.create_job, params.speech_body(), params, scope, idempotency_key)
         return job_object(job)
 
@@ -180,7 +182,7 @@ class JobService:
                 field = ".".join(str(p) for p in first.get("loc", ()))
                 raise _error("invalid", f"Invalid value for '{prefix}{field}': {first.get('msg')}.",
                                f"{prefix}{field}") from None  # fmt: skip
-            await self._validate_speech(speech, self.settings.max_input_chars, prefix)
+            await self._validate_speech(speech, self.settings.max_input_chars, scope, prefix)
             bodies.append(stored_speech_body(speech))
         batch = await self._enqueue(self.store.create_batch, bodies, params, scope, idempotency_key)
         return batch_object(batch)

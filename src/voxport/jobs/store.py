@@ -15,7 +15,6 @@ worker thread and its transactions (a batch and its jobs are created, and comple
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import secrets
 import sqlite3
@@ -25,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from voxport.tenants import tenant_id
 
 T = TypeVar("T")
 
@@ -100,9 +101,9 @@ def new_id(prefix: str) -> str:
 
 
 def key_scope(api_key: str | None) -> str:
-    """Who owns a job: a hash of the API key that created it ('' when the server has no keys). Keys
-    themselves are never stored."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:32] if api_key else ""
+    """Who owns a job: its tenant, a hash of the API key that created it ('' when the server has no
+    keys). Keys themselves are never stored."""
+    return tenant_id(api_key)
 
 
 @dataclass
@@ -386,8 +387,9 @@ class JobStore:
                 where.append("scope = ?")
                 args.append(scope)
             if after is not None:
-                row = self.db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
-                if row is None:
+                # Another tenant's job is as unknown as no job: no existence oracle.
+                row = self.db.execute("SELECT seq, scope FROM jobs WHERE id = ?", (after,)).fetchone()
+                if row is None or (scope is not None and row["scope"] != scope):
                     raise KeyError(after)
                 where.append("seq < ?")
                 args.append(row["seq"])

@@ -19,6 +19,7 @@ from typing import Any
 
 from voxport.errors import VoxportError, invalid
 from voxport.files import TEMP_PREFIX, atomic_write
+from voxport.tenants import visible
 
 log = logging.getLogger("voxport.voices")
 
@@ -29,6 +30,7 @@ class Consent:
     name: str
     language: str
     created: float
+    owner: str = ""  # the tenant it belongs to ('': shared; voxport.tenants), never shown
 
     def public(self) -> dict:
         return {"id": self.id, "name": self.name, "language": self.language, "created_at": int(self.created)}
@@ -106,34 +108,35 @@ class ConsentStore:
     async def load(self) -> None:
         self._items = await asyncio.to_thread(_read, self.root)
 
-    def get(self, consent_id: str, param: str | None = None) -> Consent:
-        """The consent, or `not_found`; with `param`, an unknown id is the request's fault (`invalid`)."""
+    def get(self, consent_id: str, param: str | None = None, viewer: str = "") -> Consent:
+        """The consent, or `not_found` (another tenant's too); with `param`, an unknown id is the request's
+        fault (`invalid`)."""
         found = self._items.get(consent_id)
-        if found is not None:
+        if found is not None and visible(found.owner, viewer):
             return found
         message = f"No voice consent '{consent_id}'."
         if param is not None:
             raise invalid(message, param, "consent_not_found")
         raise VoxportError("not_found", message, code="consent_not_found")
 
-    def page(self, after: str | None, limit: int) -> tuple[list[Consent], bool]:
-        """Newest first; `after`: the page starts after that consent."""
-        newest = list(reversed(self._items.values()))
+    def page(self, after: str | None, limit: int, viewer: str = "") -> tuple[list[Consent], bool]:
+        """Newest first, those `viewer` may see; `after`: the page starts after that consent."""
+        newest = [c for c in reversed(self._items.values()) if visible(c.owner, viewer)]
         start = 0
         if after is not None:
-            start = newest.index(self.get(after, "after")) + 1
+            start = newest.index(self.get(after, "after", viewer)) + 1
         return newest[start : start + limit], start + limit < len(newest)
 
-    async def create(self, name: str, language: str, wav: bytes) -> Consent:
-        consent = Consent(f"cons_{secrets.token_hex(12)}", name, language, time.time())
+    async def create(self, name: str, language: str, wav: bytes, owner: str = "") -> Consent:
+        consent = Consent(f"cons_{secrets.token_hex(12)}", name, language, time.time(), owner)
         async with self._sharing():
             await self._publish(consent, wav)
             await asyncio.to_thread(_write, self.root, consent, wav)
             self._items[consent.id] = consent
         return consent
 
-    async def rename(self, consent_id: str, name: str) -> Consent:
-        renamed = Consent(**{**asdict(self.get(consent_id)), "name": name})
+    async def rename(self, consent_id: str, name: str, viewer: str = "") -> Consent:
+        renamed = Consent(**{**asdict(self.get(consent_id, None, viewer)), "name": name})
         async with self._sharing():
             await self._publish(renamed, None)
             await asyncio.to_thread(_write, self.root, renamed, None)

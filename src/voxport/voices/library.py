@@ -38,7 +38,7 @@ def read(library: Path) -> dict[str, Voice]:
             voices[meta["id"]] = Voice(
                 meta["id"], "uploaded", "user", meta["key"], name=meta["name"],
                 transcript=meta.get("transcript"), audio=folder / "audio.wav", duration=meta["duration"],
-                created=meta["created"], consent=meta.get("consent"),
+                created=meta["created"], consent=meta.get("consent"), owner=meta.get("owner") or "",
             )  # fmt: skip
         except (OSError, ValueError, KeyError) as exc:
             log.warning("skipping unreadable library voice %s: %s", folder.name, exc)

@@ -14,7 +14,6 @@ from voxport.api.openapi import BODY_ERRORS, errors, json_request
 from voxport.errors import invalid
 from voxport.jobs.protocol import SpeechBatchCreateParams, SpeechJobCreateParams
 from voxport.jobs.service import JobService
-from voxport.jobs.store import key_scope
 
 # 503 on every route: with --redis-url, the job store itself can be unreachable (docs/jobs.md).
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401, 503), tags=["jobs"])
@@ -28,11 +27,8 @@ async def _jobs(request: Request) -> JobService:
 
 
 async def _scope(request: Request) -> str:
-    """Jobs belong to the API key that created them (require_api_key has checked it already)."""
-    if not request.app.state.policy.api_keys:
-        return ""
-    auth = request.headers.get("authorization", "")
-    return key_scope(auth[7:].strip() if auth.lower().startswith("bearer ") else None)
+    """Jobs belong to the API key (the tenant) that created them (require_api_key has checked it)."""
+    return request.app.state.policy.tenant(request)
 
 
 async def _idempotency_key(request: Request) -> str | None:
