@@ -19,6 +19,7 @@ from typing import Any
 
 from voxport.errors import VoxportError, invalid
 from voxport.files import TEMP_PREFIX, atomic_write
+from voxport.skipped import UNREADABLE, SkippedFiles
 from voxport.tenants import visible
 
 log = logging.getLogger("voxport.voices")
@@ -36,7 +37,20 @@ class Consent:
         return {"id": self.id, "name": self.name, "language": self.language, "created_at": int(self.created)}
 
 
-def _read(root: Path) -> dict[str, Consent]:
+def _parse(path: Path) -> Consent:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    consent = Consent(**data)
+    fields = (consent.id, consent.name, consent.language, consent.owner)
+    if not all(isinstance(f, str) for f in fields) or not isinstance(consent.created, (int, float)):
+        raise ValueError("a field has the wrong type")
+    if f"{consent.id}.json" != path.name:
+        raise ValueError("its id is not its file's")
+    return consent
+
+
+def _read(root: Path, skipped: SkippedFiles) -> dict[str, Consent]:
     found: list[Consent] = []
     if not root.is_dir():
         return {}
@@ -46,9 +60,9 @@ def _read(root: Path) -> dict[str, Consent]:
                 path.unlink()
         elif path.suffix == ".json":
             try:
-                found.append(Consent(**json.loads(path.read_text(encoding="utf-8"))))
-            except (OSError, ValueError, TypeError) as exc:
-                log.warning("skipping unreadable voice consent %s: %s", path.name, exc)
+                found.append(_parse(path))
+            except UNREADABLE as exc:
+                skipped.add("consent", path.stem, exc)
     return {c.id: c for c in sorted(found, key=lambda c: (c.created, c.id))}
 
 
@@ -73,9 +87,10 @@ def _offer(root: Path, consents: list[Consent]) -> list[tuple[dict[str, Any], by
 
 
 class ConsentStore:
-    def __init__(self, root: Path, shared: Any = None):
+    def __init__(self, root: Path, shared: Any = None, skipped: SkippedFiles | None = None):
         self.root = root
         self.shared = shared  # a LibraryMirror, or None: this replica's consents only
+        self.skipped = skipped or SkippedFiles()
         self._items: dict[str, Consent] = {}  # oldest first
 
     def _sharing(self) -> Any:
@@ -106,7 +121,7 @@ class ConsentStore:
     # -- the routes' side ------------------------------------------------------------------------------
 
     async def load(self) -> None:
-        self._items = await asyncio.to_thread(_read, self.root)
+        self._items = await asyncio.to_thread(_read, self.root, self.skipped)
 
     def get(self, consent_id: str, param: str | None = None, viewer: str = "") -> Consent:
         """The consent, or `not_found` (another tenant's too); with `param`, an unknown id is the request's

@@ -18,13 +18,14 @@ from voxport.engine.base import Engine, VoicePrompt
 from voxport.errors import VoxportError, invalid
 from voxport.lexicon import Lexicon, LexiconError
 from voxport.protocol import VoiceUpload
+from voxport.skipped import SkippedFiles
 from voxport.tenants import visible
 from voxport.voices import library
 from voxport.voices.catalog import Voice, VoicesFileError, load_voices_file
 from voxport.voices.consents import Consent, ConsentStore
 from voxport.voices.designed import design_clip
 from voxport.voices.mirror import LibraryMirror, SharedLibrary
-from voxport.voices.uploads import ENCODER_RATE, Upload, read_upload
+from voxport.voices.uploads import ENCODER_RATE, Upload, allowed_path, read_upload
 
 log = logging.getLogger("voxport.voices")
 
@@ -46,7 +47,8 @@ class VoiceRegistry:
         self._library = data_dir / "voices" / "library"
         # Several replicas (--redis-url): the library is shared, this replica's is its mirror.
         self.mirror = LibraryMirror(shared_library, self._library) if shared_library is not None else None
-        self.consents = ConsentStore(data_dir / "voices" / "consents", self.mirror)
+        self.skipped = SkippedFiles()  # library voices and consents start-up could not read (/health)
+        self.consents = ConsentStore(data_dir / "voices" / "consents", self.mirror, self.skipped)
         self._designed = data_dir / "voices" / "designed"
         self._scratch = data_dir / "tmp"
         self.fingerprint = ""
@@ -69,14 +71,21 @@ class VoiceRegistry:
         voices: on first use)."""
         self.fingerprint = fingerprint
         self.builtin = await asyncio.to_thread(self.validate_file)
-        self.user = await asyncio.to_thread(library.read, self._library)
+        self.user = await asyncio.to_thread(library.read, self._library, self.skipped)
         self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
         await self.consents.load()
         await self.refresh()
         await asyncio.to_thread(library.clear_scratch, self._scratch)
         for voice in [*self.builtin.values(), *self.user.values()]:
-            if voice.kind != "designed":
+            if voice.kind == "designed":
+                continue
+            try:
                 await self.prompt(voice)
+            except Exception as exc:  # a library recording the engine cannot read: skipped, not fatal
+                if voice.source != "user":
+                    raise
+                self.user.pop(voice.id, None)
+                self.skipped.add("voice", voice.id, exc)
         # The default voice is the one most requests get: its clip is made (or read) before the server
         # is ready, so that no request waits for it. Other designed voices are made on first use.
         default = self.get(None)
@@ -217,17 +226,7 @@ class VoiceRegistry:
                             allowed_dir: Path | None, owner: str = "") -> Voice:  # fmt: skip
         """A user voice from a recording on the server, inside `allowed_dir` (unset: refused)."""
         param = "prompt_wav_path"
-        if allowed_dir is None:
-            message = "Reading recordings from server paths is off (no allowed_prompt_dir)."
-            raise VoxportError("forbidden", message, code="forbidden")
-        path = (allowed_dir / relative).resolve()
-        try:
-            path.relative_to(allowed_dir.resolve())
-        except ValueError:
-            raise VoxportError("forbidden", f"'{param}' is outside the allowed directory.", param=param,
-                               code="forbidden") from None  # fmt: skip
-        if not await asyncio.to_thread(path.is_file):
-            raise invalid(f"'{param}' does not name a file in the allowed directory.", param)
+        path = await asyncio.to_thread(allowed_path, allowed_dir, relative, param)
         self._check_name(name, replace, "voice_name", owner)
         data = await asyncio.to_thread(path.read_bytes)
         recording = await self.read_upload(data, transcript, param)
