@@ -32,6 +32,17 @@ def _default_data_dir() -> Path:
     return Path(base) / "voxport"
 
 
+# What a valid request's text can hold besides `input` (protocol/fields.py, protocol/timings.py,
+# lexicon.py; tests/test_strict_input.py sends the largest valid bodies): `instructions` (4096
+# characters), 100 `pronunciations` of a 100-character word and a 200-character respelling, a model id
+# and a voice id; a dialogue has up to 100 turns, each a voice id and its own 4096 characters of
+# instructions (its text counts against max_input_chars). A character is at most 12 bytes in JSON: a
+# surrogate pair of \\uXXXX escapes (what json.dumps writes by default for characters beyond U+FFFF).
+_ESCAPED = 12
+_MAX_INSTRUCTIONS, _MAX_VOICE_ID, _MAX_TURNS = 4096, 100, 100
+_SHARED_TEXT = _MAX_INSTRUCTIONS + 100 * (100 + 200) + 2 * _MAX_VOICE_ID
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOXPORT_", extra="ignore")
 
@@ -315,19 +326,21 @@ class Settings(BaseSettings):
 
     @property
     def max_json_body_bytes(self) -> int:
-        """The largest JSON body a valid request can need: `input` and `instructions` at six bytes a
-        character (JSON's \\uXXXX escapes), plus 64 KiB for every other field."""
-        return 6 * (self.max_input_chars + 4096) + 2**16
+        """The largest JSON body a valid speech request can be (docs/configuration.md, Limits): its text
+        (`input`, or a dialogue's turns with their voices and instructions), its `instructions` and its
+        `pronunciations`, every character a JSON escape, plus 64 KiB for the other fields and framing."""
+        dialogue = _MAX_TURNS * (_MAX_INSTRUCTIONS + _MAX_VOICE_ID)
+        return _ESCAPED * (self.max_input_chars + dialogue + _SHARED_TEXT) + 2**16
 
     @property
     def max_job_body_bytes(self) -> int:
-        """A job's JSON body: as a speech request's, for `max_job_chars` of input."""
-        return 6 * (self.max_job_chars + 4096) + 2**16
+        """A job's JSON body: a speech request for `max_job_chars` of input (a job has no dialogue)."""
+        return _ESCAPED * (self.max_job_chars + _SHARED_TEXT) + 2**16
 
     @property
     def max_batch_body_bytes(self) -> int:
-        """A batch's JSON body: `max_batch_requests` speech requests."""
-        return self.max_batch_requests * self.max_json_body_bytes
+        """A batch's JSON body: `max_batch_requests` speech requests of `input` (no dialogue in a batch)."""
+        return self.max_batch_requests * (_ESCAPED * (self.max_input_chars + _SHARED_TEXT) + 2**12) + 2**16
 
     @property
     def max_upload_body_bytes(self) -> int:

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from voxport.api.auth import require_api_key
 from voxport.api.body import json_body
 from voxport.api.openapi import BODY_ERRORS, errors, json_request
+from voxport.api.ranged import ranged_file
 from voxport.errors import invalid
 from voxport.jobs.protocol import SpeechBatchCreateParams, SpeechJobCreateParams
 from voxport.jobs.service import JobService
@@ -45,7 +46,7 @@ IdempotencyDep = Annotated[str | None, Depends(_idempotency_key)]
 
 @router.post(
     "/v1/audio/speech/jobs", status_code=202, openapi_extra=json_request(SpeechJobCreateParams),
-    responses=errors(*BODY_ERRORS, 404, 429, 503, 504),
+    responses=errors(*BODY_ERRORS, 404, 409, 429, 503, 504),
 )  # fmt: skip
 async def create_job(
     params: Annotated[SpeechJobCreateParams, Depends(json_body(SpeechJobCreateParams))],
@@ -66,12 +67,23 @@ async def retrieve_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str,
     return await jobs.get(job_id, scope)
 
 
-@router.get("/v1/audio/speech/jobs/{job_id}/content", responses=errors(404, 409))
-async def job_content(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileResponse:
+async def _content(job_id: str, jobs: JobService, scope: str) -> FileResponse:
     path, content_type = await jobs.content(job_id, scope)
-    # Starlette's FileResponse answers Range requests (206, multipart byteranges, 416).
-    name = f"{job_id}.{_EXTENSIONS.get(content_type, 'bin')}"
-    return FileResponse(Path(path), media_type=content_type, filename=name, content_disposition_type="inline")
+    return await ranged_file(Path(path), content_type, f"{job_id}.{_EXTENSIONS.get(content_type, 'bin')}")
+
+
+@router.get("/v1/audio/speech/jobs/{job_id}/content", responses=errors(400, 404, 409, 416),
+            response_class=FileResponse)  # fmt: skip
+async def job_content(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileResponse:
+    """The audio; Range requests get 206 (multipart for several ranges)."""
+    return await _content(job_id, jobs, scope)
+
+
+@router.head("/v1/audio/speech/jobs/{job_id}/content", responses=errors(400, 404, 409, 416),
+             response_class=FileResponse)  # fmt: skip
+async def job_content_head(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileResponse:
+    """The audio's headers alone (Content-Length, Accept-Ranges)."""
+    return await _content(job_id, jobs, scope)
 
 
 _CAPTIONS = {"description": "The job's captions: one cue per synthesised segment (docs/jobs.md).",
@@ -100,7 +112,7 @@ async def delete_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, A
 
 @router.post(
     "/v1/audio/speech/batches", status_code=202, openapi_extra=json_request(SpeechBatchCreateParams),
-    responses=errors(*BODY_ERRORS, 404, 429, 503, 504),
+    responses=errors(*BODY_ERRORS, 404, 409, 429, 503, 504),
 )  # fmt: skip
 async def create_batch(
     params: Annotated[SpeechBatchCreateParams, Depends(json_body(SpeechBatchCreateParams))],
