@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import time
 
@@ -56,19 +57,20 @@ def _exchange(port: int, head: bytes, body_chunks=(), pause: float = 0.0) -> tup
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(head)
-        sock.setblocking(False)
+        sock.settimeout(5)  # a send the server stops reading ends there: it has answered, or will
         answer = b""
         for chunk in body_chunks:
-            with contextlib.suppress(BlockingIOError):
-                answer += sock.recv(65536)
+            if select.select([sock], [], [], 0)[0]:
+                with contextlib.suppress(OSError):
+                    answer += sock.recv(65536)
             if answer:
                 break
             try:
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
                 break
         time.sleep(pause)
-        sock.setblocking(True)
+        sock.settimeout(30)
         while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
             data = sock.recv(65536)
             if not data:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -37,7 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from voxport.faultlog import OncePerCause
-from voxport.files import TEMP_PREFIX, atomic_write
+from voxport.files import TEMP_PREFIX, atomic_write, clear_the_way, discard, lstat_is
+from voxport.skipped import SkippedFiles
 
 log = logging.getLogger("voxport.cache")
 
@@ -97,8 +99,8 @@ def read_entry(data: bytes) -> CachedAudio:
         payload = data[12 + header_len :]
         if len(payload) != meta["length"] or hashlib.md5(payload).hexdigest() != meta["md5"]:
             raise ValueError("payload does not match its header")
-    except (KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
-        raise ValueError(str(exc)) from None
+    except (KeyError, TypeError, struct.error, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)[:200]) from None
     return CachedAudio(payload, meta)
 
 
@@ -126,6 +128,7 @@ class AudioCache:
     on_evict: Callable[[int], None] | None = None  # told how many entries each sweep evicted
     stats: CacheStats = field(default_factory=CacheStats)
     memory_bytes: int = 0  # payload bytes of hot entries also kept in memory; 0: none
+    skipped: SkippedFiles = field(default_factory=SkippedFiles)  # what start-up found that is no entry
 
     def __post_init__(self) -> None:
         self._index: dict[str, _Entry] = {}
@@ -161,13 +164,17 @@ class AudioCache:
         """Scan the directory (in a worker thread): index entries, remove temp files left by a crash."""
         self.directory.mkdir(parents=True, exist_ok=True)
         index: dict[str, _Entry] = {}
-        for path in self.directory.glob("*/*"):
+        # Only real subdirectories and regular files: a symlink is never followed out of the data dir.
+        for path in (p for d in self.directory.iterdir() if lstat_is(d, stat.S_ISDIR) for p in d.iterdir()):
             if path.name.startswith(TEMP_PREFIX):
                 with contextlib.suppress(OSError):
                     path.unlink()
             elif path.suffix == _SUFFIX:
-                stat = path.stat()
-                index[path.stem] = _Entry(stat.st_size, stat.st_mtime, stat.st_atime)
+                if not lstat_is(path, stat.S_ISREG):  # replaced by the next write of its key
+                    self.skipped.add("cache", path.name, "not a regular file")
+                    continue
+                info = path.lstat()
+                index[path.stem] = _Entry(info.st_size, info.st_mtime, info.st_atime)
         with self._lock:
             self._index = index
             self._bytes = sum(e.size for e in index.values())
@@ -218,7 +225,7 @@ class AudioCache:
         except FileNotFoundError:
             self._forget(key)
             return None
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # OSError: a directory (or worse) where the entry was
             log.warning("cache entry %s is corrupt (%s): discarded", key, exc)
             self.stats.corrupt += 1
             self._remove(key)
@@ -234,6 +241,7 @@ class AudioCache:
 
     def _write(self, key: str, payload: bytes, meta: dict[str, Any]) -> None:
         path = self._path(key)
+        clear_the_way(path)
         atomic_write(path, entry_header(payload, meta), payload)
         now = time.time()
         size = path.stat().st_size
@@ -262,8 +270,9 @@ class AudioCache:
 
     def _remove(self, key: str) -> None:
         self._forget(key)
-        with contextlib.suppress(OSError):
-            self._path(key).unlink()
+        path = self._path(key)
+        if lstat_is(path.parent, stat.S_ISDIR):  # never through a symlinked subdirectory
+            discard(path)
 
     def sweep(self) -> int:
         """Drop expired entries, then the least recently used until under the size cap; bring the atime

@@ -32,6 +32,17 @@ def _default_data_dir() -> Path:
     return Path(base) / "voxport"
 
 
+# What a valid request's text can hold besides `input` (protocol/fields.py, protocol/timings.py,
+# lexicon.py; tests/test_strict_input.py sends the largest valid bodies): `instructions` (4096
+# characters), 100 `pronunciations` of a 100-character word and a 200-character respelling, a model id
+# and a voice id; a dialogue has up to 100 turns, each a voice id and its own 4096 characters of
+# instructions (its text counts against max_input_chars). A character is at most 12 bytes in JSON: a
+# surrogate pair of \\uXXXX escapes (what json.dumps writes by default for characters beyond U+FFFF).
+_ESCAPED = 12
+_MAX_INSTRUCTIONS, _MAX_VOICE_ID, _MAX_TURNS = 4096, 100, 100
+_SHARED_TEXT = _MAX_INSTRUCTIONS + 100 * (100 + 200) + 2 * _MAX_VOICE_ID
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOXPORT_", extra="ignore")
 
@@ -161,6 +172,11 @@ class Settings(BaseSettings):
     cache_sweep_s: float = Field(60, gt=0, description="Seconds between cache sweeps (TTL and size cap).")
     cache_memory_mb: float = Field(
         64, ge=0, description="MiB of hot cache entries (each up to 1 MiB) also kept in memory; 0: none."
+    )
+    cache_shared_across_keys: bool = Field(
+        False,
+        description="With several API keys, share cached audio between them (one tenant holding "
+        "several keys); off: each key has its own cache entries (docs/configuration.md, Tenants).",
     )
     max_concurrent: int | None = Field(
         None,
@@ -358,14 +374,16 @@ class Settings(BaseSettings):
 
     @property
     def max_json_body_bytes(self) -> int:
-        """The largest JSON body a valid request can need: `input` and `instructions` at six bytes a
-        character (JSON's \\uXXXX escapes), plus 64 KiB for every other field."""
-        return 6 * (self.max_input_chars + 4096) + 2**16
+        """The largest JSON body a valid speech request can be (docs/configuration.md, Limits): its text
+        (`input`, or a dialogue's turns with their voices and instructions), its `instructions` and its
+        `pronunciations`, every character a JSON escape, plus 64 KiB for the other fields and framing."""
+        dialogue = _MAX_TURNS * (_MAX_INSTRUCTIONS + _MAX_VOICE_ID)
+        return _ESCAPED * (self.max_input_chars + dialogue + _SHARED_TEXT) + 2**16
 
     @property
     def max_job_body_bytes(self) -> int:
-        """A job's JSON body: as a speech request's, for `max_job_chars` of input."""
-        return 6 * (self.max_job_chars + 4096) + 2**16
+        """A job's JSON body: a speech request for `max_job_chars` of input (a job has no dialogue)."""
+        return _ESCAPED * (self.max_job_chars + _SHARED_TEXT) + 2**16
 
     @property
     def max_batch_item_bytes(self) -> int:

@@ -1,11 +1,14 @@
-"""Writing files so that readers see the whole file or none of it."""
+"""Writing files so that readers see the whole file or none of it, and clearing what stands in a
+file's way without following a symlink out of the data dir."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,3 +41,28 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def lstat_is(path: Path, kind: Callable[[int], bool]) -> bool:
+    """Whether `path` itself (not what a symlink points to) is of that kind (stat.S_ISDIR, S_ISREG)."""
+    try:
+        return kind(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def discard(path: Path) -> None:
+    """Remove what is at `path`, a directory included, never following a symlink."""
+    if lstat_is(path, stat.S_ISDIR):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def clear_the_way(path: Path) -> None:
+    """Before an entry is written: its subdirectory a real one, and nothing but a file at its path."""
+    if path.parent.is_symlink() or (path.parent.exists() and not lstat_is(path.parent, stat.S_ISDIR)):
+        discard(path.parent)
+    if (path.exists() or path.is_symlink()) and not lstat_is(path, stat.S_ISREG):
+        discard(path)

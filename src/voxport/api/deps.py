@@ -43,11 +43,20 @@ async def _record() -> RequestRecord:
     return current.get()
 
 
-async def _speech_job() -> SpeechJob:
-    """The request's speech job, already on its record so that the access line can read it."""
+async def _speech_job(request: Request) -> SpeechJob:
+    """The request's speech job, already on its record so that the access line can read it; it belongs
+    to the caller's tenant (cancel, voices, cache partition)."""
     record = current.get()
-    record.speech = SpeechJob(record.request_id, started=record.started)
+    policy, shared = request.app.state.policy, request.app.state.settings.cache_shared_across_keys
+    record.speech = SpeechJob(record.request_id, started=record.started, tenant=policy.viewer(request),
+                              cache_scope=policy.cache_scope(request, shared))  # fmt: skip
     return record.speech
+
+
+async def _viewer(request: Request) -> str:
+    """The caller as a tenant (voxport.tenants): it owns the voices and consents it makes, and sees its
+    own and the shared ones; the admin key ('') sees all, and what it makes is shared."""
+    return request.app.state.policy.viewer(request)
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -57,3 +66,4 @@ CacheDep = Annotated[AudioCache, Depends(_cache)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 RecordDep = Annotated[RequestRecord, Depends(_record)]
 SpeechJobDep = Annotated[SpeechJob, Depends(_speech_job)]
+ViewerDep = Annotated[str, Depends(_viewer)]

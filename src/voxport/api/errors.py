@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from voxport.engine.base import EngineInputError, EngineUnavailable
-from voxport.errors import VoxportError, invalid, unavailable
+from voxport.errors import VoxportError, from_validation, invalid, unavailable
 
 log = logging.getLogger("voxport.api")
 _OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -28,6 +28,7 @@ STATUS: dict[str, int] = {
     "not_found": 404,
     "conflict": 409,
     "too_large": 413,
+    "unsatisfiable": 416,
     "busy": 429,
     "cancelled": 499,  # nginx's "client closed request"
     "internal": 500,
@@ -83,40 +84,7 @@ def error_response(error: VoxportError, headers: dict[str, str] | None = None) -
 
 def validation_error(exc: ValidationError | RequestValidationError) -> VoxportError:
     """Turn pydantic's first complaint into a 400 naming the offending request field."""
-    errors = exc.errors()
-    # A union (`voice`: a string or {"id"}) reports one complaint per branch: the one that is not about
-    # the other branch's type says what is wrong with what was sent.
-    same_field = [e for e in errors if e.get("loc", ())[:1] == errors[0].get("loc", ())[:1]]
-    first = next((e for e in same_field if not e.get("type", "").endswith("_type")), errors[0])
-    loc = [part for part in first.get("loc", ()) if part != "body"]
-    param = str(loc[0]) if loc else None
-    if len(loc) > 1 and isinstance(loc[1], int):  # an item of a list: `dialogue[3]`, `dialogue[3].voice`
-        param = f"{param}[{loc[1]}]" + (f".{loc[2]}" if len(loc) > 2 and isinstance(loc[2], str) else "")
-    kind = first.get("type", "")
-    if kind == "missing":
-        return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
-    if kind == "extra_forbidden":
-        return invalid(f"Unrecognized request argument supplied: '{param}'.", param, "unknown_parameter")
-    if kind == "json_invalid":
-        return invalid("The request body is not valid JSON.", None, "invalid_json")
-    if param is None:
-        return invalid(f"The request body is invalid: {first.get('msg')}.", None, "invalid_body")
-    detail = _length(first) or str(first.get("msg", "")).removeprefix("Value error, ")
-    return invalid(f"Invalid value for '{param}': {detail}.", param)
-
-
-def _length(error: Any) -> str | None:
-    """A length complaint in the value's own terms: pydantic says "item" of a text when the bound sits on
-    an optional field (`input`: "at least 1 item")."""
-    bound = {"too_short": ("at least", "min_length"), "too_long": ("at most", "max_length")}.get(
-        error["type"]
-    )
-    limit, value = (error.get("ctx") or {}).get(bound[1]) if bound else None, error.get("input")
-    if limit is None or not isinstance(value, str | list | dict):
-        return None
-    unit = {str: "character", dict: "entr"}.get(type(value), "item")
-    plural = {"entr": "ies"}.get(unit, "s") if limit != 1 else {"entr": "y"}.get(unit, "")
-    return f"should have {bound[0]} {limit} {unit}{plural}, not {len(value)}"
+    return from_validation(list(exc.errors()))
 
 
 async def _ours(_request: Request, exc: Exception) -> JSONResponse:

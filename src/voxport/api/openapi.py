@@ -24,6 +24,7 @@ _ERRORS: dict[int, str] = {
     408: "The request body stopped arriving (`--body-read-timeout-s`); the connection is closed.",
     409: "It clashes with the server's state: a name taken, the voice library full.",
     413: "The body or upload is over its limit; the connection is closed.",
+    416: "The `Range` asks for bytes past the end (`Content-Range: bytes */<size>` says the size).",
     429: "Every generation slot and queue place is taken: retry after `Retry-After` seconds.",
     499: "Cancelled through `POST /v1/audio/speech/cancel` (a buffered request).",
     503: "The engine (or ffmpeg) cannot serve now: retry after `Retry-After` seconds.",

@@ -19,7 +19,7 @@ from voxport.api.middleware import Answer, Probe
 from voxport.errors import unavailable
 from voxport.jobs.service import JobService
 from voxport.metrics import ResourceSampler
-from voxport.protocol import Health, HealthCache, HealthCapacity, HealthJobs, HealthRouting
+from voxport.protocol import Health, HealthCache, HealthCapacity, HealthJobs, HealthRouting, HealthSkipped
 from voxport.speech import SpeechService
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class Probes:
             jobs.cancelled_total, cache.enabled, cache.entries, cache.bytes, cache.stats.hits,
             cache.stats.misses, cache.stats.evictions, admission.load_score, sampler.rss_bytes,
             sampler.gpu_memory_bytes, queue["queued"], queue["running"], self._redis_state(), speech.draining,
+            len(self._skipped()),
         )  # fmt: skip
         if key != self._key:
             self._body = self._render(key).model_dump_json().encode()
@@ -99,7 +100,16 @@ class Probes:
             routing=HealthRouting(load_score=key[12], accepts_requests=ready),
             rss_bytes=key[13], gpu_memory_bytes=key[14], jobs=HealthJobs(queued=key[15], running=key[16]),
             redis=key[17], degraded=self.degraded(), draining=key[18],
+            skipped=[HealthSkipped(kind=kind, name=name) for kind, name in self._skipped()],
         )  # fmt: skip
+
+    def _skipped(self) -> list[tuple[str, str]]:
+        """Files start-up skipped (voxport.skipped): library voices, consents, job rows, cache entries."""
+        voices, found = self.speech.voices, []
+        for holder in (voices, self.speech.cache, self.jobs.store):
+            skipped = getattr(holder, "skipped", None)  # the Redis cache and job store keep no files
+            found += skipped.items if skipped is not None else []
+        return found
 
     def _redis_state(self) -> str | None:
         return None if self.redis is None else "ok" if self.redis.available else "unreachable"

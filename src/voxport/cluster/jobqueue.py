@@ -76,8 +76,8 @@ class RedisJobRunner:
     def plan(self, text: str, language: str | None = None) -> list[str]:
         return self.work.plan(text, language)
 
-    async def prepare(self, params: SpeechCreateParams, text: str):  # noqa: ANN201 - PreparedSpeech
-        return await self.work.prepare(params, text)
+    async def prepare(self, params: SpeechCreateParams, text: str, tenant: str = ""):  # noqa: ANN201
+        return await self.work.prepare(params, text, tenant)
 
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._loop(), name="voxport-jobs-redis"),

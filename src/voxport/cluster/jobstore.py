@@ -190,8 +190,8 @@ class RedisJobStore:
         index = self.key("jobs", "all") if scope is None else self.key("jobs", "list", scope)
         top: str | float = "+inf"
         if after is not None:
-            seq = await self.r.hget(self.key("job", after), "seq")
-            if seq is None:
+            seq, owner = await self.r.hmget(self.key("job", after), ["seq", "scope"])
+            if seq is None or (scope is not None and (owner or b"").decode() != scope):  # no oracle
                 raise KeyError(after)
             top = f"({int(seq)}"
         ids = await self.r.zrevrangebyscore(index, top, "-inf", start=0, num=limit + 1)

@@ -145,8 +145,8 @@ class JobRunner:
     def plan(self, text: str, language: str | None = None) -> list[str]:
         return self.work.plan(text, language)
 
-    async def prepare(self, params: SpeechCreateParams, text: str) -> PreparedSpeech:
-        return await self.work.prepare(params, text)
+    async def prepare(self, params: SpeechCreateParams, text: str, tenant: str = "") -> PreparedSpeech:
+        return await self.work.prepare(params, text, tenant)
 
     async def _run(self, job: Job) -> None:
         cancel = self.running[job.id]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from voxport.config import Settings
-from voxport.errors import Kind, VoxportError
+from voxport.errors import Kind, VoxportError, from_validation
 from voxport.jobs import captions
 from voxport.jobs.backend import BackendFactory, JobHooks, embedded_backend
 from voxport.jobs.metrics import JobMetrics
@@ -111,7 +112,9 @@ class JobService:
         except WebhookURLError as exc:
             raise _error("invalid", str(exc), param, "invalid_webhook_url") from None
 
-    async def _validate_speech(self, params: SpeechCreateParams, limit: int, prefix: str = "") -> None:
+    async def _validate_speech(
+        self, params: SpeechCreateParams, limit: int, scope: str, prefix: str = ""
+    ) -> None:
         """What the speech service would refuse (model, voice, format, rates), refused now, with the
         field named; and the job's own input limit. A job speaks `input` (dialogues are live-only for
         now); its timings are its captions (GET .../captions), not `timestamps`."""
@@ -130,7 +133,7 @@ class JobService:
         try:
             # Planning is linear in the text (up to max_job_chars), but off the event loop all the same.
             plan = await asyncio.to_thread(self.runner.plan, params.input, params.language)
-            await self.runner.prepare(params, plan[0])
+            await self.runner.prepare(params, plan[0], scope)
         except VoxportError as exc:
             if not exc.client_fault or not prefix:
                 raise
@@ -144,7 +147,7 @@ class JobService:
         self, params: SpeechJobCreateParams, *, scope: str, idempotency_key: str | None
     ) -> dict[str, Any]:
         self._check_webhook(params.webhook_url)
-        await self._validate_speech(params, self.settings.max_job_chars)
+        await self._validate_speech(params, self.settings.max_job_chars, scope)
         job = await self._enqueue(self.store.create_job, params.speech_body(), params, scope, idempotency_key)
         return job_object(job)
 
@@ -163,7 +166,22 @@ class JobService:
         if created:
             await self.refresh_counts()
             self.runner.wake()
+        else:
+            await self._same_body(made, what, params)
         return made
+
+    async def _same_body(self, made: Any, what: Any, params: SpeechJobCreateParams | SpeechBatchCreateParams
+                         ) -> None:  # fmt: skip
+        """An Idempotency-Key sent again must come with the body it was first sent with (as Stripe's)."""
+        if isinstance(made, Job):
+            kept: Any = made.request
+        else:  # a batch: its jobs' requests (unless one was deleted since)
+            jobs = [await self.store.get(job_id) for job_id in made.job_ids]
+            kept = [job.request for job in jobs] if all(jobs) else json.loads(json.dumps(what))
+        if (kept, made.metadata, made.webhook_url) != (json.loads(json.dumps(what)), params.metadata,
+                                                       params.webhook_url):  # fmt: skip
+            message = "This Idempotency-Key was first sent with another request body; send a new key."
+            raise _error("conflict", message, "Idempotency-Key", "idempotency_key_reused")
 
     async def create_batch(
         self, params: SpeechBatchCreateParams, *, scope: str, idempotency_key: str | None
@@ -176,14 +194,11 @@ class JobService:
         bodies = []
         for index, raw in enumerate(params.requests):
             prefix = f"requests[{index}]."
-            try:
-                speech = SpeechCreateParams.model_validate(raw)
+            try:  # as strictly as POST /v1/audio/speech and /jobs validate their bodies
+                speech = SpeechCreateParams.model_validate(raw, strict=True)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                field = ".".join(str(p) for p in first.get("loc", ()))
-                raise _error("invalid", f"Invalid value for '{prefix}{field}': {first.get('msg')}.",
-                               f"{prefix}{field}") from None  # fmt: skip
-            await self._validate_speech(speech, self.settings.max_input_chars, prefix)
+                raise from_validation(exc.errors(), prefix) from None
+            await self._validate_speech(speech, self.settings.max_input_chars, scope, prefix)
             bodies.append(stored_speech_body(speech))
         batch = await self._enqueue(self.store.create_batch, bodies, params, scope, idempotency_key)
         return batch_object(batch)

@@ -1,233 +1,45 @@
-"""The job store: jobs, batches and webhook deliveries in one SQLite file under <data-dir>/jobs/.
-
-SQLite is embedded (no server to run) and survives kill -9 (WAL, each change its own transaction). Every
-call runs on one dedicated worker thread that owns the connection, so the event loop never waits on disk
-and the connection is never shared between threads.
+"""The job store (docs/jobs.md): jobs, batches and webhook deliveries in one SQLite file under
+<data-dir>/jobs/ (`sqlite.SQLiteWorker`: one connection on its own thread). This module holds the jobs'
+rows; batches_store.py and deliveries.py the others'; records.py what they are.
 
 Segment audio lives beside the database, one directory per job (`segments.SegmentFiles`): the rows say what is
 known about a job, the files are its work. A finished segment is written atomically before its progress is
 recorded, so after a crash the files are the truth and the counters are recomputed from them.
-
-It is longer than 300 lines because jobs, batches and webhook deliveries share one connection, its
-worker thread and its transactions (a batch and its jobs are created, and completed, in one).
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
-import secrets
 import sqlite3
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from voxport.jobs.batches_store import BatchRows
+from voxport.jobs.deliveries import DeliveryRows
+from voxport.jobs.records import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    JSON_FIELDS,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    UNFINISHED,
+    Batch,
+    Delivery,
+    Job,
+    QuotaExceeded,
+    dump,
+    job_from_row,
+    key_scope,
+    new_id,
+)
+from voxport.skipped import UNREADABLE
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-FINISHED = (SUCCEEDED, FAILED, CANCELLED)
-UNFINISHED = (QUEUED, RUNNING)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    scope TEXT NOT NULL,
-    idempotency_key TEXT,
-    batch_id TEXT,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    expires_at REAL,
-    request TEXT NOT NULL,
-    metadata TEXT,
-    webhook_url TEXT,
-    segments TEXT,
-    segments_done INTEGER NOT NULL DEFAULT 0,
-    segments_total INTEGER NOT NULL DEFAULT 0,
-    audio_seconds REAL NOT NULL DEFAULT 0,
-    segments_generated INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    result TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (scope, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
-CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, seq);
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    scope TEXT NOT NULL,
-    idempotency_key TEXT,
-    created_at REAL NOT NULL,
-    completed_at REAL,
-    metadata TEXT,
-    webhook_url TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS batches_idempotency ON batches (scope, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS deliveries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    subject TEXT NOT NULL,
-    event TEXT NOT NULL,
-    url TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_status INTEGER,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
-"""
+__all__ = ["CANCELLED", "FAILED", "FINISHED", "QUEUED", "RUNNING", "SUCCEEDED", "UNFINISHED", "Batch",
+           "Delivery", "Job", "JobStore", "QuotaExceeded", "key_scope", "new_id"]  # fmt: skip
 
 
-class QuotaExceeded(Exception):
-    def __init__(self, message: str, per_key: bool):
-        super().__init__(message)
-        self.per_key = per_key
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
-
-
-def key_scope(api_key: str | None) -> str:
-    """Who owns a job: a hash of the API key that created it ('' when the server has no keys). Keys
-    themselves are never stored."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:32] if api_key else ""
-
-
-@dataclass
-class Job:
-    id: str
-    scope: str
-    status: str
-    created_at: float
-    request: dict[str, Any]
-    seq: int = 0
-    idempotency_key: str | None = None
-    batch_id: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    expires_at: float | None = None
-    metadata: dict[str, str] | None = None
-    webhook_url: str | None = None
-    segments: list[str] | None = None  # the plan, fixed when the job first starts
-    segments_done: int = 0
-    segments_total: int = 0
-    audio_seconds: float = 0.0
-    segments_generated: int = 0  # segments the engine produced for this job, across restarts
-    error: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-
-@dataclass
-class Batch:
-    id: str
-    scope: str
-    created_at: float
-    seq: int = 0
-    idempotency_key: str | None = None
-    completed_at: float | None = None
-    metadata: dict[str, str] | None = None
-    webhook_url: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)  # jobs by status
-    job_ids: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Delivery:
-    id: str
-    subject: str
-    event: str
-    url: str
-    payload: str
-    status: str  # pending | delivered | failed
-    created_at: float
-    next_attempt_at: float
-    attempts: int = 0
-    last_status: int | None = None
-    last_error: str | None = None
-    seq: int = 0
-
-
-_JSON_FIELDS = {"request", "metadata", "segments", "error", "result"}
-
-
-def _job(row: sqlite3.Row) -> Job:
-    data = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a mapping
-    for name in _JSON_FIELDS:
-        if data.get(name) is not None:
-            data[name] = json.loads(data[name])
-    return Job(**data)
-
-
-def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
-class JobStore:
-    """Async facade over one SQLite connection living on its own thread."""
-
-    def __init__(self, root: Path, clock: Callable[[], float] = time.time):
-        self.root = root
-        self.clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxport-jobstore")
-        self._db: sqlite3.Connection | None = None
-
-    # -- plumbing ---------------------------------------------------------------------------------
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def _open(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.root / "jobs.sqlite3", isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a finished segment recorded is a finished segment kept
-        db.executescript(_SCHEMA)
-        self._db = db
-
-    async def open(self) -> None:
-        await self._run(self._open)
-
-    async def close(self) -> None:
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await self._run(close)
-        self._executor.shutdown(wait=True)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "JobStore.open() first"
-        return self._db
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return out
+class JobStore(BatchRows, DeliveryRows):
+    """Jobs, batches and webhook deliveries, over one SQLite connection living on its own thread."""
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -235,7 +47,18 @@ class JobStore:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None or (scope is not None and row["scope"] != scope):
             return None
-        return _job(row)
+        found = self._parse([row])
+        return found[0] if found else None
+
+    def _parse(self, rows: list[sqlite3.Row]) -> list[Job]:
+        """The rows that parse; a damaged one is skipped (logged once, named in /health), never a 500."""
+        jobs = []
+        for row in rows:
+            try:
+                jobs.append(job_from_row(row))
+            except UNREADABLE as exc:
+                self.skipped.add("job", str(row["id"]), exc)
+        return jobs
 
     async def get(self, job_id: str, scope: str | None = None) -> Job | None:
         """A job by id; with `scope`, only if that API key owns it."""
@@ -266,7 +89,7 @@ class JobStore:
             "INSERT INTO jobs (id, scope, idempotency_key, batch_id, status, created_at, request, metadata,"
             " webhook_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job.id, job.scope, job.idempotency_key, job.batch_id, job.status, job.created_at,
-             _dump(job.request), _dump(job.metadata), job.webhook_url),
+             dump(job.request), dump(job.metadata), job.webhook_url),
         )  # fmt: skip
         job.seq = cur.lastrowid or 0
 
@@ -289,7 +112,7 @@ class JobStore:
                     "SELECT * FROM jobs WHERE scope = ? AND idempotency_key = ?", (scope, idempotency_key)
                 ).fetchone()
                 if row is not None:
-                    return _job(row), False
+                    return job_from_row(row), False
             self._check_quota(db, scope, 1, max_queued, max_queued_per_key)
             job = Job(new_id("speechjob"), scope, QUEUED, self.clock(), request, metadata=metadata,
                       webhook_url=webhook_url, idempotency_key=idempotency_key)  # fmt: skip
@@ -297,83 +120,6 @@ class JobStore:
             return job, True
 
         return await self._run(self._tx, create)
-
-    async def create_batch(
-        self,
-        requests: list[dict[str, Any]],
-        *,
-        scope: str = "",
-        metadata: dict[str, str] | None = None,
-        webhook_url: str | None = None,
-        idempotency_key: str | None = None,
-        max_queued: int | None = None,
-        max_queued_per_key: int | None = None,
-    ) -> tuple[Batch, bool]:
-        """A batch and one job per request, all or nothing (the quota counts every job)."""
-
-        def create(db: sqlite3.Connection) -> tuple[Batch, bool]:
-            if idempotency_key is not None:
-                row = db.execute(
-                    "SELECT id FROM batches WHERE scope = ? AND idempotency_key = ?", (scope, idempotency_key)
-                ).fetchone()
-                if row is not None:
-                    batch = self._get_batch(row["id"])
-                    assert batch is not None
-                    return batch, False
-            self._check_quota(db, scope, len(requests), max_queued, max_queued_per_key)
-            now = self.clock()
-            batch = Batch(new_id("speechbatch"), scope, now, metadata=metadata, webhook_url=webhook_url,
-                          idempotency_key=idempotency_key)  # fmt: skip
-            cur = db.execute(
-                "INSERT INTO batches (id, scope, idempotency_key, created_at, metadata, webhook_url)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (batch.id, scope, idempotency_key, now, _dump(metadata), webhook_url),
-            )
-            batch.seq = cur.lastrowid or 0
-            for request in requests:
-                # The batch's webhook reports the batch; its jobs send none of their own.
-                job = Job(new_id("speechjob"), scope, QUEUED, now, request, batch_id=batch.id)
-                self._insert_job(db, job)
-                batch.job_ids.append(job.id)
-            batch.counts = {QUEUED: len(requests)}
-            return batch, True
-
-        return await self._run(self._tx, create)
-
-    def _get_batch(self, batch_id: str, scope: str | None = None) -> Batch | None:
-        row = self.db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
-        if row is None or (scope is not None and row["scope"] != scope):
-            return None
-        data = {k: row[k] for k in row.keys()}  # noqa: SIM118
-        data["metadata"] = json.loads(data["metadata"]) if data["metadata"] else None
-        batch = Batch(**data)
-        rows = self.db.execute("SELECT id, status FROM jobs WHERE batch_id = ? ORDER BY seq", (batch_id,))
-        for job in rows:
-            batch.job_ids.append(job["id"])
-            batch.counts[job["status"]] = batch.counts.get(job["status"], 0) + 1
-        return batch
-
-    async def get_batch(self, batch_id: str, scope: str | None = None) -> Batch | None:
-        return await self._run(self._get_batch, batch_id, scope)
-
-    async def complete_batch(self, batch_id: str) -> Batch | None:
-        """Mark a batch completed once every job in it has finished: the batch, the first time only."""
-
-        def complete(db: sqlite3.Connection) -> Batch | None:
-            marks = ",".join("?" * len(UNFINISHED))
-            (left,) = db.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE batch_id = ? AND status IN ({marks})",
-                (batch_id, *UNFINISHED),
-            ).fetchone()
-            if left:
-                return None
-            cur = db.execute(
-                "UPDATE batches SET completed_at = ? WHERE id = ? AND completed_at IS NULL",
-                (self.clock(), batch_id),
-            )
-            return self._get_batch(batch_id) if cur.rowcount else None
-
-        return await self._run(self._tx, complete)
 
     async def list_jobs(
         self, scope: str | None, limit: int = 20, after: str | None = None
@@ -386,8 +132,9 @@ class JobStore:
                 where.append("scope = ?")
                 args.append(scope)
             if after is not None:
-                row = self.db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
-                if row is None:
+                # Another tenant's job is as unknown as no job: no existence oracle.
+                row = self.db.execute("SELECT seq, scope FROM jobs WHERE id = ?", (after,)).fetchone()
+                if row is None or (scope is not None and row["scope"] != scope):
                     raise KeyError(after)
                 where.append("seq < ?")
                 args.append(row["seq"])
@@ -395,7 +142,7 @@ class JobStore:
             rows = self.db.execute(
                 f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)
             ).fetchall()
-            return [_job(r) for r in rows[:limit]], len(rows) > limit
+            return self._parse(rows[:limit]), len(rows) > limit
 
         return await self._run(list_)
 
@@ -407,7 +154,7 @@ class JobStore:
                 "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY (status = ?) DESC, seq LIMIT ?",
                 (RUNNING, QUEUED, RUNNING, limit),
             ).fetchall()
-            return [_job(r) for r in rows]
+            return self._parse(rows)
 
         return await self._run(next_)
 
@@ -420,7 +167,7 @@ class JobStore:
 
     def _update(self, job_id: str, where: str, args: tuple[Any, ...], **values: Any) -> bool:
         sets = ", ".join(f"{k} = ?" for k in values)
-        params = tuple(_dump(v) if k in _JSON_FIELDS else v for k, v in values.items())
+        params = tuple(dump(v) if k in JSON_FIELDS else v for k, v in values.items())
         cur = self.db.execute(f"UPDATE jobs SET {sets} WHERE id = ? {where}", (*params, job_id, *args))
         return cur.rowcount > 0
 
@@ -498,54 +245,3 @@ class JobStore:
             return [r["id"] for r in rows]
 
         return await self._run(self._tx, expire)
-
-    # -- webhook deliveries -----------------------------------------------------------------------
-
-    async def enqueue_delivery(self, subject: str, event: str, url: str, payload: str) -> Delivery:
-        def add() -> Delivery:
-            now = self.clock()
-            delivery = Delivery(new_id("msg"), subject, event, url, payload, "pending", now, now)
-            cur = self.db.execute(
-                "INSERT INTO deliveries (id, subject, event, url, payload, status, created_at,"
-                " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (delivery.id, subject, event, url, payload, delivery.status, now, now),
-            )
-            delivery.seq = cur.lastrowid or 0
-            return delivery
-
-        return await self._run(add)
-
-    async def due_deliveries(self, now: float | None = None) -> tuple[list[Delivery], float | None]:
-        """(pending deliveries due now, when the next one after them is due)."""
-
-        def due() -> tuple[list[Delivery], float | None]:
-            at = self.clock() if now is None else now
-            rows = self.db.execute(
-                "SELECT * FROM deliveries WHERE status = 'pending' ORDER BY next_attempt_at"
-            ).fetchall()
-            ready = [Delivery(**dict(r)) for r in rows if r["next_attempt_at"] <= at]
-            later = [r["next_attempt_at"] for r in rows if r["next_attempt_at"] > at]
-            return ready, (min(later) if later else None)
-
-        return await self._run(due)
-
-    async def record_attempt(self, delivery_id: str, *, status: str, next_attempt_at: float,
-                             http_status: int | None, error: str | None) -> None:  # fmt: skip
-        def record() -> None:
-            self.db.execute(
-                "UPDATE deliveries SET attempts = attempts + 1, status = ?, next_attempt_at = ?,"
-                " last_status = ?, last_error = ? WHERE id = ?",
-                (status, next_attempt_at, http_status, error, delivery_id),
-            )
-
-        await self._run(record)
-
-    async def deliveries(self, subject: str | None = None) -> list[Delivery]:
-        def all_() -> list[Delivery]:
-            if subject is None:
-                rows = self.db.execute("SELECT * FROM deliveries ORDER BY seq").fetchall()
-            else:
-                rows = self.db.execute("SELECT * FROM deliveries WHERE subject = ? ORDER BY seq", (subject,))
-            return [Delivery(**dict(r)) for r in rows]
-
-        return await self._run(all_)

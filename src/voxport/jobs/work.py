@@ -57,11 +57,12 @@ class SegmentWork:
         cap = min(self.settings.segment_max_chars, self.settings.max_input_chars)
         return segment(normalize(text, language), cap, pack=True, language=language) or [text]
 
-    async def prepare(self, params: SpeechCreateParams, text: str) -> PreparedSpeech:
-        """One segment as a live request for that text would be prepared (voice, limits, prefix)."""
+    async def prepare(self, params: SpeechCreateParams, text: str, tenant: str = "") -> PreparedSpeech:
+        """One segment as a live request for that text would be prepared (voice, limits, prefix); `tenant`:
+        whose voices it may use (checked when the job is submitted)."""
         update = {"input": text, "stream": False, "stream_format": "audio"}
         preparer = self.speech.preparer
-        return await preparer.complete(await preparer.plan(params.model_copy(update=update)))
+        return await preparer.complete(await preparer.plan(params.model_copy(update=update), tenant=tenant))
 
     async def generate(
         self, job_id: str, index: int, params: SpeechCreateParams, text: str, cancel: asyncio.Event

@@ -18,6 +18,7 @@ from voxport.protocol.ops import (  # noqa: F401
     HealthCapacity,
     HealthJobs,
     HealthRouting,
+    HealthSkipped,
     Model,
     ModelList,
     Ready,

@@ -57,6 +57,13 @@ class HealthJobs(BaseModel):
     running: int
 
 
+class HealthSkipped(BaseModel):
+    """A file start-up could not read and skipped (voxport.skipped): its kind and name, never a path."""
+
+    kind: Literal["voice", "consent", "job", "cache"]
+    name: str
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
@@ -80,3 +87,4 @@ class Health(BaseModel):
     jobs: HealthJobs | None = None
     redis: Literal["ok", "unreachable"] | None = None  # None: no shared Redis configured
     degraded: list[str] = []  # as /ready's
+    skipped: list[HealthSkipped] = []  # unreadable files start-up skipped; everything else serves

@@ -50,12 +50,13 @@ def text_length(params: SpeechCreateParams, max_chars: int, upload: bool) -> int
     return chars
 
 
-def voices(registry: VoiceRegistry, params: SpeechCreateParams) -> list[Voice]:
-    """Every turn's voice, looked up up front: the first unknown one is an `invalid` error naming its turn."""
+def voices(registry: VoiceRegistry, params: SpeechCreateParams, tenant: str = "") -> list[Voice]:
+    """Every turn's voice (those `tenant` may use), looked up up front: the first unknown one is an
+    `invalid` error naming its turn."""
     assert params.dialogue is not None
     found = []
     for index, turn in enumerate(params.dialogue):
-        voice = registry.get(turn.voice)
+        voice = registry.get(turn.voice, tenant)
         if voice is None:
             message = f"Unknown voice '{turn.voice}' in dialogue turn {index}."
             raise invalid(f"{message} See GET /v1/audio/voices for the voices available.",

@@ -21,6 +21,8 @@ class SpeechJob:
 
     request_id: str
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    tenant: str = ""  # whose voices it may use and who may cancel it ('': every tenant's; voxport.tenants)
+    cache_scope: str = ""  # its cache partition ('': the shared one)
     started: float = field(default_factory=time.perf_counter)  # arrival; first audio counts from here
     opened: bool = False  # registered in flight (its request got past validation)
     first_audio: float | None = None  # seconds from start to the first audio chunk
@@ -82,13 +84,13 @@ class JobRegistry:
             if self._on_cancelled is not None:
                 self._on_cancelled()
 
-    def cancel(self, request_id: str) -> bool:
-        jobs = self.active.get(request_id)
-        if not jobs:
-            return False
+    def cancel(self, request_id: str, viewer: str = "") -> bool:
+        """Cancel the requests in flight under `request_id` that `viewer` may see (another tenant's are
+        as unknown as no request)."""
+        jobs = [job for job in self.active.get(request_id, []) if not viewer or job.tenant == viewer]
         for job in jobs:
             job.cancel.set()
-        return True
+        return bool(jobs)
 
 
 async def with_deadline(work: Awaitable[T], seconds: float) -> T:

@@ -131,8 +131,8 @@ class Preparer:
             level = await asyncio.to_thread(measure, recording.samples, ENCODER_RATE)
         return _Voice(prompt, "adhoc", prompt.key, level=level)
 
-    def _named(self, params: SpeechCreateParams) -> Voice:
-        voice = self.voices.get(params.voice_id)
+    def _named(self, params: SpeechCreateParams, tenant: str) -> Voice:
+        voice = self.voices.get(params.voice_id, tenant)
         if voice is None:
             raise invalid(
                 f"Unknown voice '{params.voice_id}'. See GET /v1/audio/voices for the voices available.",
@@ -149,8 +149,10 @@ class Preparer:
         return _Voice(prompt, voice.kind, voice.key, voice.seed)
 
     async def plan(
-        self, params: SpeechCreateParams, stream: bool = False, upload: VoiceUpload | None = None
-    ) -> SpeechPlan:
+        self, params: SpeechCreateParams, stream: bool = False, upload: VoiceUpload | None = None,
+        tenant: str = "",
+    ) -> SpeechPlan:  # fmt: skip
+        """`tenant`: whose library voices the request may use (voxport.tenants; '': every tenant's)."""
         # An uploaded recording is checked before the parameters, a named voice after them.
         loudness = params.loudness if "loudness" in params.model_fields_set else self.settings.loudness
         adhoc = await self._uploaded(upload, loudness) if upload is not None else None
@@ -160,8 +162,8 @@ class Preparer:
         timesteps = params.inference_timesteps or self.engine.info.inference_timesteps or 10
         if adhoc is None:
             await self.voices.refresh()  # shared library: what other replicas added or deleted
-        turns = dialogue.voices(self.voices, params) if params.dialogue else []
-        voice = adhoc or (turns[0] if turns else self._named(params))
+        turns = dialogue.voices(self.voices, params, tenant) if params.dialogue else []
+        voice = adhoc or (turns[0] if turns else self._named(params, tenant))
         # A designed voice keeps its seed: it sounds the same every time.
         seed = params.seed if params.seed is not None else voice.seed
         sse = params.stream_format == "sse"

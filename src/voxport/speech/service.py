@@ -61,8 +61,8 @@ class SpeechService:
         """Whether new work should come here: /ready, the job runner and load balancers follow it."""
         return self.engine.ready and not self.watch.stalled and self.voices.loaded and not self.draining
 
-    def cancel(self, request_id: str) -> None:
-        if not self.jobs.cancel(request_id):
+    def cancel(self, request_id: str, viewer: str = "") -> None:
+        if not self.jobs.cancel(request_id, viewer):
             raise VoxportError("not_found", f"No request '{request_id}' is in flight.",
                                param="request_id", code="request_not_found")  # fmt: skip
 
@@ -76,10 +76,12 @@ class SpeechService:
         no_cache: bool = False,
     ) -> SpeechResult | SpeechStream:
         """Serve one request. `job` is the request's ticket: its id, arrival time and cancel switch."""
-        plan = await self.preparer.plan(params, stream=stream, upload=upload)
+        plan = await self.preparer.plan(params, stream=stream, upload=upload, tenant=job.tenant)
         job.voice_kind, job.chars = plan.voice_kind, plan.chars
         state = self._cache_state(no_cache, plan.voice_kind)
-        key = cache_key(plan.cache_fields) if state == "USE" else None
+        # Each tenant's entries are its own (no X-Cache oracle), unless the cache is shared across keys.
+        scope = {"tenant": job.cache_scope} if job.cache_scope else {}
+        key = cache_key(plan.cache_fields | scope) if state == "USE" else None
         if self.settings.log_request_text:
             job.text = params.input or ""
         self.jobs.open(job)

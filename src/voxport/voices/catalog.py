@@ -68,6 +68,7 @@ class Voice:
     duration: float | None = None
     created: float = field(default_factory=time.time)
     consent: str | None = None  # the consent id a user voice was created with
+    owner: str = ""  # the tenant a user voice belongs to ('': shared; voxport.tenants), never shown
 
     def public(self, default: str) -> dict:
         return {

@@ -19,6 +19,8 @@ from typing import Any
 
 from voxport.errors import VoxportError, invalid
 from voxport.files import TEMP_PREFIX, atomic_write
+from voxport.skipped import UNREADABLE, SkippedFiles
+from voxport.tenants import visible
 
 log = logging.getLogger("voxport.voices")
 
@@ -29,12 +31,26 @@ class Consent:
     name: str
     language: str
     created: float
+    owner: str = ""  # the tenant it belongs to ('': shared; voxport.tenants), never shown
 
     def public(self) -> dict:
         return {"id": self.id, "name": self.name, "language": self.language, "created_at": int(self.created)}
 
 
-def _read(root: Path) -> dict[str, Consent]:
+def _parse(path: Path) -> Consent:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    consent = Consent(**data)
+    fields = (consent.id, consent.name, consent.language, consent.owner)
+    if not all(isinstance(f, str) for f in fields) or not isinstance(consent.created, (int, float)):
+        raise ValueError("a field has the wrong type")
+    if f"{consent.id}.json" != path.name:
+        raise ValueError("its id is not its file's")
+    return consent
+
+
+def _read(root: Path, skipped: SkippedFiles) -> dict[str, Consent]:
     found: list[Consent] = []
     if not root.is_dir():
         return {}
@@ -44,9 +60,9 @@ def _read(root: Path) -> dict[str, Consent]:
                 path.unlink()
         elif path.suffix == ".json":
             try:
-                found.append(Consent(**json.loads(path.read_text(encoding="utf-8"))))
-            except (OSError, ValueError, TypeError) as exc:
-                log.warning("skipping unreadable voice consent %s: %s", path.name, exc)
+                found.append(_parse(path))
+            except UNREADABLE as exc:
+                skipped.add("consent", path.stem, exc)
     return {c.id: c for c in sorted(found, key=lambda c: (c.created, c.id))}
 
 
@@ -71,9 +87,10 @@ def _offer(root: Path, consents: list[Consent]) -> list[tuple[dict[str, Any], by
 
 
 class ConsentStore:
-    def __init__(self, root: Path, shared: Any = None):
+    def __init__(self, root: Path, shared: Any = None, skipped: SkippedFiles | None = None):
         self.root = root
         self.shared = shared  # a LibraryMirror, or None: this replica's consents only
+        self.skipped = skipped or SkippedFiles()
         self._items: dict[str, Consent] = {}  # oldest first
 
     def _sharing(self) -> Any:
@@ -104,36 +121,37 @@ class ConsentStore:
     # -- the routes' side ------------------------------------------------------------------------------
 
     async def load(self) -> None:
-        self._items = await asyncio.to_thread(_read, self.root)
+        self._items = await asyncio.to_thread(_read, self.root, self.skipped)
 
-    def get(self, consent_id: str, param: str | None = None) -> Consent:
-        """The consent, or `not_found`; with `param`, an unknown id is the request's fault (`invalid`)."""
+    def get(self, consent_id: str, param: str | None = None, viewer: str = "") -> Consent:
+        """The consent, or `not_found` (another tenant's too); with `param`, an unknown id is the request's
+        fault (`invalid`)."""
         found = self._items.get(consent_id)
-        if found is not None:
+        if found is not None and visible(found.owner, viewer):
             return found
         message = f"No voice consent '{consent_id}'."
         if param is not None:
             raise invalid(message, param, "consent_not_found")
         raise VoxportError("not_found", message, code="consent_not_found")
 
-    def page(self, after: str | None, limit: int) -> tuple[list[Consent], bool]:
-        """Newest first; `after`: the page starts after that consent."""
-        newest = list(reversed(self._items.values()))
+    def page(self, after: str | None, limit: int, viewer: str = "") -> tuple[list[Consent], bool]:
+        """Newest first, those `viewer` may see; `after`: the page starts after that consent."""
+        newest = [c for c in reversed(self._items.values()) if visible(c.owner, viewer)]
         start = 0
         if after is not None:
-            start = newest.index(self.get(after, "after")) + 1
+            start = newest.index(self.get(after, "after", viewer)) + 1
         return newest[start : start + limit], start + limit < len(newest)
 
-    async def create(self, name: str, language: str, wav: bytes) -> Consent:
-        consent = Consent(f"cons_{secrets.token_hex(12)}", name, language, time.time())
+    async def create(self, name: str, language: str, wav: bytes, owner: str = "") -> Consent:
+        consent = Consent(f"cons_{secrets.token_hex(12)}", name, language, time.time(), owner)
         async with self._sharing():
             await self._publish(consent, wav)
             await asyncio.to_thread(_write, self.root, consent, wav)
             self._items[consent.id] = consent
         return consent
 
-    async def rename(self, consent_id: str, name: str) -> Consent:
-        renamed = Consent(**{**asdict(self.get(consent_id)), "name": name})
+    async def rename(self, consent_id: str, name: str, viewer: str = "") -> Consent:
+        renamed = Consent(**{**asdict(self.get(consent_id, None, viewer)), "name": name})
         async with self._sharing():
             await self._publish(renamed, None)
             await asyncio.to_thread(_write, self.root, renamed, None)

@@ -20,12 +20,14 @@ import numpy as np
 from voxport.audio import write_wav
 from voxport.errors import VoxportError
 from voxport.files import TEMP_PREFIX
+from voxport.skipped import UNREADABLE, SkippedFiles
 from voxport.voices.catalog import Voice
 
 log = logging.getLogger("voxport.voices")
 
 
-def read(library: Path) -> dict[str, Voice]:
+def read(library: Path, skipped: SkippedFiles | None = None) -> dict[str, Voice]:
+    """The library's voices; one whose `voice.json` cannot be read is skipped (and told to `skipped`)."""
     voices: dict[str, Voice] = {}
     if not library.is_dir():
         return voices
@@ -35,13 +37,18 @@ def read(library: Path) -> dict[str, Voice]:
             continue
         try:
             meta = json.loads((folder / "voice.json").read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or meta.get("id") != folder.name:
+                raise ValueError("voice.json does not describe this folder's voice")
             voices[meta["id"]] = Voice(
                 meta["id"], "uploaded", "user", meta["key"], name=meta["name"],
                 transcript=meta.get("transcript"), audio=folder / "audio.wav", duration=meta["duration"],
-                created=meta["created"], consent=meta.get("consent"),
+                created=meta["created"], consent=meta.get("consent"), owner=meta.get("owner") or "",
             )  # fmt: skip
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("skipping unreadable library voice %s: %s", folder.name, exc)
+        except UNREADABLE as exc:
+            if skipped is not None:
+                skipped.add("voice", folder.name, exc)
+            else:
+                log.warning("skipping unreadable library voice %s: %s", folder.name, exc)
     return voices
 
 
@@ -99,6 +106,7 @@ def stage(library: Path, samples: np.ndarray, rate: int, meta: dict[str, Any]) -
     try:
         write_wav(str(staging / "audio.wav"), samples, rate)
         (staging / "voice.json").write_text(json.dumps(meta), encoding="utf-8")
+        _private(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -112,10 +120,18 @@ def stage_bytes(library: Path, wav: bytes, meta: dict[str, Any]) -> Path:
     try:
         (staging / "audio.wav").write_bytes(wav)
         (staging / "voice.json").write_text(json.dumps(meta), encoding="utf-8")
+        _private(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return staging
+
+
+def _private(staging: Path) -> None:
+    """A voice's files readable by this user alone (0600, as consents are), its folder 0700."""
+    for name in ("audio.wav", "voice.json"):
+        os.chmod(staging / name, 0o600)
+    os.chmod(staging, 0o700)
 
 
 def commit(staging: Path, folder: Path) -> None:

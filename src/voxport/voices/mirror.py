@@ -50,7 +50,8 @@ class SharedLibrary(Protocol):
 def _voice(folder: Path, meta: dict[str, Any]) -> Voice:
     return Voice(meta["id"], "uploaded", "user", meta["key"], name=meta["name"],
                  transcript=meta.get("transcript"), audio=folder / "audio.wav", duration=meta["duration"],
-                 created=meta["created"], consent=meta.get("consent"))  # fmt: skip
+                 created=meta["created"], consent=meta.get("consent"),
+                 owner=meta.get("owner") or "")  # fmt: skip
 
 
 def _store(root: Path, meta: dict[str, Any], wav: bytes) -> Voice:
@@ -111,7 +112,11 @@ class LibraryMirror:
         changed = False
         for voice_id, meta in metas.items():
             have = registry.user.get(voice_id)
-            if have is not None and have.key == meta.get("key") and have.name == meta.get("name"):
+            if have is not None and (have.key, have.name, have.owner) == (
+                meta.get("key"),
+                meta.get("name"),
+                meta.get("owner") or "",
+            ):
                 continue
             wav = await self.shared.recording("voices", voice_id)
             if wav is None:
@@ -135,7 +140,7 @@ class LibraryMirror:
         store = registry.consents
         for consent_id, meta in metas.items():
             have = store.items.get(consent_id)
-            if have is not None and asdict(have) == meta:
+            if have is not None and asdict(have) == {"owner": "", **meta}:  # no owner: shared (older)
                 continue
             wav = None if have is not None else await self.shared.recording("consents", consent_id)
             try:

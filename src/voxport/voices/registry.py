@@ -18,12 +18,14 @@ from voxport.engine.base import Engine, VoicePrompt
 from voxport.errors import VoxportError, invalid
 from voxport.lexicon import Lexicon, LexiconError
 from voxport.protocol import VoiceUpload
+from voxport.skipped import SkippedFiles
+from voxport.tenants import visible
 from voxport.voices import library
 from voxport.voices.catalog import Voice, VoicesFileError, load_voices_file
 from voxport.voices.consents import Consent, ConsentStore
 from voxport.voices.designed import design_clip
 from voxport.voices.mirror import LibraryMirror, SharedLibrary
-from voxport.voices.uploads import ENCODER_RATE, Upload, read_upload
+from voxport.voices.uploads import ENCODER_RATE, Upload, allowed_path, read_upload
 
 log = logging.getLogger("voxport.voices")
 
@@ -45,7 +47,8 @@ class VoiceRegistry:
         self._library = data_dir / "voices" / "library"
         # Several replicas (--redis-url): the library is shared, this replica's is its mirror.
         self.mirror = LibraryMirror(shared_library, self._library) if shared_library is not None else None
-        self.consents = ConsentStore(data_dir / "voices" / "consents", self.mirror)
+        self.skipped = SkippedFiles()  # library voices and consents start-up could not read (/health)
+        self.consents = ConsentStore(data_dir / "voices" / "consents", self.mirror, self.skipped)
         self._designed = data_dir / "voices" / "designed"
         self._scratch = data_dir / "tmp"
         self.fingerprint = ""
@@ -68,14 +71,21 @@ class VoiceRegistry:
         voices: on first use)."""
         self.fingerprint = fingerprint
         self.builtin = await asyncio.to_thread(self.validate_file)
-        self.user = await asyncio.to_thread(library.read, self._library)
+        self.user = await asyncio.to_thread(library.read, self._library, self.skipped)
         self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
         await self.consents.load()
         await self.refresh()
         await asyncio.to_thread(library.clear_scratch, self._scratch)
         for voice in [*self.builtin.values(), *self.user.values()]:
-            if voice.kind != "designed":
+            if voice.kind == "designed":
+                continue
+            try:
                 await self.prompt(voice)
+            except Exception as exc:  # a library recording the engine cannot read: skipped, not fatal
+                if voice.source != "user":
+                    raise
+                self.user.pop(voice.id, None)
+                self.skipped.add("voice", voice.id, exc)
         # The default voice is the one most requests get: its clip is made (or read) before the server
         # is ready, so that no request waits for it. Other designed voices are made on first use.
         default = self.get(None)
@@ -122,15 +132,18 @@ class VoiceRegistry:
 
     # -- lookup -----------------------------------------------------------------------------------
 
-    def get(self, voice_id: str | None) -> Voice | None:
+    def get(self, voice_id: str | None, viewer: str = "") -> Voice | None:
+        """A voice `viewer` may use (voxport.tenants: built-in, designed and shared ones, and its own)."""
         voice_id = voice_id or self.default_voice
-        return self.user.get(voice_id) or self.builtin.get(voice_id)
+        user = self.user.get(voice_id)
+        return user if user is not None and visible(user.owner, viewer) else self.builtin.get(voice_id)
 
-    def all(self) -> list[Voice]:
-        return [*self.builtin.values(), *self.user.values()]
+    def all(self, viewer: str = "") -> list[Voice]:
+        return [*self.builtin.values(), *(v for v in self.user.values() if visible(v.owner, viewer))]
 
-    def find_user(self, name: str) -> Voice | None:
-        return next((v for v in self.user.values() if v.name == name), None)
+    def find_user(self, name: str, owner: str = "") -> Voice | None:
+        """`owner`'s library voice of that name (names are per tenant)."""
+        return next((v for v in self.user.values() if v.name == name and v.owner == owner), None)
 
     async def prompt(self, voice: Voice) -> VoicePrompt:
         """The voice's encoded prompt: computed once per content hash, shared by concurrent callers."""
@@ -182,63 +195,55 @@ class VoiceRegistry:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(os.unlink, path)
 
-    async def add(self, name: str, upload: VoiceUpload, consent: str | None) -> Voice:
-        """Validate a recording and keep it as a user voice, made with `consent`: a consent id, or (from
-        older clients) a truthy string."""
-        consent_id = self._consent(consent)
-        self._check_name(name, False, "name")
+    async def add(self, name: str, upload: VoiceUpload, consent: str | None, owner: str = "") -> Voice:
+        """Validate a recording and keep it as `owner`'s user voice, made with `consent`: one of its consent
+        ids, or (from older clients) a truthy string."""
+        consent_id = self._consent(consent, owner)
+        self._check_name(name, False, "name", owner)
         recording = await self.read_upload(upload.data, upload.transcript, upload.param)
-        return await self.create(name, recording, upload.transcript, consent=consent_id)
+        return await self.create(name, recording, upload.transcript, consent=consent_id, owner=owner)
 
-    def _consent(self, value: str | None) -> str | None:
+    def _consent(self, value: str | None, owner: str) -> str | None:
         value = (value or "").strip()
         if value.startswith("cons_"):
-            return self.consents.get(value, "consent").id
+            return self.consents.get(value, "consent", owner).id
         if value.lower() not in _TRUTHY:
             raise invalid("'consent' must be a voice consent id (cons_...) or true: confirm you have the "
                           "speaker's permission.", "consent", "consent_required")  # fmt: skip
         return None
 
-    def _check_name(self, name: str, replace: bool, param: str) -> Voice | None:
-        """The user voice a new one named `name` replaces, or None; a name taken (or being taken by a
-        creation in progress) without `replace`: `voice_exists`."""
-        existing = self.find_user(name)
-        if self.quota.pending(name) or (existing is not None and not replace):
+    def _check_name(self, name: str, replace: bool, param: str, owner: str) -> Voice | None:
+        """`owner`'s user voice a new one named `name` replaces, or None; a name it has taken (or is taking
+        by a creation in progress) without `replace`: `voice_exists`."""
+        existing = self.find_user(name, owner)
+        if self.quota.pending(f"{owner}/{name}") or (existing is not None and not replace):
             hint = '; pass "replace": true' if param == "voice_name" else ""
             raise VoxportError("conflict", f"A voice named '{name}' exists{hint}.", param=param,
                                code="voice_exists")  # fmt: skip
         return existing
 
     async def add_from_path(self, name: str, relative: str, transcript: str | None, replace: bool,
-                            allowed_dir: Path | None) -> Voice:  # fmt: skip
+                            allowed_dir: Path | None, owner: str = "") -> Voice:  # fmt: skip
         """A user voice from a recording on the server, inside `allowed_dir` (unset: refused)."""
         param = "prompt_wav_path"
-        if allowed_dir is None:
-            message = "Reading recordings from server paths is off (no allowed_prompt_dir)."
-            raise VoxportError("forbidden", message, code="forbidden")
-        path = (allowed_dir / relative).resolve()
-        try:
-            path.relative_to(allowed_dir.resolve())
-        except ValueError:
-            raise VoxportError("forbidden", f"'{param}' is outside the allowed directory.", param=param,
-                               code="forbidden") from None  # fmt: skip
-        if not await asyncio.to_thread(path.is_file):
-            raise invalid(f"'{param}' does not name a file in the allowed directory.", param)
-        self._check_name(name, replace, "voice_name")
+        path = await asyncio.to_thread(allowed_path, allowed_dir, relative, param)
+        self._check_name(name, replace, "voice_name", owner)
         data = await asyncio.to_thread(path.read_bytes)
         recording = await self.read_upload(data, transcript, param)
-        return await self.create(name, recording, transcript, replace=replace, name_param="voice_name")
+        return await self.create(name, recording, transcript, replace=replace, name_param="voice_name",
+                                 owner=owner)  # fmt: skip
 
     async def create(self, name: str, upload: Upload, transcript: str | None, *, consent: str | None = None,
-                     replace: bool = False, name_param: str = "name") -> Voice:  # fmt: skip
+                     replace: bool = False, name_param: str = "name", owner: str = "") -> Voice:  # fmt: skip
         """Store an uploaded recording as a user voice (opaque id), encode it, and keep it across restarts.
 
         The name and the library's room are reserved before anything awaits, and given back if the
         voice is not kept: concurrent creations never pass the caps or share a name."""
-        existing = self._check_name(name, replace, name_param)
-        hold = self.quota.reserve(name, upload.wav_bytes, existing.id if existing else None)
+        existing = self._check_name(name, replace, name_param, owner)
+        replacing = existing.id if existing else None
+        hold = self.quota.reserve(f"{owner}/{name}", upload.wav_bytes, replacing)
         try:
-            voice = await self._keep(name, upload, transcript, consent, existing.id if existing else None)
+            voice = await self._keep(name, upload, transcript, consent, replacing, owner)
         except BaseException:
             self.quota.release(hold)
             raise
@@ -246,13 +251,15 @@ class VoiceRegistry:
         return voice
 
     async def _keep(self, name: str, upload: Upload, transcript: str | None, consent: str | None,
-                    replace_id: str | None) -> Voice:  # fmt: skip
+                    replace_id: str | None, owner: str) -> Voice:  # fmt: skip
         voice_id = replace_id or f"voice_{secrets.token_hex(8)}"
         folder = self._library / voice_id
         voice = Voice(voice_id, "uploaded", "user", upload.key, name=name, transcript=transcript,
-                      audio=folder / "audio.wav", duration=upload.duration, consent=consent)  # fmt: skip
+                      audio=folder / "audio.wav", duration=upload.duration, consent=consent,
+                      owner=owner)  # fmt: skip
         meta = {"id": voice_id, "name": name, "key": upload.key, "transcript": transcript,
-                "duration": upload.duration, "created": voice.created, "consent": consent}  # fmt: skip
+                "duration": upload.duration, "created": voice.created, "consent": consent,
+                "owner": owner}  # fmt: skip
         staging = await asyncio.to_thread(library.stage, self._library, upload.samples, ENCODER_RATE, meta)
         try:
             # Encoded before it is kept: a recording the engine cannot use never enters the library.
@@ -268,11 +275,11 @@ class VoiceRegistry:
         self._prompts[voice.key] = prompt
         return voice
 
-    async def add_consent(self, name: str, language: str, upload: VoiceUpload) -> Consent:
-        """Keep a consent recording (checked like any upload, stored normalised)."""
+    async def add_consent(self, name: str, language: str, upload: VoiceUpload, owner: str = "") -> Consent:
+        """Keep `owner`'s consent recording (checked like any upload, stored normalised)."""
         recording = await self.read_upload(upload.data, None, upload.param)
         wav = await asyncio.to_thread(encode, recording.samples, ENCODER_RATE, "wav", ENCODER_RATE)
-        return await self.consents.create(name, language, wav)
+        return await self.consents.create(name, language, wav, owner)
 
     async def delete(self, voice_id: str) -> None:
         if voice_id in self.builtin:

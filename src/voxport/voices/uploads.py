@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from voxport.audio import AudioDecodeError, decode_file
-from voxport.errors import invalid
+from voxport.errors import VoxportError, invalid
 from voxport.voices.catalog import content_key
 
 ENCODER_RATE = 16000  # VoxCPM2's audio encoder reads 16 kHz mono
@@ -65,3 +65,19 @@ async def read_upload(data: bytes, transcript: str | None, param: str, scratch: 
             "invalid_audio_duration",
         )
     return Upload(samples, content_key(samples.tobytes(), transcript))
+
+
+def allowed_path(allowed_dir: Path | None, relative: str, param: str) -> Path:
+    """`relative` resolved inside `allowed_dir` (blocking: a worker thread), or `forbidden` / `invalid`."""
+    if allowed_dir is None:
+        message = "Reading recordings from server paths is off (no allowed_prompt_dir)."
+        raise VoxportError("forbidden", message, code="forbidden")
+    path = (allowed_dir / relative).resolve()
+    try:
+        path.relative_to(allowed_dir.resolve())
+    except ValueError:
+        raise VoxportError("forbidden", f"'{param}' is outside the allowed directory.", param=param,
+                           code="forbidden") from None  # fmt: skip
+    if not path.is_file():
+        raise invalid(f"'{param}' does not name a file in the allowed directory.", param)
+    return path

@@ -10,12 +10,11 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from voxport.api.auth import require_api_key
 from voxport.api.body import json_body
-from voxport.api.files import RangeFileResponse
 from voxport.api.openapi import BODY_ERRORS, errors, json_request
+from voxport.api.ranged import ranged_file
 from voxport.errors import invalid
 from voxport.jobs.protocol import SpeechBatchCreateParams, SpeechJobCreateParams
 from voxport.jobs.service import JobService
-from voxport.jobs.store import key_scope
 
 # 503 on every route: with --redis-url, the job store itself can be unreachable (docs/jobs.md).
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401, 503), tags=["jobs"])
@@ -30,11 +29,8 @@ async def _jobs(request: Request) -> JobService:
 
 
 async def _scope(request: Request) -> str:
-    """Jobs belong to the API key that created them (require_api_key has checked it already)."""
-    if not request.app.state.policy.api_keys:
-        return ""
-    auth = request.headers.get("authorization", "")
-    return key_scope(auth[7:].strip() if auth.lower().startswith("bearer ") else None)
+    """Jobs belong to the API key (the tenant) that created them (require_api_key has checked it)."""
+    return request.app.state.policy.tenant(request)
 
 
 async def _idempotency_key(request: Request) -> str | None:
@@ -51,7 +47,7 @@ IdempotencyDep = Annotated[str | None, Depends(_idempotency_key)]
 
 @router.post(
     "/v1/audio/speech/jobs", status_code=202, openapi_extra=json_request(SpeechJobCreateParams),
-    responses=errors(*BODY_ERRORS, 404, 429, 503, 504),
+    responses=errors(*BODY_ERRORS, 404, 409, 429, 503, 504),
 )  # fmt: skip
 async def create_job(
     params: Annotated[SpeechJobCreateParams, Depends(json_body(SpeechJobCreateParams))],
@@ -72,14 +68,23 @@ async def retrieve_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str,
     return await jobs.get(job_id, scope)
 
 
-@router.get("/v1/audio/speech/jobs/{job_id}/content", responses=errors(404, 409))
-async def job_content(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileResponse:
+async def _content(job_id: str, jobs: JobService, scope: str) -> FileResponse:
     path, content_type = await jobs.content(job_id, scope)
-    # Starlette's FileResponse answers Range requests (206, multipart byteranges); a bad one in the envelope.
-    name = f"{job_id}.{_EXTENSIONS.get(content_type, 'bin')}"
-    return RangeFileResponse(
-        Path(path), media_type=content_type, filename=name, content_disposition_type="inline"
-    )
+    return await ranged_file(Path(path), content_type, f"{job_id}.{_EXTENSIONS.get(content_type, 'bin')}")
+
+
+@router.get("/v1/audio/speech/jobs/{job_id}/content", responses=errors(400, 404, 409, 416),
+            response_class=FileResponse)  # fmt: skip
+async def job_content(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileResponse:
+    """The audio; Range requests get 206 (multipart for several ranges)."""
+    return await _content(job_id, jobs, scope)
+
+
+@router.head("/v1/audio/speech/jobs/{job_id}/content", responses=errors(400, 404, 409, 416),
+             response_class=FileResponse)  # fmt: skip
+async def job_content_head(job_id: str, jobs: JobsDep, scope: ScopeDep) -> FileResponse:
+    """The audio's headers alone (Content-Length, Accept-Ranges)."""
+    return await _content(job_id, jobs, scope)
 
 
 _CAPTIONS = {"description": "The job's captions: one cue per synthesised segment (docs/jobs.md).",
@@ -108,7 +113,7 @@ async def delete_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> dict[str, A
 
 @router.post(
     "/v1/audio/speech/batches", status_code=202, openapi_extra=json_request(SpeechBatchCreateParams),
-    responses=errors(*BODY_ERRORS, 404, 429, 503, 504),
+    responses=errors(*BODY_ERRORS, 404, 409, 429, 503, 504),
 )  # fmt: skip
 async def create_batch(
     params: Annotated[SpeechBatchCreateParams, Depends(json_body(SpeechBatchCreateParams))],

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from voxport.api.auth import require_api_key
 from voxport.api.body import SpeechBodyDep, json_body
-from voxport.api.deps import SpeechDep, SpeechJobDep
+from voxport.api.deps import SpeechDep, SpeechJobDep, ViewerDep
 from voxport.api.errors import as_error
 from voxport.api.openapi import BODY_ERRORS, errors, json_request, schema_ref, speech_request
 from voxport.protocol import (
@@ -193,7 +193,8 @@ async def stream_speech(
     responses=errors(*BODY_ERRORS, 404),
 )
 async def cancel_speech(
-    params: Annotated[SpeechCancelParams, Depends(json_body(SpeechCancelParams))], speech: SpeechDep
-) -> SpeechCancelled:
-    speech.cancel(params.request_id)
+    params: Annotated[SpeechCancelParams, Depends(json_body(SpeechCancelParams))], speech: SpeechDep,
+    viewer: ViewerDep,
+) -> SpeechCancelled:  # fmt: skip
+    speech.cancel(params.request_id, viewer)
     return SpeechCancelled(request_id=params.request_id)
