@@ -38,6 +38,7 @@ from voxport.voices import VoiceRegistry
 
 if TYPE_CHECKING:
     from voxport.cluster.redis import SharedRedis
+    from voxport.wyoming_server import WyomingServer
 
 log = logging.getLogger("voxport")
 
@@ -128,6 +129,18 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
     return speech
 
 
+async def _wyoming(settings: Settings, speech: SpeechService) -> WyomingServer | None:
+    """The built-in Wyoming server, with --wyoming-port: in this process, on this SpeechService. (Imported
+    only then.) With several HTTP worker processes, one of them runs it (docs/home-assistant.md)."""
+    if settings.wyoming_port is None:
+        return None
+    from voxport.wyoming_server import WyomingServer
+
+    server = WyomingServer(speech, settings.wyoming_host or settings.host, settings.wyoming_port)
+    await server.start()
+    return server
+
+
 def create_app(
     settings: Settings, checkpoint_dir: str | None = None, engine: Engine | None = None
 ) -> FastAPI:
@@ -168,12 +181,15 @@ def create_app(
         await jobs.start()
         await asyncio.to_thread(sampler.sample)  # the first /health has figures
         sampling = asyncio.create_task(sampler.run())
+        wyoming = await _wyoming(settings, speech)
         log.info(
             "voxport %s ready: model %s, engine %s", __version__, settings.served_model_id, engine.info.name
         )
         try:
             yield
         finally:
+            if wyoming is not None:  # first: its open streams end before the engine does
+                await wyoming.stop()
             await jobs.close()  # before the engine: running jobs stop and resume at the next start
             for task in (sweeper, sampling, watcher):
                 if task is not None:

@@ -267,6 +267,16 @@ class Settings(BaseSettings):
         description="With --redis-url: how long a job segment claimed by a replica that stopped renewing its "
         "claim (it died) waits before another replica takes it over.",
     )
+    wyoming_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="TCP port of the built-in Wyoming server (Home Assistant's TTS protocol); unset: off. "
+        "Wyoming has no authentication: bind it to a trusted network only.",
+    )
+    wyoming_host: str | None = Field(
+        None, description="Address the Wyoming server listens on (default: --host)."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )

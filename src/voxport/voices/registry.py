@@ -19,6 +19,7 @@ from voxport.errors import VoxportError, invalid
 from voxport.lexicon import Lexicon, LexiconError
 from voxport.protocol import VoiceUpload
 from voxport.voices import library
+from voxport.voices.aliases import AliasStore, file_aliases
 from voxport.voices.catalog import Voice, VoicesFileError, load_voices_file
 from voxport.voices.consents import Consent, ConsentStore
 from voxport.voices.designed import design_clip
@@ -53,6 +54,7 @@ class VoiceRegistry:
         self.user: dict[str, Voice] = {}
         self._prompts: dict[str, VoicePrompt] = {}
         self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
+        self.aliases = AliasStore(data_dir / "voices" / "aliases.json", self._find)
         self.loaded = False
 
     # -- loading ----------------------------------------------------------------------------------
@@ -68,6 +70,8 @@ class VoiceRegistry:
         voices: on first use)."""
         self.fingerprint = fingerprint
         self.builtin = await asyncio.to_thread(self.validate_file)
+        self.aliases.file = await asyncio.to_thread(file_aliases, self.voices_file)
+        await asyncio.to_thread(self.aliases.load)
         self.user = await asyncio.to_thread(library.read, self._library)
         self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
         await self.consents.load()
@@ -89,6 +93,7 @@ class VoiceRegistry:
         try:
             fresh = await asyncio.to_thread(self.validate_file)
             entries = await asyncio.to_thread(self.lexicon.read)
+            aliases = await asyncio.to_thread(file_aliases, self.voices_file)
         except (VoicesFileError, LexiconError) as exc:
             raise invalid(
                 f"voices.json and the lexicon were not reloaded, the previous voices stay: {exc}",
@@ -105,7 +110,7 @@ class VoiceRegistry:
             "removed": sorted(set(old) - set(fresh)),
             "lexicon": len(entries),
         }
-        self.builtin = fresh
+        self.builtin, self.aliases.file = fresh, aliases
         self.lexicon.use(entries)
         await self.release_unused()
         return diff
@@ -123,8 +128,11 @@ class VoiceRegistry:
     # -- lookup -----------------------------------------------------------------------------------
 
     def get(self, voice_id: str | None) -> Voice | None:
-        voice_id = voice_id or self.default_voice
-        return self.user.get(voice_id) or self.builtin.get(voice_id)
+        """A voice by alias, id, or library name (voices/aliases.py)."""
+        return self.aliases.resolve(voice_id or self.default_voice)
+
+    def _find(self, name: str) -> Voice | None:
+        return self.user.get(name) or self.builtin.get(name) or self.find_user(name)
 
     def all(self) -> list[Voice]:
         return [*self.builtin.values(), *self.user.values()]
