@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     design_clip_seconds: float = Field(
         6.0, ge=1.0, le=30.0, description="Length of the reference clip made once for each designed voice."
     )
+    warm_voices: bool = Field(
+        True,
+        description="Make every designed voice's reference clip and prompt right after start, before /ready "
+        "says yes (a progress line per voice); --no-warm-voices: each on its first use.",
+    )
     allowed_prompt_dir: Path | None = Field(
         None, description="Directory POST /v1/voices may read recordings from; unset: that route answers 403."
     )

@@ -54,11 +54,14 @@ class SpeechService:
         # Set once the server is stopping (SIGTERM with a drain period): requests are still served, but
         # /ready fails so that a load balancer sends new ones elsewhere.
         self.draining = False
+        # Set while --warm-voices makes the designed voices' clips after start: /ready waits for it.
+        self.warming = False
 
     @property
     def accepts_requests(self) -> bool:
         """Whether new work should come here: /ready, the job runner and load balancers follow it."""
-        return self.engine.ready and not self.watch.stalled and self.voices.loaded and not self.draining
+        return (self.engine.ready and not self.watch.stalled and self.voices.loaded and not self.draining
+                and not self.warming)  # fmt: skip
 
     def cancel(self, request_id: str) -> None:
         if not self.jobs.cancel(request_id):
