@@ -1,8 +1,8 @@
 """Audio post-processing: speed, resampling and encoding to the response formats.
 
-pcm and wav are resampled in-process (soxr); mp3, opus and aac at normal speed are encoded in-process on
-FFmpeg's libraries (voxport.codec); buffered flac by libsndfile; the rest goes through the ffmpeg binary
-(PATH, else the `imageio-ffmpeg` wheel's).
+pcm and wav are resampled in-process (soxr); mp3, opus, aac and streamed flac (frame by frame) at normal
+speed are encoded in-process on FFmpeg's libraries (voxport.codec); buffered flac by libsndfile (with its
+length); speed changes go through the ffmpeg binary (PATH, else the `imageio-ffmpeg` wheel's).
 `encode` is synchronous (callers run it in a worker thread); `encode_stream` is an async iterator that
 never blocks the event loop (codec work in a thread pool, or an ffmpeg subprocess on asyncio pipes).
 """
@@ -28,7 +28,7 @@ import soxr
 ENGINE_CHANNELS = 1
 _READ_SIZE = 1 << 16
 WAV_HEADER_BYTES = 44
-IN_PROCESS_CODECS = frozenset({"mp3", "opus", "aac"})
+IN_PROCESS_CODECS = frozenset({"mp3", "opus", "aac", "flac"})
 _COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
@@ -84,8 +84,8 @@ def in_process(fmt: str, speed: float) -> bool:  # without PyAV: the ffmpeg bina
 
 
 def needs_ffmpeg(fmt: str, speed: float) -> bool:
-    """wav and pcm at normal speed are resampled in-process (soxr), with no pipe to buffer in; mp3, opus
-    and aac at normal speed are encoded in-process (voxport.codec)."""
+    """wav and pcm at normal speed are resampled in-process (soxr), with no pipe to buffer in; mp3, opus,
+    aac and flac at normal speed are encoded in-process (voxport.codec; buffered flac: libsndfile)."""
     if speed != 1.0:
         return True
     return FORMATS[fmt].muxer is not None and not in_process(fmt, speed)

@@ -156,6 +156,9 @@ class SpeechService:
     def _hit(self, job: SpeechJob, payload: bytes, meta: dict[str, Any]) -> SpeechResult:
         self._looked_up(job, "HIT")
         result = SpeechResult.from_cache(payload, meta)
+        # The audio served, for the access line's audio_s (counted at the engine's rate, as on a miss).
+        job.sample_rate = self.engine.info.sample_rate
+        job.samples = round(result.duration * job.sample_rate)
         job.input_tokens = result.usage["input_tokens"]
         job.output_steps = result.usage["output_tokens"]
         return result
