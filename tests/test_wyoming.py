@@ -106,11 +106,20 @@ async def test_describe_lists_a_new_library_voice_without_a_restart(wyoming: Ser
             )  # fmt: skip
             assert response.status_code == 201, response.text
         assert "Kitchen Helper" in await _describe(client)  # same connection, no restart
+        # An alias is one more name there, and speaks with its voice.
+        async with httpx.AsyncClient(base_url=wyoming.base_url, timeout=60) as http:
+            alias = await http.put("/v1/audio/voice_aliases/kitchen", json={"voice": "Kitchen Helper"})
+            assert alias.status_code == 200, alias.text
+        assert "kitchen" in await _describe(client)
+        await client.write_event(Synthesize("Hello there.", voice=SynthesizeVoice("kitchen")).event())
+        by_alias = await _utterance(client)
+        assert not isinstance(by_alias, Error), by_alias
         # And it speaks by that name.
         await client.write_event(Synthesize("Hello there.", voice=SynthesizeVoice("Kitchen Helper")).event())
         answer = await _utterance(client)
         assert not isinstance(answer, Error), answer
         assert len(answer[1]) == UTTERANCE_SAMPLES * 2
+        assert answer[1] == by_alias[1]  # the same voice: the alias's audio, from the cache
 
 
 async def test_synthesize_streams_pcm_of_the_stated_format_and_length(wyoming: ServerProcess) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from pydantic import ValidationError
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -70,9 +70,11 @@ class Speaker:
                 first = exc.errors()[0]
                 message = f"{first['loc'][0]}: {first['msg']}"
                 raise VoxportError("invalid", message, code="invalid_request") from None
-            stream = await self.speech.create(params, job, stream=True)
-            assert isinstance(stream, SpeechStream)
-            await self._send(stream)
+            answer = await self.speech.create(params, job, stream=True)
+            if isinstance(answer, SpeechStream):
+                await self._send(answer, answer.prepared.sample_rate)
+            else:  # a cache hit: the whole utterance at once
+                await self._send(_once(answer.audio), answer.sample_rate)
         except VoxportError as exc:
             outcome = exc.code or exc.kind
             await self.write(Error(text=exc.message, code=exc.code or exc.kind).event())
@@ -93,8 +95,8 @@ class Speaker:
         finally:
             self._log(job, outcome)
 
-    async def _send(self, stream: SpeechStream) -> None:
-        audio = {"rate": stream.prepared.sample_rate, "width": WIDTH, "channels": CHANNELS}
+    async def _send(self, stream: SpeechStream | AsyncIterator[bytes], rate: int) -> None:
+        audio = {"rate": rate, "width": WIDTH, "channels": CHANNELS}
         try:
             await self.write(AudioStart(**audio).event())
             async for data in stream:
@@ -102,7 +104,7 @@ class Speaker:
                     await self.write(AudioChunk(audio=data[start : start + _CHUNK_BYTES], **audio).event())
             await self.write(AudioStop().event())
         finally:
-            await stream.aclose()
+            await stream.aclose()  # type: ignore[union-attr]
 
     def _log(self, job: SpeechJob, outcome: str) -> None:
         if not access.isEnabledFor(logging.INFO):
@@ -110,3 +112,7 @@ class Speaker:
         fields = {"request_id": job.request_id, "route": "wyoming:synthesize", "outcome": outcome,
                   **job.log_fields(), "ms": round((time.perf_counter() - job.started) * 1000)}  # fmt: skip
         access.info(" ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
