@@ -22,6 +22,9 @@ from voxport.engine.dummy import build_checkpoint
 # Every server the tests start shares one numba cache (librosa's compiled kernels), compiled once per run:
 # a server's own default is under its data directory, which is new for each test server.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "voxport-tests-numba-cache"))
+# Test servers start without designing all 13 built-in voices first (--warm-voices, on by default, costs
+# seconds per voice); tests/test_warm_voices.py turns it on.
+os.environ.setdefault("VOXPORT_WARM_VOICES", "false")
 
 # Every test request runs to this many 0.16 s steps at most: the tiny checkpoint never stops by itself.
 TEST_MAX_LENGTH = 12

@@ -37,9 +37,11 @@ from voxport.speech import SpeechService
 from voxport.speech.admission import Admission
 from voxport.speech.jobs import JobRegistry
 from voxport.voices import VoiceRegistry
+from voxport.voices.designed import warm
 
 if TYPE_CHECKING:
     from voxport.cluster.redis import SharedRedis
+    from voxport.wyoming_server import WyomingServer
 
 log = logging.getLogger("voxport")
 
@@ -131,6 +133,25 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
     return speech
 
 
+async def _warm(speech: SpeechService) -> None:
+    try:
+        await warm(speech.voices)
+    finally:
+        speech.warming = False
+
+
+async def _wyoming(settings: Settings, speech: SpeechService) -> WyomingServer | None:
+    """The built-in Wyoming server, with --wyoming-port: in this process, on this SpeechService. (Imported
+    only then.) With several HTTP worker processes, one of them runs it (docs/home-assistant.md)."""
+    if settings.wyoming_port is None:
+        return None
+    from voxport.wyoming_server import WyomingServer
+
+    server = WyomingServer(speech, settings.wyoming_host or settings.host, settings.wyoming_port)
+    await server.start()
+    return server
+
+
 def create_app(
     settings: Settings, checkpoint_dir: str | None = None, engine: Engine | None = None
 ) -> FastAPI:
@@ -171,14 +192,21 @@ def create_app(
         await jobs.start()
         await asyncio.to_thread(sampler.sample)  # the first /health has figures
         sampling = asyncio.create_task(sampler.run())
+        warming = None
+        if settings.warm_voices:  # served meanwhile, but /ready waits for it (a first use is slow)
+            speech.warming = True
+            warming = asyncio.create_task(_warm(speech))
+        wyoming = await _wyoming(settings, speech)
         log.info(
             "voxport %s ready: model %s, engine %s", __version__, settings.served_model_id, engine.info.name
         )
         try:
             yield
         finally:
+            if wyoming is not None:  # first: its open streams end before the engine does
+                await wyoming.stop()
             await jobs.close()  # before the engine: running jobs stop and resume at the next start
-            for task in (sweeper, sampling, watcher):
+            for task in (warming, sweeper, sampling, watcher):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -1,7 +1,9 @@
 """Audio post-processing: speed, resampling and encoding to the response formats.
 
-pcm and wav are resampled in-process (soxr); the other formats at normal speed are encoded in-process on
-FFmpeg's libraries (voxport.codec), buffered flac by libsndfile; the rest goes through the ffmpeg binary.
+pcm and wav are resampled in-process (soxr); mp3, opus, aac, G.711 (mulaw, alaw) and streamed flac (frame
+by frame) at normal speed are encoded in-process on FFmpeg's libraries (voxport.codec); buffered flac by
+libsndfile (with its length); speed changes go through the ffmpeg binary (PATH, else the `imageio-ffmpeg`
+wheel's).
 `encode` is synchronous (callers run it in a worker thread); `encode_stream` is an async iterator that
 never blocks the event loop (codec work in a thread pool, or an ffmpeg subprocess on asyncio pipes).
 """
@@ -28,7 +30,7 @@ import soxr
 ENGINE_CHANNELS = 1
 _READ_SIZE = 1 << 16
 WAV_HEADER_BYTES = 44
-IN_PROCESS_CODECS = frozenset({"mp3", "opus", "aac", "mulaw", "alaw"})
+IN_PROCESS_CODECS = frozenset({"mp3", "opus", "aac", "flac", "mulaw", "alaw"})
 _COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # G.711 is a telephony codec: narrowband (8 kHz) as phone networks carry it, or 16 kHz wideband.
 TELEPHONY_RATES = (8000, 16000)

@@ -135,8 +135,27 @@ class Settings(BaseSettings):
         "`loudness`; unset: output as generated.",
     )
     default_voice: str = Field("alloy", description="Voice used when a request names none.")
+    default_sample_rate: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Comma-separated FORMAT=RATE pairs (e.g. wav=24000,flac=24000): the output rate of "
+        "requests that do not set `sample_rate`; formats not named keep theirs (48000; pcm 24000).",
+    )
+    default_language: str | None = Field(
+        None, description="`language` of requests that do not set one (ISO 639-1, e.g. en); unset: none."
+    )
+    default_seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="`seed` of requests that do not set one; unset: random."
+    )
+    default_normalize: bool = Field(
+        False, description="`normalize` (the engine's text normalisation) of requests that do not set it."
+    )
     design_clip_seconds: float = Field(
         6.0, ge=1.0, le=30.0, description="Length of the reference clip made once for each designed voice."
+    )
+    warm_voices: bool = Field(
+        True,
+        description="Make every designed voice's reference clip and prompt right after start, before /ready "
+        "says yes (a progress line per voice); --no-warm-voices: each on its first use.",
     )
     allowed_prompt_dir: Path | None = Field(
         None, description="Directory POST /v1/voices may read recordings from; unset: that route answers 403."
@@ -331,6 +350,16 @@ class Settings(BaseSettings):
         description="Speech socket: a sentence longer than this is spoken clause by "
         "clause (cut at its last comma, else space, within this many characters).",
     )
+    wyoming_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="TCP port of the built-in Wyoming server (Home Assistant's TTS protocol); unset: off. "
+        "Wyoming has no authentication: bind it to a trusted network only.",
+    )
+    wyoming_host: str | None = Field(
+        None, description="Address the Wyoming server listens on (default: --host)."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )
@@ -343,6 +372,39 @@ class Settings(BaseSettings):
     def _split_aliases(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("default_sample_rate", mode="before")
+    @classmethod
+    def _split_rates(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [part.strip().partition("=") for part in value.split(",") if part.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError("expected FORMAT=RATE pairs, e.g. wav=24000,flac=24000")
+            return {fmt.strip(): rate.strip() for fmt, _, rate in pairs}
+        return value
+
+    @field_validator("default_sample_rate")
+    @classmethod
+    def _known_rates(cls, value: dict[str, int]) -> dict[str, int]:
+        from voxport.audio import FORMATS  # imported only when the setting is used
+
+        for fmt, rate in value.items():
+            spec = FORMATS.get(fmt)
+            if spec is None:
+                raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+            allowed = spec.rates or range(8000, 48001)
+            if rate not in allowed:
+                raise ValueError(f"{fmt} cannot be encoded at {rate} Hz")
+        return value
+
+    @field_validator("default_language")
+    @classmethod
+    def _spoken(cls, value: str | None) -> str | None:
+        from voxport.engine.base import LANGUAGES
+
+        if value is not None and value not in LANGUAGES:
+            raise ValueError(f"VoxCPM2 does not speak {value!r}; one of {', '.join(sorted(LANGUAGES))}")
         return value
 
     def all_api_keys(self) -> list[str]:

@@ -55,6 +55,7 @@ class SegmentWork:
         """The job's segments: sentences packed up to the segment cap, as live long text is split, by the
         rules of its `language`."""
         cap = min(self.settings.segment_max_chars, self.settings.max_input_chars)
+        language = language or self.settings.default_language  # as the preparer fills it in
         return segment(normalize(text, language), cap, pack=True, language=language) or [text]
 
     async def prepare(self, params: SpeechCreateParams, text: str, tenant: str = "") -> PreparedSpeech:

@@ -127,6 +127,32 @@ class VoiceConsentDeleted(BaseModel):
     deleted: bool = True
 
 
+class VoiceAliasParams(BaseModel):
+    """PUT /v1/audio/voice_aliases/{name}: the voice the alias points at, by id or library name."""
+
+    model_config = ConfigDict(extra="forbid")
+    voice: VoiceName
+
+
+class VoiceAlias(BaseModel):
+    name: str
+    object: Literal["audio.voice_alias"] = "audio.voice_alias"
+    voice: str  # as it was set: a voice id or a library voice's name
+    voice_id: str | None  # the voice it resolves to now; null: that voice is gone (the alias is inert)
+    source: Literal["api", "file"]  # set through the API, or in voices.json
+
+
+class VoiceAliasList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoiceAlias]
+
+
+class VoiceAliasDeleted(BaseModel):
+    name: str
+    object: Literal["audio.voice_alias.deleted"] = "audio.voice_alias.deleted"
+    deleted: bool = True
+
+
 class VoicesReloaded(BaseModel):
     added: list[str]
     changed: list[str]

@@ -148,11 +148,26 @@ class Preparer:
         )
         return _Voice(prompt, voice.kind, voice.key, voice.seed)
 
+    def _defaults(self, params: SpeechCreateParams) -> SpeechCreateParams:
+        """The server's defaults for what the request left out (clients that send only OpenAI's fields):
+        a field the request sets always wins. Applied before anything else, so the cache key holds them."""
+        settings, sent = self.settings, params.model_fields_set
+        update = {
+            "sample_rate": settings.default_sample_rate.get(params.response_format)
+            if params.sample_rate is None else None,
+            "language": settings.default_language if params.language is None else None,
+            "seed": settings.default_seed if params.seed is None else None,
+            "normalize": (settings.default_normalize or None) if "normalize" not in sent else None,
+        }  # fmt: skip
+        update = {k: v for k, v in update.items() if v is not None}
+        return params.model_copy(update=update) if update else params
+
     async def plan(
         self, params: SpeechCreateParams, stream: bool = False, upload: VoiceUpload | None = None,
         tenant: str = "",
     ) -> SpeechPlan:  # fmt: skip
         """`tenant`: whose library voices the request may use (voxport.tenants; '': every tenant's)."""
+        params = self._defaults(params)
         # An uploaded recording is checked before the parameters, a named voice after them.
         loudness = params.loudness if "loudness" in params.model_fields_set else self.settings.loudness
         adhoc = await self._uploaded(upload, loudness) if upload is not None else None

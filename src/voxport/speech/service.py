@@ -55,11 +55,14 @@ class SpeechService:
         # Set once the server is stopping (SIGTERM with a drain period): requests are still served, but
         # /ready fails so that a load balancer sends new ones elsewhere.
         self.draining = False
+        # Set while --warm-voices makes the designed voices' clips after start: /ready waits for it.
+        self.warming = False
 
     @property
     def accepts_requests(self) -> bool:
         """Whether new work should come here: /ready, the job runner and load balancers follow it."""
-        return self.engine.ready and not self.watch.stalled and self.voices.loaded and not self.draining
+        return (self.engine.ready and not self.watch.stalled and self.voices.loaded and not self.draining
+                and not self.warming)  # fmt: skip
 
     def cancel(self, request_id: str, viewer: str = "") -> None:
         if not self.jobs.cancel(request_id, viewer):
@@ -160,6 +163,9 @@ class SpeechService:
     def _hit(self, job: SpeechJob, payload: bytes, meta: dict[str, Any]) -> SpeechResult:
         self._looked_up(job, "HIT")
         result = SpeechResult.from_cache(payload, meta)
+        # The audio served, for the access line's audio_s (counted at the engine's rate, as on a miss).
+        job.sample_rate = self.engine.info.sample_rate
+        job.samples = round(result.duration * job.sample_rate)
         job.input_tokens = result.usage["input_tokens"]
         job.output_steps = result.usage["output_tokens"]
         return result

@@ -16,9 +16,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -49,9 +49,14 @@ class RecordingEntry(_Entry):
     text: str | None = Field(None, min_length=1, max_length=1000)
 
 
+_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
 class VoicesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     voices: list[DesignedEntry | RecordingEntry] = Field(min_length=1)
+    # alias -> a voice id or a library voice's name (voices/aliases.py)
+    aliases: dict[_Name, _Name] = Field(default_factory=dict)
 
 
 @dataclass

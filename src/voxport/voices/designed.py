@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +15,9 @@ from voxport.audio import encode
 from voxport.engine.base import Engine, SynthesisRequest
 from voxport.files import atomic_write
 from voxport.voices.catalog import Voice, design_prefix
+
+if TYPE_CHECKING:
+    from voxport.voices.registry import VoiceRegistry
 
 log = logging.getLogger("voxport.voices")
 
@@ -39,3 +44,21 @@ async def design_clip(
     await asyncio.to_thread(atomic_write, path, wav)
     log.info("designed voice %s: reference clip of %.1fs stored", voice.id, len(audio) / info.sample_rate)
     return path
+
+
+async def warm(registry: VoiceRegistry) -> None:
+    """--warm-voices: every designed voice's reference clip and prompt made now, one after the other, with
+    a progress line per voice, so that no request after /ready pays for a voice's first use. A voice that
+    fails is logged and left to its first use."""
+    designed = [voice for voice in registry.builtin.values() if voice.kind == "designed"]
+    started = time.perf_counter()
+    for number, voice in enumerate(designed, 1):
+        began = time.perf_counter()
+        try:
+            await registry.prompt(voice)
+        except Exception:
+            log.exception("warming voice %s (%d/%d) failed; it is made on first use", voice.id, number,
+                          len(designed))  # fmt: skip
+            continue
+        log.info("voice %s warm (%d/%d, %.1fs)", voice.id, number, len(designed), time.perf_counter() - began)
+    log.info("%d designed voices warm in %.1fs", len(designed), time.perf_counter() - started)

@@ -21,6 +21,7 @@ from voxport.protocol import VoiceUpload
 from voxport.skipped import SkippedFiles
 from voxport.tenants import visible
 from voxport.voices import library
+from voxport.voices.aliases import AliasStore, file_aliases
 from voxport.voices.catalog import Voice, VoicesFileError, load_voices_file
 from voxport.voices.consents import Consent, ConsentStore
 from voxport.voices.designed import design_clip
@@ -56,6 +57,7 @@ class VoiceRegistry:
         self.user: dict[str, Voice] = {}
         self._prompts: dict[str, VoicePrompt] = {}
         self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
+        self.aliases = AliasStore(data_dir / "voices" / "aliases.json", self._find)
         self.loaded = False
 
     # -- loading ----------------------------------------------------------------------------------
@@ -71,6 +73,8 @@ class VoiceRegistry:
         voices: on first use)."""
         self.fingerprint = fingerprint
         self.builtin = await asyncio.to_thread(self.validate_file)
+        self.aliases.file = await asyncio.to_thread(file_aliases, self.voices_file)
+        await asyncio.to_thread(self.aliases.load)
         self.user = await asyncio.to_thread(library.read, self._library, self.skipped)
         self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
         await self.consents.load()
@@ -99,6 +103,7 @@ class VoiceRegistry:
         try:
             fresh = await asyncio.to_thread(self.validate_file)
             entries = await asyncio.to_thread(self.lexicon.read)
+            aliases = await asyncio.to_thread(file_aliases, self.voices_file)
         except (VoicesFileError, LexiconError) as exc:
             raise invalid(
                 f"voices.json and the lexicon were not reloaded, the previous voices stay: {exc}",
@@ -115,7 +120,7 @@ class VoiceRegistry:
             "removed": sorted(set(old) - set(fresh)),
             "lexicon": len(entries),
         }
-        self.builtin = fresh
+        self.builtin, self.aliases.file = fresh, aliases
         self.lexicon.use(entries)
         await self.release_unused()
         return diff
@@ -133,10 +138,18 @@ class VoiceRegistry:
     # -- lookup -----------------------------------------------------------------------------------
 
     def get(self, voice_id: str | None, viewer: str = "") -> Voice | None:
-        """A voice `viewer` may use (voxport.tenants: built-in, designed and shared ones, and its own)."""
-        voice_id = voice_id or self.default_voice
-        user = self.user.get(voice_id)
-        return user if user is not None and visible(user.owner, viewer) else self.builtin.get(voice_id)
+        """A voice by alias, id, or library name (voices/aliases.py) that `viewer` may use
+        (voxport.tenants: built-in, designed and shared ones, and its own)."""
+        name = voice_id or self.default_voice
+        target = self.aliases.target(name)
+        return (self._find(target, viewer) if target is not None else None) or self._find(name, viewer)
+
+    def _find(self, name: str, viewer: str = "") -> Voice | None:
+        user = self.user.get(name)
+        if user is not None and visible(user.owner, viewer):
+            return user
+        found = self.builtin.get(name) or self.find_user(name, viewer)
+        return found or (self.find_user(name) if viewer else None)
 
     def all(self, viewer: str = "") -> list[Voice]:
         return [*self.builtin.values(), *(v for v in self.user.values() if visible(v.owner, viewer))]

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from voxport.api.routes import jobs, live, models, ops, playground, speech, voices
+from voxport.api.routes import aliases, jobs, live, models, ops, playground, speech, voices
 
 ROUTERS: tuple[APIRouter, ...] = (
     speech.router,
@@ -10,6 +10,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     jobs.router,
     voices.router,
     voices.admin,
+    aliases.router,
     models.router,
     ops.router,
     ops.admin,

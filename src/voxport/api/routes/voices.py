@@ -36,7 +36,8 @@ def _public(voice: Voice, voices: VoiceRegistry) -> VoiceObject:
 
 @router.get("/v1/audio/voices")
 async def list_audio_voices(voices: VoicesDep, viewer: ViewerDep) -> AudioVoiceList:
-    return AudioVoiceList(voices=[AudioVoice(id=v.id, name=v.name or v.id) for v in voices.all(viewer)])
+    listed = voices.aliases.listed(voices.all(viewer))  # aliases too: each is a name a client can use
+    return AudioVoiceList(voices=[AudioVoice(id=voice_id, name=name) for voice_id, name in listed])
 
 
 @router.get("/v1/voices")
