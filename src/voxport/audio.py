@@ -1,9 +1,8 @@
 """Audio post-processing: speed, resampling and encoding to the response formats.
 
-pcm and wav are resampled in-process (soxr); mp3, opus, aac, G.711 (mulaw, alaw) and streamed flac (frame
-by frame) at normal speed are encoded in-process on FFmpeg's libraries (voxport.codec); buffered flac by
-libsndfile (with its length); speed changes go through the ffmpeg binary (PATH, else the `imageio-ffmpeg`
-wheel's).
+pcm and wav are resampled in-process (soxr); mp3, opus, aac, G.711 and streamed flac at normal speed are
+encoded in-process on FFmpeg's libraries (voxport.codec); buffered flac by libsndfile (with its length);
+speed changes go through the ffmpeg binary (PATH, else the `imageio-ffmpeg` wheel's).
 `encode` is synchronous (callers run it in a worker thread); `encode_stream` is an async iterator that
 never blocks the event loop (codec work in a thread pool, or an ffmpeg subprocess on asyncio pipes).
 """

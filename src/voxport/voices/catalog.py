@@ -172,3 +172,12 @@ def design_prefix(description: str | None, instructions: str | None) -> str:
         return ""
     text = "; ".join(parts).replace("(", "[").replace(")", "]")
     return f"({text})"
+
+
+def catalog_diff(old: dict[str, Voice], fresh: dict[str, Voice]) -> dict[str, list[str]]:
+    """What a reload of voices.json added, changed (other audio or transcript) and removed."""
+    return {
+        "added": sorted(set(fresh) - set(old)),
+        "changed": sorted(i for i in set(fresh) & set(old) if fresh[i].key != old[i].key),
+        "removed": sorted(set(old) - set(fresh)),
+    }

@@ -22,7 +22,7 @@ from voxport.skipped import SkippedFiles
 from voxport.tenants import visible
 from voxport.voices import library
 from voxport.voices.aliases import AliasStore, file_aliases
-from voxport.voices.catalog import Voice, VoicesFileError, load_voices_file
+from voxport.voices.catalog import Voice, VoicesFileError, catalog_diff, load_voices_file
 from voxport.voices.consents import Consent, ConsentStore
 from voxport.voices.designed import design_clip
 from voxport.voices.mirror import LibraryMirror, SharedLibrary
@@ -105,21 +105,13 @@ class VoiceRegistry:
             entries = await asyncio.to_thread(self.lexicon.read)
             aliases = await asyncio.to_thread(file_aliases, self.voices_file)
         except (VoicesFileError, LexiconError) as exc:
-            raise invalid(
-                f"voices.json and the lexicon were not reloaded, the previous voices stay: {exc}",
-                None,
-                "invalid_voices_file" if isinstance(exc, VoicesFileError) else "invalid_lexicon_file",
-            ) from None
+            code = "invalid_voices_file" if isinstance(exc, VoicesFileError) else "invalid_lexicon_file"
+            message = f"voices.json and the lexicon were not reloaded, the previous voices stay: {exc}"
+            raise invalid(message, None, code) from None
         for voice in fresh.values():
             if voice.kind != "designed":
                 await self.prompt(voice)
-        old = self.builtin
-        diff: dict[str, list[str] | int] = {
-            "added": sorted(set(fresh) - set(old)),
-            "changed": sorted(i for i in set(fresh) & set(old) if fresh[i].key != old[i].key),
-            "removed": sorted(set(old) - set(fresh)),
-            "lexicon": len(entries),
-        }
+        diff: dict[str, list[str] | int] = {**catalog_diff(self.builtin, fresh), "lexicon": len(entries)}
         self.builtin, self.aliases.file = fresh, aliases
         self.lexicon.use(entries)
         await self.release_unused()
@@ -138,10 +130,8 @@ class VoiceRegistry:
     # -- lookup -----------------------------------------------------------------------------------
 
     def get(self, voice_id: str | None, viewer: str = "") -> Voice | None:
-        """A voice by alias, id, or library name (voices/aliases.py) that `viewer` may use
-        (voxport.tenants: built-in, designed and shared ones, and its own)."""
-        name = voice_id or self.default_voice
-        target = self.aliases.target(name)
+        """A voice by alias, id or library name (voices/aliases.py) that `viewer` may use (tenants)."""
+        name, target = voice_id or self.default_voice, self.aliases.target(voice_id or self.default_voice)
         return (self._find(target, viewer) if target is not None else None) or self._find(name, viewer)
 
     def _find(self, name: str, viewer: str = "") -> Voice | None:
