@@ -62,3 +62,19 @@ async def test_an_interruption_cancels_the_turns_context(server: ServerProcess) 
     down, _ = await run_test(_service(server), frames_to_send=frames)
     assert any(isinstance(f, TTSAudioRawFrame) for f in down)
     assert _cancelled(server) == before + 1
+
+
+async def test_pipecat_openai_tts_pointed_at_voxport(server: ServerProcess) -> None:
+    """The `base_url` recipe of docs/agents.md: Pipecat's own OpenAI TTS class, unchanged, at 24 kHz pcm."""
+    from pipecat.frames.frames import TTSSpeakFrame
+    from pipecat.services.openai.tts import OpenAITTSService
+
+    settings = OpenAITTSService.Settings(voice="alloy", model="tts-1")
+    tts = OpenAITTSService(
+        base_url=f"{server.base_url}/v1", api_key="unused", settings=settings, sample_rate=24000
+    )
+    down, _ = await run_test(tts, frames_to_send=[TTSSpeakFrame("Hello from Pipecat."), SleepFrame(sleep=20)])
+    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert audio and all(f.sample_rate == 24000 for f in audio)
+    seconds = sum(len(f.audio) for f in audio) / 2 / 24000
+    assert seconds > 1.0  # the sentence: max_length steps of 0.16 s, played at the rate it was made
