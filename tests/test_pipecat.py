@@ -1,96 +1,80 @@
-"""pipecat-ai's real `OpenAITTSService` speaks with a cloned voice through a voice alias.
-
-pipecat refuses any voice outside OpenAI's names before it sends a request, so a cloned voice is reachable
-from it only through an alias (`sage` -> the clone). pipecat-ai is not in the dev extra: 1.14 pins
-soundfile~=0.13.1 and soxr~=1.0.0 (voxport runs on newer ones) and brings ~50 MB with onnxruntime. Run this
-test where it is installed, e.g. `pip install --no-deps --target DIR pipecat-ai loguru aiohttp ...` and
-PYTHONPATH=src:DIR; elsewhere it skips."""
+"""voxport's Pipecat TTS service (voxport.integrations.pipecat) with the real `pipecat-ai` package, in
+Pipecat's own test pipeline, against a real `voxport serve` on the tiny checkpoint."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
-import numpy as np
 import pytest
-import soundfile as sf
 
-from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess
+from tests.conftest import ServerProcess
 
-pytest.importorskip(
-    "pipecat.services.openai.tts",
-    reason="pipecat-ai is not installed (not in the dev extra: it pins soundfile~=0.13.1 and soxr~=1.0.0)",
+pipecat = pytest.importorskip(
+    "pipecat", reason="pipecat-ai is not installed (the `pipecat` extra: pip install 'voxport[pipecat]')"
 )
-from pipecat.frames.frames import EndFrame, Frame, TTSAudioRawFrame, TTSSpeakFrame  # noqa: E402
-from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
-from pipecat.pipeline.runner import PipelineRunner  # noqa: E402
-from pipecat.pipeline.task import PipelineParams, PipelineTask  # noqa: E402
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
-from pipecat.services.openai.tts import OpenAITTSService  # noqa: E402
 
-pytestmark = pytest.mark.timeout(600)
+from pipecat.frames.frames import (  # noqa: E402
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipecat.tests.utils import SleepFrame, run_test  # noqa: E402
 
-RATE = 24000  # pipecat's OpenAI rate: what `pcm` gives
-
-
-@pytest.fixture(scope="module")
-def voxport(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data = tmp_path_factory.mktemp("pipecat-data")
-    proc = ServerProcess(["--model", str(tiny_model), "--data-dir", str(data), "--max-length",
-                          str(TEST_MAX_LENGTH), "--design-clip-seconds", "1"])  # fmt: skip
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
+from voxport.integrations.pipecat import VoxportTTSService  # noqa: E402
 
 
-class _Collect(FrameProcessor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.audio = bytearray()
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TTSAudioRawFrame):
-            assert (frame.sample_rate, frame.num_channels) == (RATE, 1)
-            self.audio += frame.audio
-        await self.push_frame(frame, direction)
+def _service(server: ServerProcess) -> VoxportTTSService:
+    url = f"ws://127.0.0.1:{server.port}/v1/audio/speech/ws"
+    return VoxportTTSService(url=url, voice="alloy", model="tts-1", options={"seed": 5}, sample_rate=16000)
 
 
-def _recording() -> bytes:
-    t = np.arange(44100 * 3) / 44100
-    buffer = io.BytesIO()
-    sf.write(buffer, 0.3 * np.sin(2 * np.pi * 180 * t), 44100, format="WAV")
-    return buffer.getvalue()
+async def test_an_llm_turn_is_spoken_through_one_context(server: ServerProcess) -> None:
+    tokens = ["Hello the", "re, my friend. ", "How are ", "you today?"]
+    frames = [LLMFullResponseStartFrame(), *(LLMTextFrame(t) for t in tokens), LLMFullResponseEndFrame(),
+              SleepFrame(sleep=30)]  # fmt: skip
+    down, _ = await run_test(_service(server), frames_to_send=frames)
+    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert audio and all(f.sample_rate == 16000 for f in audio)
+    assert len({f.context_id for f in audio}) == 1  # one voxport context for the turn
+    spoken = " ".join(f.text for f in down if isinstance(f, TTSTextFrame))
+    assert "friend" in spoken and "today" in spoken
+    assert any(isinstance(f, TTSStoppedFrame) for f in down)
+    # 16-bit mono at 16 kHz: the two sentences' audio (max_length steps of 0.16 s each).
+    seconds = sum(len(f.audio) for f in audio) / 2 / 16000
+    assert seconds > 1.0
 
 
-async def test_pipecat_speaks_a_cloned_voice_through_an_alias(voxport: ServerProcess) -> None:
-    async with httpx.AsyncClient(base_url=voxport.base_url, timeout=120) as http:
-        created = await http.post("/v1/audio/voices", data={"name": "Agent Voice", "consent": "true"},
-                                  files={"audio_sample": ("me.wav", _recording())})  # fmt: skip
-        assert created.status_code == 201, created.text
-        alias = await http.put("/v1/audio/voice_aliases/sage", json={"voice": "Agent Voice"})
-        assert alias.status_code == 200, alias.text
+def _cancelled(server: ServerProcess) -> float:
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    name = 'voxport_ws_contexts_ended_total{outcome="cancelled"}'
+    line = next((x for x in metrics.splitlines() if x.startswith(name)), None)
+    return float(line.split()[-1]) if line else 0.0
 
-        settings = OpenAITTSService.Settings(voice="sage", model="tts-1")
-        tts = OpenAITTSService(api_key="unused", base_url=f"{voxport.base_url}/v1", settings=settings,
-                               sample_rate=RATE)  # fmt: skip
-        collect = _Collect()
-        task = PipelineTask(Pipeline([tts, collect]), params=PipelineParams(audio_out_sample_rate=RATE))
-        await task.queue_frames([TTSSpeakFrame("Hello there."), EndFrame()])
-        await PipelineRunner(handle_sigint=False).run(task)
 
-        samples = len(collect.audio) // 2
-        assert samples == pytest.approx(TEST_MAX_LENGTH * STEP_SECONDS * RATE, rel=0.02)
-        # It was the clone that spoke: the same request naming the clone's id is that audio, from the cache.
-        body = {
-            "model": "tts-1",
-            "voice": created.json()["id"],
-            "input": "Hello there.",
-            "response_format": "pcm",
-        }
-        direct = await http.post("/v1/audio/speech", json=body)
-        assert direct.headers["x-cache"] == "HIT" and direct.content == bytes(collect.audio)
+async def test_an_interruption_cancels_the_turns_context(server: ServerProcess) -> None:
+    before = _cancelled(server)
+    text = "This is a long answer that the user will interrupt. " * 40  # far more than 3 s to generate
+    frames = [LLMFullResponseStartFrame(), LLMTextFrame(text), LLMFullResponseEndFrame(),
+              SleepFrame(sleep=3), InterruptionFrame(), SleepFrame(sleep=5)]  # fmt: skip
+    down, _ = await run_test(_service(server), frames_to_send=frames)
+    assert any(isinstance(f, TTSAudioRawFrame) for f in down)
+    assert _cancelled(server) == before + 1
+
+
+async def test_pipecat_openai_tts_pointed_at_voxport(server: ServerProcess) -> None:
+    """The `base_url` recipe of docs/agents.md: Pipecat's own OpenAI TTS class, unchanged, at 24 kHz pcm."""
+    from pipecat.frames.frames import TTSSpeakFrame
+    from pipecat.services.openai.tts import OpenAITTSService
+
+    settings = OpenAITTSService.Settings(voice="alloy", model="tts-1")
+    tts = OpenAITTSService(
+        base_url=f"{server.base_url}/v1", api_key="unused", settings=settings, sample_rate=24000
+    )
+    down, _ = await run_test(tts, frames_to_send=[TTSSpeakFrame("Hello from Pipecat."), SleepFrame(sleep=20)])
+    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert audio and all(f.sample_rate == 24000 for f in audio)
+    seconds = sum(len(f.audio) for f in audio) / 2 / 24000
+    assert seconds > 1.0  # the sentence: max_length steps of 0.16 s, played at the rate it was made

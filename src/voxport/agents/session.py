@@ -154,12 +154,12 @@ class LiveSession:
             if not context.closing:
                 self.service.contexts.dec()
         self.speech.jobs.close(context.job)
+        exc = None if task.cancelled() else task.exception()  # retrieved either way: no "never retrieved"
         if task.cancelled() or context.job.cancel.is_set():
             self.service.ended.labels("cancelled").inc()
             if ours:  # cancelled by request id (POST /v1/audio/speech/cancel): the client is told too
                 self._spawn(self.emit(ContextCancelledEvent(context_id=context.id)))
             return
-        exc = task.exception()
         self.service.ended.labels("error" if exc is not None else "done").inc()
         if exc is not None:
             if not isinstance(exc, VoxportError) or not exc.client_fault:
