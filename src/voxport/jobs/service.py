@@ -127,7 +127,9 @@ class JobService:
             raise _error("invalid", f"'input' is {len(params.input)} characters; the maximum is {limit}.",
                            f"{prefix}input", "string_too_long")  # fmt: skip
         try:
-            await self.runner.prepare(params, self.runner.plan(params.input, params.language)[0])
+            await self.runner.prepare(
+                params, self.runner.plan(params.input, params.language, params.input_format)[0]
+            )
         except VoxportError as exc:
             if not exc.client_fault or not prefix:
                 raise

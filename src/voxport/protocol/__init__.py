@@ -29,6 +29,7 @@ from voxport.protocol.speech import (  # noqa: F401
     SpeechCancelParams,
     SpeechCreateParams,
     SpeechErrorEvent,
+    SpeechWarningsEvent,
     StreamError,
     Usage,
     VoiceID,

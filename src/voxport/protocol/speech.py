@@ -31,6 +31,8 @@ class SpeechCreateParams(BaseModel):
 
     model: Plain
     input: Text | None = Field(None, min_length=1)  # required unless `dialogue` is given
+    # voxport: "ssml" = `input` is an SSML document (speech/ssml.py; docs/api.md lists the subset).
+    input_format: Literal["text", "ssml"] = "text"
     voice: NonEmpty | VoiceID | None = None
     instructions: Text | None = Field(None, max_length=4096)
     response_format: ResponseFormat = "mp3"
@@ -88,6 +90,14 @@ class SpeechAudioDeltaEvent(BaseModel):
 class SpeechAudioDoneEvent(BaseModel):
     type: Literal["speech.audio.done"] = "speech.audio.done"
     usage: Usage
+
+
+class SpeechWarningsEvent(BaseModel):
+    """voxport: the first event of an SSE stream whose request had something ignored (an SSML element
+    stripped, an unsupported attribute); the same warnings as the X-SSML-Warnings header."""
+
+    type: Literal["speech.warnings"] = "speech.warnings"
+    warnings: list[str]
 
 
 class StreamError(BaseModel):

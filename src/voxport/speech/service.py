@@ -77,6 +77,7 @@ class SpeechService:
         """Serve one request. `job` is the request's ticket: its id, arrival time and cancel switch."""
         plan = await self.preparer.plan(params, stream=stream, upload=upload)
         job.voice_kind, job.chars = plan.voice_kind, plan.chars
+        job.warnings = plan.script.warnings if plan.script else ()
         state = self._cache_state(no_cache, plan.voice_kind)
         key = cache_key(plan.cache_fields) if state == "USE" else None
         if self.settings.log_request_text:
