@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from voxport.protocol.dictionaries import MAX_REQUEST_DICTIONARIES, DictionaryName
 from voxport.protocol.fields import (
     Language,
     Loudness,
@@ -51,6 +52,8 @@ class SpeechCreateParams(BaseModel):
     sample_rate: int | None = Field(None, ge=8000, le=48000)
     # voxport: text and level shaping (docs/api.md). `loudness`: unset = the server's --loudness; null = off.
     pronunciations: Pronunciations | None = None
+    # voxport: named pronunciation dictionaries (docs/api.md), applied in order where their scope matches.
+    pronunciation_dictionaries: list[DictionaryName] | None = Field(None, max_length=MAX_REQUEST_DICTIONARIES)
     language: Language | None = None
     loudness: Loudness | None = None
     # voxport (docs/api.md): segment times; a dialogue of several voices instead of `input`, with a gap.

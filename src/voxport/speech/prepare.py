@@ -12,6 +12,7 @@ from typing import Any
 
 from voxport.audio import FORMATS, ffmpeg_available, needs_ffmpeg
 from voxport.config import Settings
+from voxport.dictionaries import Dictionary, in_force
 from voxport.engine.base import LANGUAGES, Engine, SynthesisRequest, VoicePrompt
 from voxport.errors import VoxportError, invalid, unavailable
 from voxport.protocol import SpeechCreateParams, VoiceUpload
@@ -202,7 +203,8 @@ class Preparer:
         }
         if params.timestamps:  # segmented by sentence, and the entry keeps the times
             cache_fields["timestamps"] = True
-        shaped, shaping, ssml = self._shape(params, loudness, ssml)
+        dictionaries = await self.voices.dictionaries.resolve(params.pronunciation_dictionaries)
+        shaped, shaping, ssml = self._shape(params, loudness, ssml, dictionaries)
         cache_fields.update(shaping)
         return SpeechPlan(
             params.response_format, rate, params.speed, stream, sse, "dialogue" if turns else voice.kind,
@@ -212,28 +214,39 @@ class Preparer:
         )  # fmt: skip
 
     def _shape(
-        self, params: SpeechCreateParams, loudness: float | None, ssml: Script | None = None
+        self,
+        params: SpeechCreateParams,
+        loudness: float | None,
+        ssml: Script | None = None,
+        dictionaries: tuple[Dictionary, ...] = (),
     ) -> tuple[SpeechCreateParams, dict[str, Any], Script | None]:
         """The text the engine reads (`input`, each dialogue turn's or SSML block's): lexicon entries (the
-        server's, then the request's over them), then the language's normalisation. And the cache key's
-        fields for them, present only when set, so that keys made before these existed stay valid."""
+        server's, the named dictionaries that apply to its voice and language, then the request's), then
+        the language's normalisation. And the cache key's fields for them, present only when set, so
+        that keys made before these existed stay valid."""
         used: list[list[str]] = []
+        hashes: list[str] = []
 
-        def shape(text: str) -> str:
-            spoken, entries = self.voices.lexicon.apply(text, params.pronunciations)
+        def shape(text: str, voice: str | None = params.voice_id) -> str:
+            extra, applied = in_force(dictionaries, voice, params.language, params.pronunciations)
+            hashes.extend(h for h in applied if h not in hashes)
+            spoken, entries = self.voices.lexicon.apply(text, extra)
             used.extend(entry for entry in entries if entry not in used)
             return normalize(spoken, params.language)
 
         if ssml is not None:
-            ssml = replace(ssml, blocks=tuple(replace(b, text=shape(b.text)) for b in ssml.blocks))
-            shaped = params
+            blocks = tuple(replace(b, text=shape(b.text, b.voice or params.voice_id)) for b in ssml.blocks)
+            ssml, shaped = replace(ssml, blocks=blocks), params
         elif params.dialogue:
-            turns = [turn.model_copy(update={"input": shape(turn.input)}) for turn in params.dialogue]
+            turns = [
+                turn.model_copy(update={"input": shape(turn.input, turn.voice)}) for turn in params.dialogue
+            ]
             shaped = params.model_copy(update={"dialogue": turns})
         else:
             assert params.input is not None
             shaped = params.model_copy(update={"input": shape(params.input)})
-        extra = {"lexicon": sorted(used), "language": params.language, "loudness": loudness}
+        extra = {"lexicon": sorted(used), "language": params.language, "loudness": loudness,
+                 "dictionaries": hashes}  # fmt: skip
         return shaped, {k: v for k, v in extra.items() if v}, ssml
 
     async def complete(self, plan: SpeechPlan) -> PreparedSpeech:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from voxport.audio import encode, write_wav
+from voxport.dictionaries import DictionaryStore
 from voxport.engine.base import Engine, VoicePrompt
 from voxport.errors import VoxportError, invalid
 from voxport.lexicon import Lexicon, LexiconError
@@ -46,6 +47,7 @@ class VoiceRegistry:
         # Several replicas (--redis-url): the library is shared, this replica's is its mirror.
         self.mirror = LibraryMirror(shared_library, self._library) if shared_library is not None else None
         self.consents = ConsentStore(data_dir / "voices" / "consents", self.mirror)
+        self.dictionaries = DictionaryStore(data_dir / "pronunciation_dictionaries")  # with the lexicon
         self._designed = data_dir / "voices" / "designed"
         self._scratch = data_dir / "tmp"
         self.fingerprint = ""

@@ -2,13 +2,14 @@
 
 from fastapi import APIRouter
 
-from voxport.api.routes import jobs, models, ops, playground, speech, voices
+from voxport.api.routes import dictionaries, jobs, models, ops, playground, speech, voices
 
 ROUTERS: tuple[APIRouter, ...] = (
     speech.router,
     jobs.router,
     voices.router,
     voices.admin,
+    dictionaries.admin,
     models.router,
     ops.router,
     ops.admin,
