@@ -147,6 +147,19 @@ def test_say_as_sub_and_phoneme_are_read_as_text(server: ServerProcess) -> None:
         "Room forty-two, code A B.",
         "World Wide Web and engine x.",
     ]
+    kinds = ('<s><say-as interpret-as="ordinal">21st</say-as></s>'
+             '<s><say-as interpret-as="digits">907</say-as></s>'
+             '<s><say-as interpret-as="date" format="dmy">05/03/2024</say-as></s>'
+             '<s><say-as interpret-as="time">14:00</say-as></s>'
+             '<s><say-as interpret-as="telephone">555-0100</say-as></s>')  # fmt: skip
+    body, _ = _timed(server, f"<speak>{kinds}</speak>", language="en")
+    assert [s["text"] for s in body["segments"]] == [
+        "twenty-first", "nine zero seven", "March fifth twenty twenty-four", "fourteen o'clock",
+        "five five five, zero one zero zero",
+    ]  # fmt: skip
+    # Chinese: wetext's numerals; the caller's digits stay the segment's input_text.
+    body, _ = _timed(server, '<speak>共<say-as interpret-as="cardinal">123</say-as>个</speak>', language="zh")
+    assert [(s["text"], s["input_text"]) for s in body["segments"]] == [("共一百二十三个", "共123个")]
 
 
 def test_offsets_slice_the_documents_text_content(server: ServerProcess) -> None:

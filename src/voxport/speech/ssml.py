@@ -43,6 +43,8 @@ _IGNORED = frozenset({"emphasis", "lang", "mark", "audio", "desc", "meta", "meta
 _WRAP = "<speak>"
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*$")
 _PUNCTUATION = re.compile(r"\s+([.,!?;:])")
+_CJK = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_CJK_SPACE = re.compile(rf"(?<=[{_CJK}])\s+|\s+(?=[{_CJK}])")  # no space next to CJK text
 _RATE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*(%?)\s*$")
 
 
@@ -154,7 +156,8 @@ class _Builder:
 
     def boundary(self, pause: float = 0.0) -> None:
         """Ends the block being built (if it has text), then adds `pause` after the last block."""
-        text = _PUNCTUATION.sub(r"\1", " ".join("".join(self.spoken).split()))
+        text = " ".join("".join(self.spoken).split())
+        text = _CJK_SPACE.sub("", _PUNCTUATION.sub(r"\1", text))
         pieces = [(p, s) for p, s in self.source if s.strip()]
         if text:
             if pieces:
