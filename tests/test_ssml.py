@@ -220,3 +220,14 @@ def test_a_job_speaks_ssml_block_by_block_as_a_live_request_does(server: ServerP
     live = decode(_post(server, {"input": ssml, "input_format": "ssml", "stream": False}).content, "wav")
     assert len(live.samples) == len(audio.samples)
     assert float(abs(live.samples - audio.samples).max()) < 1e-3
+
+
+def test_a_job_with_an_unknown_voice_in_a_later_block_is_refused_at_submission(server: ServerProcess) -> None:
+    ssml = '<speak>One.<voice name="echo">Two.</voice><voice name="nobody">Three.</voice></speak>'
+    body = {"model": "tts-1", "voice": "alloy", "input": ssml, "input_format": "ssml"}
+    response = httpx.post(f"{server.base_url}/v1/audio/speech/jobs", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "input" and "nobody" in response.json()["error"]["message"]
+    broken = httpx.post(f"{server.base_url}/v1/audio/speech/jobs", timeout=60,
+                        json={**body, "input": "<speak>One.<s>Two.</speak>"})  # fmt: skip
+    assert broken.status_code == 400 and "line 1" in broken.json()["error"]["message"]

@@ -40,7 +40,7 @@ from voxport.jobs.webhooks import (
 )
 from voxport.metrics import Metrics
 from voxport.protocol import SpeechCreateParams
-from voxport.speech import SpeechService
+from voxport.speech import SpeechService, script
 
 log = logging.getLogger("voxport.jobs")
 T = TypeVar("T")
@@ -127,9 +127,11 @@ class JobService:
             raise _error("invalid", f"'input' is {len(params.input)} characters; the maximum is {limit}.",
                            f"{prefix}input", "string_too_long")  # fmt: skip
         try:
-            await self.runner.prepare(
-                params, self.runner.plan(params.input, params.language, params.input_format)[0]
-            )
+            texts = self.runner.plan(params.input, params.language, params.input_format)
+            await self.runner.prepare(params, texts[0])
+            parsed = script.parse(params)
+            if parsed is not None:  # every SSML block's <voice>, not only the first block's
+                script.voices(self.speech.voices, parsed)
         except VoxportError as exc:
             if not exc.client_fault or not prefix:
                 raise
