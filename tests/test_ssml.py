@@ -110,6 +110,8 @@ def test_malformed_ssml_names_the_line_and_column(server: ServerProcess) -> None
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "input" and "line 2, column 20" in error["message"], error
+    deep = _post(server, {"input": "<s>" * 500 + "deep" + "</s>" * 500, "input_format": "ssml"})
+    assert deep.status_code == 400 and "nested" in deep.json()["error"]["message"]
     for bad in ({"rate": "900%"}, {"break": "30s"}):
         text = (
             f'<prosody rate="{bad["rate"]}">a</prosody>'

@@ -34,6 +34,7 @@ from voxport.errors import invalid
 from voxport.speech.say_as import say_as
 
 MAX_BREAK_SECONDS = 10.0
+MAX_DEPTH = 64
 MIN_RATE, MAX_RATE = 0.25, 4.0
 # <break strength>: seconds of silence (SSML 1.1 leaves them to the processor).
 STRENGTHS = {"none": 0.0, "x-weak": 0.1, "weak": 0.25, "medium": 0.4, "strong": 0.7, "x-strong": 1.0}
@@ -174,8 +175,10 @@ class _Builder:
             else:
                 self.warn("a <break> before any text has no effect")
 
-    def walk(self, element: ET.Element, voice: str | None, rate: float) -> None:
+    def walk(self, element: ET.Element, voice: str | None, rate: float, depth: int = 0) -> None:
         """The element's own content; its tail belongs to its parent (added there)."""
+        if depth > MAX_DEPTH:
+            raise _error(f"elements are nested more than {MAX_DEPTH} deep.")
         name = _name(element)
         if name in ("say-as", "sub", "phoneme"):
             text = "".join(element.itertext())
@@ -194,7 +197,7 @@ class _Builder:
             self.warn(f"unknown element <{name}> stripped, its text kept")
         self.add(element.text, voice=voice, rate=rate)
         for child in element:
-            self.walk(child, voice, rate)
+            self.walk(child, voice, rate, depth + 1)
             self.add(child.tail, voice=voice, rate=rate)
         if name in ("p", "s"):
             self.boundary()
