@@ -88,6 +88,10 @@ EXPECTED_ERRORS = {
     "GET /metrics": {401},
     "POST /admin/reload-voices": {400, 401, 403, 503},
     "POST /admin/cache/clear": {401, 403},
+    "GET /v1/audio/pronunciation_dictionaries": {401, 403},
+    "PUT /v1/audio/pronunciation_dictionaries/{name}": {400, 401, 403, 408, 413},
+    "GET /v1/audio/pronunciation_dictionaries/{name}": {401, 403, 404},
+    "DELETE /v1/audio/pronunciation_dictionaries/{name}": {401, 403, 404},
 }
 
 

@@ -87,6 +87,7 @@ class Lexicon:
         self.path = path
         self.entries: dict[str, str] = {}
         self._compiled = _compile({})
+        self._merged: dict[tuple[tuple[str, str], ...], _Compiled] = {}  # recent extras, compiled
 
     def read(self) -> dict[str, str]:
         """The file's entries, checked, without using them (blocking)."""
@@ -95,11 +96,23 @@ class Lexicon:
     def use(self, entries: dict[str, str]) -> None:
         self.entries = entries
         self._compiled = _compile(entries)
+        self._merged = {}
+
+    def _with(self, extra: dict[str, str]) -> _Compiled:
+        """The file's entries with `extra` over them, compiled once for a recent `extra` (a request's
+        dictionaries come back with every turn or block, and with the next request)."""
+        key = tuple(extra.items())
+        found = self._merged.get(key)
+        if found is None:
+            if len(self._merged) >= 32:
+                self._merged.clear()
+            found = self._merged[key] = _compile({**self.entries, **extra})
+        return found
 
     def apply(self, text: str, extra: dict[str, str] | None = None) -> tuple[str, list[list[str]]]:
         """`text` with every entry applied, and the entries that were (sorted [key, respelling] pairs: the
         part of the lexicon this text's audio depends on, for its cache key)."""
-        compiled = _compile({**self.entries, **extra}) if extra else self._compiled
+        compiled = self._with(extra) if extra else self._compiled
         if compiled.pattern is None:
             return text, []
         used: set[tuple[str, str]] = set()

@@ -73,8 +73,8 @@ class RedisJobRunner:
 
     # -- the interface the service uses -----------------------------------------------------------
 
-    def plan(self, text: str, language: str | None = None) -> list[str]:
-        return self.work.plan(text, language)
+    def plan(self, text: str, language: str | None = None, input_format: str = "text") -> list[str]:
+        return self.work.plan(text, language, input_format)
 
     async def prepare(self, params: SpeechCreateParams, text: str, tenant: str = ""):  # noqa: ANN201
         return await self.work.prepare(params, text, tenant)

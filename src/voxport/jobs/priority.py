@@ -25,6 +25,7 @@ import numpy as np
 from voxport.errors import RequestCancelled
 from voxport.speech import SpeechJob, SpeechService
 from voxport.speech.prepare import PreparedSpeech
+from voxport.speech.timings import Timeline
 
 _POLL_S = 0.05  # how often a waiting or generating job segment looks at the live load again
 
@@ -123,7 +124,9 @@ class JobPriority:
             async with self._slot(cancel):
                 watcher = asyncio.create_task(self._preempt_when_crowded(cancel, attempt))
                 try:
-                    audio = self.speech.joiner.audio(prepared.segments, ticket, speed=prepared.speed)
+                    # The spans' pauses and speeds (an SSML segment's) apply as they do live.
+                    timeline = Timeline(prepared.spans, self.speech.engine.info.sample_rate)
+                    audio = self.speech.joiner.audio(prepared.segments, ticket, timeline, prepared.speed)
                     chunks = [chunk async for chunk in audio]
                 except RequestCancelled:
                     chunks = None

@@ -142,8 +142,8 @@ class JobRunner:
 
     # -- one job ----------------------------------------------------------------------------------
 
-    def plan(self, text: str, language: str | None = None) -> list[str]:
-        return self.work.plan(text, language)
+    def plan(self, text: str, language: str | None = None, input_format: str = "text") -> list[str]:
+        return self.work.plan(text, language, input_format)
 
     async def prepare(self, params: SpeechCreateParams, text: str, tenant: str = "") -> PreparedSpeech:
         return await self.work.prepare(params, text, tenant)
@@ -182,7 +182,8 @@ class JobRunner:
 
     async def _execute(self, job: Job, cancel: asyncio.Event) -> None:
         params = SpeechCreateParams.model_validate(job.request)
-        plan = job.segments or await asyncio.to_thread(self.plan, params.input, params.language)
+        plan = job.segments or await asyncio.to_thread(self.plan, params.input, params.language,
+                                                        params.input_format)  # fmt: skip
         rate = self.speech.engine.info.sample_rate
         done, samples = await asyncio.to_thread(self.files.done, job.id, len(plan))
         if not await self.store.start(job.id, plan, done, samples / rate):

@@ -41,7 +41,7 @@ from voxport.jobs.webhooks import (
 )
 from voxport.metrics import Metrics
 from voxport.protocol import SpeechCreateParams
-from voxport.speech import SpeechService
+from voxport.speech import SpeechService, script
 
 log = logging.getLogger("voxport.jobs")
 T = TypeVar("T")
@@ -132,8 +132,13 @@ class JobService:
                            f"{prefix}input", "string_too_long")  # fmt: skip
         try:
             # Planning is linear in the text (up to max_job_chars), but off the event loop all the same.
-            plan = await asyncio.to_thread(self.runner.plan, params.input, params.language)
-            await self.runner.prepare(params, plan[0], scope)
+            texts = await asyncio.to_thread(
+                self.runner.plan, params.input, params.language, params.input_format
+            )
+            await self.runner.prepare(params, texts[0], scope)
+            parsed = script.parse(params)
+            if parsed is not None:  # every SSML block's <voice>, not only the first block's
+                script.voices(self.speech.voices, parsed, scope)
         except VoxportError as exc:
             if not exc.client_fault or not prefix:
                 raise

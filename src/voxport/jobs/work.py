@@ -26,6 +26,7 @@ from voxport.speech import SpeechService
 from voxport.speech.joiner import CrossFader
 from voxport.speech.loudness import held
 from voxport.speech.prepare import PreparedSpeech
+from voxport.speech.ssml import fragments
 from voxport.speech.timings import Span, Timeline
 from voxport.text import normalize, segment
 
@@ -51,9 +52,11 @@ class SegmentWork:
 
     # -- segments ---------------------------------------------------------------------------------
 
-    def plan(self, text: str, language: str | None = None) -> list[str]:
+    def plan(self, text: str, language: str | None = None, input_format: str = "text") -> list[str]:
         """The job's segments: sentences packed up to the segment cap, as live long text is split, by the
-        rules of its `language`."""
+        rules of its `language`. An SSML document: one document per block (speech/ssml.py `fragments`)."""
+        if input_format == "ssml":
+            return fragments(text, language)
         cap = min(self.settings.segment_max_chars, self.settings.max_input_chars)
         language = language or self.settings.default_language  # as the preparer fills it in
         return segment(normalize(text, language), cap, pack=True, language=language) or [text]

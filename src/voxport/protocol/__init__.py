@@ -1,6 +1,13 @@
 """Request, response and SSE event models, named after openai-python's types so that our docs map
 onto OpenAI's one to one. One module per feature; this package re-exports them all."""
 
+from voxport.protocol.dictionaries import (  # noqa: F401
+    DictionaryName,
+    PronunciationDictionary,
+    PronunciationDictionaryDeleted,
+    PronunciationDictionaryList,
+    PronunciationDictionaryParams,
+)
 from voxport.protocol.fields import (  # noqa: F401
     NonEmpty,
     Plain,
@@ -30,6 +37,7 @@ from voxport.protocol.speech import (  # noqa: F401
     SpeechCancelParams,
     SpeechCreateParams,
     SpeechErrorEvent,
+    SpeechWarningsEvent,
     StreamError,
     Usage,
     VoiceID,

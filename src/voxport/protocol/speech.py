@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from voxport.protocol.dictionaries import MAX_REQUEST_DICTIONARIES, DictionaryName
 from voxport.protocol.fields import (
     Language,
     Loudness,
@@ -31,6 +32,8 @@ class SpeechCreateParams(BaseModel):
 
     model: Plain
     input: Text | None = Field(None, min_length=1)  # required unless `dialogue` is given
+    # voxport: "ssml" = `input` is an SSML document (speech/ssml.py; docs/api.md lists the subset).
+    input_format: Literal["text", "ssml"] = "text"
     voice: NonEmpty | VoiceID | None = None
     instructions: Text | None = Field(None, max_length=4096)
     response_format: ResponseFormat = "mp3"
@@ -49,6 +52,8 @@ class SpeechCreateParams(BaseModel):
     sample_rate: int | None = Field(None, ge=8000, le=48000)
     # voxport: text and level shaping (docs/api.md). `loudness`: unset = the server's --loudness; null = off.
     pronunciations: Pronunciations | None = None
+    # voxport: named pronunciation dictionaries (docs/api.md), applied in order where their scope matches.
+    pronunciation_dictionaries: list[DictionaryName] | None = Field(None, max_length=MAX_REQUEST_DICTIONARIES)
     language: Language | None = None
     loudness: Loudness | None = None
     # voxport (docs/api.md): segment times; a dialogue of several voices instead of `input`, with a gap.
@@ -89,6 +94,14 @@ class SpeechAudioDeltaEvent(BaseModel):
 class SpeechAudioDoneEvent(BaseModel):
     type: Literal["speech.audio.done"] = "speech.audio.done"
     usage: Usage
+
+
+class SpeechWarningsEvent(BaseModel):
+    """voxport: the first event of an SSE stream whose request had something ignored (an SSML element
+    stripped, an unsupported attribute); the same warnings as the X-SSML-Warnings header."""
+
+    type: Literal["speech.warnings"] = "speech.warnings"
+    warnings: list[str]
 
 
 class StreamError(BaseModel):

@@ -33,6 +33,11 @@ class SpeechSegment(BaseModel):
     end: float | None
     turn: int | None = None  # dialogue: the turn it belongs to (0-based)
     voice: str | None = None  # dialogue: that turn's voice
+    # The caller's own text for this segment and its character offsets (Python string indices) into
+    # `input`, or into an SSML document's text content; absent where not known (a dialogue).
+    input_text: str | None = None
+    input_start: int | None = None
+    input_end: int | None = None
     # Word timings need a forced aligner, which this server does not run: always null for now.
     words: list[dict] | None = None
 

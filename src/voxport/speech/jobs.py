@@ -34,6 +34,7 @@ class SpeechJob:
     voice_kind: str = "-"
     chars: int = 0
     text: str = ""  # only filled in when log_request_text is on
+    warnings: tuple[str, ...] = ()  # what the request asked for that was ignored (SSML elements)
 
     @property
     def usage(self) -> dict[str, int]:

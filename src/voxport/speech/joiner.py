@@ -127,13 +127,14 @@ class Joiner:
         job.sample_rate = rate
         fader = CrossFader(rate, len(segments))
         pads = [span.pad for span in timeline.spans] if timeline else [0] * len(segments)
+        speeds = [speed * span.speed for span in timeline.spans] if timeline else [speed] * len(segments)
         generation_started = time.perf_counter()
         try:
             for index, request in enumerate(segments):
                 stats = GenerationStats()
                 fresh = True
                 chunks = self._until_cancelled(self.engine.generate(request, stats), job.cancel)
-                async for chunk in self._stretched(chunks, speed):
+                async for chunk in self._stretched(chunks, speeds[index]):
                     joined = fader.push(index, chunk, fresh)
                     if timeline is not None:
                         if fresh:
@@ -144,7 +145,7 @@ class Joiner:
                         yield self._count(job, joined)
                 if timeline is not None:
                     timeline.finish(index)
-                if pads[index]:  # a pause after a dialogue turn: part of the signal, not of the turn
+                if pads[index]:  # a pause after a dialogue turn or SSML block: not part of the segment
                     joined = fader.push(index, np.zeros(pads[index] + fader.overlap, np.float32), fresh)
                     if len(joined):
                         yield self._count(job, joined)

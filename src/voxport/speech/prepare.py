@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from voxport.audio import FORMATS, ffmpeg_available, needs_ffmpeg
 from voxport.config import Settings
+from voxport.dictionaries import Dictionary, in_force
 from voxport.engine.base import LANGUAGES, Engine, SynthesisRequest, VoicePrompt
 from voxport.errors import VoxportError, invalid, unavailable
 from voxport.protocol import SpeechCreateParams, VoiceUpload
-from voxport.speech import dialogue
+from voxport.speech import dialogue, script
 from voxport.speech.jobs import with_deadline
 from voxport.speech.loudness import measure
+from voxport.speech.ssml import Script
 from voxport.speech.timings import Span
 from voxport.text import normalize, segment
 from voxport.voices import Voice, VoiceRegistry, design_prefix
@@ -56,6 +58,9 @@ class SpeechPlan:
     timestamps: bool = False  # segment times wanted: segmented by sentence, timed (speech/timings.py)
     turns: tuple[Voice, ...] = ()  # a dialogue's voices, turn by turn (speech/dialogue.py)
     gap: float = 0.0  # seconds of silence between a dialogue's turns
+    script: Script | None = None  # `input_format: ssml`: the blocks, shaped (speech/ssml.py, script.py)
+    script_voices: tuple[Voice | None, ...] = ()  # each block's <voice> (None: the request's)
+    source: str | None = None  # the caller's `input`, for the timings' offsets
 
     @property
     def content_type(self) -> str:
@@ -178,6 +183,8 @@ class Preparer:
         if adhoc is None:
             await self.voices.refresh()  # shared library: what other replicas added or deleted
         turns = dialogue.voices(self.voices, params, tenant) if params.dialogue else []
+        ssml = script.parse(params)
+        script_voices = script.voices(self.voices, ssml, tenant) if ssml else ()
         voice = adhoc or (turns[0] if turns else self._named(params, tenant))
         # A designed voice keeps its seed: it sounds the same every time.
         seed = params.seed if params.seed is not None else voice.seed
@@ -194,7 +201,11 @@ class Preparer:
             "model": self.settings.served_model_id,
             "weights": self.weights_fingerprint(),
             "voice": voice.key,
-            "input": params.input if not turns else dialogue.cache_input(params, turns, gap),
+            "input": script.cache_input(ssml, script_voices, voice.key)
+            if ssml
+            else params.input
+            if not turns
+            else dialogue.cache_input(params, turns, gap),
             "instructions": params.instructions,
             "format": params.response_format,
             # Streamed and buffered forms are segmented differently.
@@ -209,41 +220,57 @@ class Preparer:
         }
         if params.timestamps:  # segmented by sentence, and the entry keeps the times
             cache_fields["timestamps"] = True
-        shaped, shaping = self._shape(params, loudness)
+        dictionaries = await self.voices.dictionaries.resolve(params.pronunciation_dictionaries)
+        shaped, shaping, ssml = self._shape(params, loudness, ssml, dictionaries)
         cache_fields.update(shaping)
         return SpeechPlan(
             params.response_format, rate, params.speed, stream, sse, "dialogue" if turns else voice.kind,
             dialogue.text_length(params, self.settings.max_input_chars, False), cache_fields, shaped, voice,
-            seed, timesteps, max_length, loudness, params.timestamps, tuple(turns), gap,
+            seed, timesteps, max_length, loudness, params.timestamps, tuple(turns), gap, ssml, script_voices,
+            params.input,
         )  # fmt: skip
 
     def _shape(
-        self, params: SpeechCreateParams, loudness: float | None
-    ) -> tuple[SpeechCreateParams, dict[str, Any]]:
-        """The text the engine reads (`input`, or each dialogue turn's): lexicon entries applied (the
-        server's, then the request's over them), then the language's normalisation. And the cache key's
-        fields for them, present only when set, so that keys made before these existed stay valid."""
+        self,
+        params: SpeechCreateParams,
+        loudness: float | None,
+        ssml: Script | None = None,
+        dictionaries: tuple[Dictionary, ...] = (),
+    ) -> tuple[SpeechCreateParams, dict[str, Any], Script | None]:
+        """The text the engine reads (`input`, each dialogue turn's or SSML block's): lexicon entries (the
+        server's, the named dictionaries that apply to its voice and language, then the request's), then
+        the language's normalisation. And the cache key's fields for them, present only when set, so
+        that keys made before these existed stay valid."""
         used: list[list[str]] = []
+        hashes: list[str] = []
 
-        def shape(text: str) -> str:
-            spoken, entries = self.voices.lexicon.apply(text, params.pronunciations)
+        def shape(text: str, voice: str | None = params.voice_id) -> str:
+            extra, applied = in_force(dictionaries, voice, params.language, params.pronunciations)
+            hashes.extend(h for h in applied if h not in hashes)
+            spoken, entries = self.voices.lexicon.apply(text, extra)
             used.extend(entry for entry in entries if entry not in used)
             return normalize(spoken, params.language)
 
-        if params.dialogue:
-            turns = [turn.model_copy(update={"input": shape(turn.input)}) for turn in params.dialogue]
+        if ssml is not None:
+            blocks = tuple(replace(b, text=shape(b.text, b.voice or params.voice_id)) for b in ssml.blocks)
+            ssml, shaped = replace(ssml, blocks=blocks), params
+        elif params.dialogue:
+            turns = [
+                turn.model_copy(update={"input": shape(turn.input, turn.voice)}) for turn in params.dialogue
+            ]
             shaped = params.model_copy(update={"dialogue": turns})
         else:
             assert params.input is not None
             shaped = params.model_copy(update={"input": shape(params.input)})
-        extra = {"lexicon": sorted(used), "language": params.language, "loudness": loudness}
-        return shaped, {k: v for k, v in extra.items() if v}
+        extra = {"lexicon": sorted(used), "language": params.language, "loudness": loudness,
+                 "dictionaries": hashes}  # fmt: skip
+        return shaped, {k: v for k, v in extra.items() if v}, ssml
 
     async def complete(self, plan: SpeechPlan) -> PreparedSpeech:
         """The voice's prompt and the text's segments: the model-side work, done only on a miss."""
         planned = {f.name: getattr(plan, f.name) for f in fields(SpeechPlan)}
-        if plan.turns:
-            segments, spans = await dialogue.complete(self, plan)
+        if plan.turns or plan.script:
+            segments, spans = await (script if plan.script else dialogue).complete(self, plan)
             return PreparedSpeech(**planned, segments=segments, spans=spans)
         voice = plan.voice if isinstance(plan.voice, _Voice) else await self._prompt(plan.voice)
         params = plan.params
@@ -254,7 +281,8 @@ class Preparer:
             params.input, prefix, plan.max_length, by_sentence, voice.prompt.positions, params.language
         )
         segments = tuple(self.request(plan, prefix + text, voice.prompt, plan.seed) for text in texts)
-        return PreparedSpeech(**planned, segments=segments, spans=tuple(Span(text) for text in texts))
+        spans = script.spans(texts, plan.source or params.input)  # with the caller's text and offsets
+        return PreparedSpeech(**planned, segments=segments, spans=tuple(spans))
 
     def request(self, plan: SpeechPlan, text: str, prompt: VoicePrompt, seed: int | None) -> SynthesisRequest:
         params = plan.params

@@ -81,6 +81,7 @@ class SpeechService:
         """Serve one request. `job` is the request's ticket: its id, arrival time and cancel switch."""
         plan = await self.preparer.plan(params, stream=stream, upload=upload, tenant=job.tenant)
         job.voice_kind, job.chars = plan.voice_kind, plan.chars
+        job.warnings = plan.script.warnings if plan.script else ()
         state = self._cache_state(no_cache, plan.voice_kind)
         # Each tenant's entries are its own (no X-Cache oracle), unless the cache is shared across keys.
         scope = {"tenant": job.cache_scope} if job.cache_scope else {}

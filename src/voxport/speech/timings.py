@@ -20,12 +20,23 @@ from typing import Any
 @dataclass(frozen=True)
 class Span:
     """What a segment is, for its timing: its text (without any style prefix), its dialogue turn and
-    voice, and the silence (engine samples) that follows it (a dialogue's gap between turns)."""
+    voice, the silence (engine samples) that follows it (a dialogue's gap between turns, an SSML break),
+    its speed relative to the request's (SSML `<prosody rate>`), and the caller's own text for it with its
+    offsets (into `input`, or into an SSML document's text content) where they are known."""
 
     text: str
     turn: int | None = None
     voice: str | None = None
     pad: int = 0
+    speed: float = 1.0
+    input_text: str | None = None
+    origin: tuple[int, int] | None = None
+
+    def caller(self) -> dict[str, Any]:
+        """The caller's text and offsets, as timings carry them (only when known)."""
+        if self.origin is None:
+            return {}
+        return {"input_text": self.input_text, "input_start": self.origin[0], "input_end": self.origin[1]}
 
 
 class Timeline:
@@ -78,13 +89,13 @@ class Timeline:
             before = self.segment(index - 1) if index else None
             start_s = before["end"] if before and before["end"] is not None else 0.0
             return {"index": index, "text": span.text, "start": start_s, "end": start_s,
-                    "turn": span.turn, "voice": span.voice, "words": None}  # fmt: skip
+                    "turn": span.turn, "voice": span.voice, "words": None, **span.caller()}  # fmt: skip
         end = start + self.lengths[index]
         if index + 1 in self.starts:  # the cross-fade: it ends where the next one begins to fade in
             end = min(end, self.starts[index + 1])
         end = self._seconds(end) if index in self.finished else None
         return {"index": index, "text": span.text, "start": self._seconds(start), "end": end,
-                "turn": span.turn, "voice": span.voice, "words": None}  # fmt: skip
+                "turn": span.turn, "voice": span.voice, "words": None, **span.caller()}  # fmt: skip
 
     def segments(self) -> list[dict[str, Any]]:
         if self._fixed is not None:

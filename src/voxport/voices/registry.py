@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from voxport.audio import encode, write_wav
+from voxport.dictionaries import DictionaryStore
 from voxport.engine.base import Engine, VoicePrompt
 from voxport.errors import VoxportError, invalid
 from voxport.lexicon import Lexicon, LexiconError
@@ -40,9 +41,7 @@ class VoiceRegistry:
                  shared_library: SharedLibrary | None = None):  # fmt: skip
         self.engine = engine
         self.lexicon = lexicon or Lexicon()  # re-read with voices.json: one reload for both
-        self.voices_file = voices_file
-        self.voices_dir = voices_dir
-        self.default_voice = default_voice
+        self.voices_file, self.voices_dir, self.default_voice = voices_file, voices_dir, default_voice
         self.quota = library.Quota(max_user_voices, max_user_bytes)
         self.design_clip_seconds = design_clip_seconds
         self._library = data_dir / "voices" / "library"
@@ -50,8 +49,8 @@ class VoiceRegistry:
         self.mirror = LibraryMirror(shared_library, self._library) if shared_library is not None else None
         self.skipped = SkippedFiles()  # library voices and consents start-up could not read (/health)
         self.consents = ConsentStore(data_dir / "voices" / "consents", self.mirror, self.skipped)
-        self._designed = data_dir / "voices" / "designed"
-        self._scratch = data_dir / "tmp"
+        self.dictionaries = DictionaryStore(data_dir / "pronunciation_dictionaries")  # with the lexicon
+        self._designed, self._scratch = data_dir / "voices" / "designed", data_dir / "tmp"
         self.fingerprint = ""
         self.builtin: dict[str, Voice] = {}
         self.user: dict[str, Voice] = {}

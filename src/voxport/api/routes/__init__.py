@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from voxport.api.routes import aliases, jobs, live, models, ops, playground, speech, voices
+from voxport.api.routes import aliases, dictionaries, jobs, live, models, ops, playground, speech, voices
 
 ROUTERS: tuple[APIRouter, ...] = (
     speech.router,
@@ -11,6 +11,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     voices.router,
     voices.admin,
     aliases.router,
+    dictionaries.admin,
     models.router,
     ops.router,
     ops.admin,

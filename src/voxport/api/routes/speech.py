@@ -9,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -27,6 +28,7 @@ from voxport.protocol import (
     SpeechCreateParams,
     SpeechErrorEvent,
     SpeechTimedAudio,
+    SpeechWarningsEvent,
     StreamError,
     Usage,
 )
@@ -96,13 +98,23 @@ def _no_cache(request: Request, params: SpeechCreateParams) -> bool:
     return not params.cache or "no-cache" in directives or "no-store" in directives
 
 
+def warnings_header(warnings: tuple[str, ...]) -> str:
+    """Warnings as one header value, "; " between them (ASCII: anything else percent-encoded)."""
+    return "; ".join(quote(w, safe=" '<>/=:,.()-_\"") for w in warnings)
+
+
 def _cache_headers(job: SpeechJob) -> dict[str, str]:
     route = "CACHE" if job.cache == "HIT" else "ADHOC" if job.voice_kind == "adhoc" else "HOT"
-    return {"X-Cache": job.cache, "X-Route": route}
+    warned = {"X-SSML-Warnings": warnings_header(job.warnings)} if job.warnings else {}
+    return {"X-Cache": job.cache, "X-Route": route, **warned}
 
 
 def _event(
-    event: SpeechAudioDeltaEvent | SpeechAudioDoneEvent | SpeechErrorEvent | SpeechAudioSegmentEvent,
+    event: SpeechAudioDeltaEvent
+    | SpeechAudioDoneEvent
+    | SpeechErrorEvent
+    | SpeechAudioSegmentEvent
+    | SpeechWarningsEvent,
 ) -> bytes:
     exclude_none = isinstance(event, SpeechAudioDeltaEvent)  # sample_rate: on the first delta only
     return b"data: " + event.model_dump_json(exclude_none=exclude_none).encode() + b"\n\n"
@@ -120,6 +132,8 @@ async def _sse(stream: SpeechStream) -> AsyncIterator[bytes]:
     `timestamps`, a speech.audio.segment event before each segment's first audio."""
     job = stream.job
     rate: int | None = stream.prepared.sample_rate
+    if job.warnings:
+        yield _event(SpeechWarningsEvent(warnings=list(job.warnings)))
     try:
         async for data in stream:
             for event in _segments(stream):
