@@ -17,33 +17,33 @@ from pathlib import Path
 from typing import NoReturn
 
 import httpx
-import pytest
 
 from tests.conftest import free_port
+from tests.gates import missing
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
 SERVERS = ("replica1", "replica2")  # the `server` lines of deploy/haproxy.cfg, in order
 
 
 def _missing(package: str) -> NoReturn:
-    if os.environ.get("VOXPORT_REQUIRE_PROXIES"):
-        pytest.fail(
-            f"VOXPORT_REQUIRE_PROXIES is set but {package} is not installed (apt-get install {package})"
-        )
-    pytest.skip(f"needs {package}: apt-get install {package}")
+    missing("VOXPORT_REQUIRE_PROXIES", f"{package} is not installed (apt-get install {package})")
+
+
+SBIN = ("/usr/sbin", "/sbin")  # where Debian puts both, often not on a user's PATH
+
+
+def _binary(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (f"{d}/{name}" for d in SBIN if os.access(f"{d}/{name}", os.X_OK)), None
+    )
 
 
 def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or next(
-        (p for p in ("/usr/sbin/haproxy", "/sbin/haproxy") if os.access(p, os.X_OK)), None
-    )
-    if found is None:
-        if os.environ.get("VOXPORT_REQUIRE_HAPROXY"):
-            pytest.fail(
-                "VOXPORT_REQUIRE_HAPROXY is set but haproxy is not installed (apt-get install haproxy)"
-            )
-        pytest.skip("needs HAProxy: apt-get install haproxy")
-    return found
+    return _binary("haproxy") or _missing("haproxy")
+
+
+def nginx_binary() -> str:
+    return _binary("nginx") or _missing("nginx-light")
 
 
 class HAProxy:
@@ -111,9 +111,7 @@ class Nginx:
     free loopback ports, in its own prefix directory; stopped by its PID."""
 
     def __init__(self, replicas: list[str], prefix: Path):
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not os.access(binary, os.X_OK):
-            _missing("nginx-light")
+        binary = nginx_binary()
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         text = (CONFIG.parent / "nginx.conf").read_text()

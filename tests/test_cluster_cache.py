@@ -15,10 +15,10 @@ from voxport.cluster.redis import SharedRedis
 META = {"content_type": "audio/wav", "sample_rate": 24000, "duration": 1.0, "usage": {}}
 
 
-async def replica(server: RedisServer) -> RedisAudioCache:
+async def replica(server: RedisServer, wait_s: float = 30) -> RedisAudioCache:
     shared = SharedRedis(server.url, prefix="t")
     assert await shared.ping()
-    return RedisAudioCache(shared, ttl_seconds=60, wait_s=30)
+    return RedisAudioCache(shared, ttl_seconds=60, wait_s=wait_s)
 
 
 class Produce:
@@ -97,12 +97,14 @@ def test_a_failed_holder_hands_over(redis_server: RedisServer) -> None:  # noqa:
 
 def test_a_dead_holder_stops_blocking_when_its_lease_ends(redis_server: RedisServer) -> None:  # noqa: F811
     async def run() -> None:
-        b = await replica(redis_server)
+        # Giving up on the wait (after wait_s) generates anyway: far beyond the bound below, so only the
+        # lease running out can let this replica generate in time.
+        b = await replica(redis_server, wait_s=3600)
         # A lock whose holder is gone (a replica killed mid-generation): nobody renews it.
         redis_server.client().set("t:lock:k", "dead-replica", px=500)
         second = Produce(b, "k", b"made on b")
         second.release.set()
-        got, produced = await b.single_flight("k", second)
+        got, produced = await asyncio.wait_for(b.single_flight("k", second), 120)
         assert produced and got.audio == b"made on b" and second.calls == 1
         await b.shared.close()
 

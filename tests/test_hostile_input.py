@@ -70,7 +70,7 @@ def _exchange(port: int, head: bytes, body_chunks=(), pause: float = 0.0) -> tup
             except (TimeoutError, BrokenPipeError, ConnectionResetError):
                 break
         time.sleep(pause)
-        sock.settimeout(30)
+        sock.settimeout(60)  # blocking again, with a bound: a recv that gets nothing raises TimeoutError
         while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
             data = sock.recv(65536)
             if not data:

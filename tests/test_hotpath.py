@@ -17,6 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from tests.asgi_driver import ASGIRequest
 from tests.conftest import ServerProcess
 from tests.test_serving import SPEECH, cache_files, running
+from tests.waiting import until
 from voxport.api.limits import BodyLimitMiddleware
 from voxport.api.middleware import RequestContextMiddleware
 from voxport.api.serving import uvicorn_options
@@ -104,8 +105,7 @@ async def test_a_buffered_request_whose_client_leaves_is_cancelled(tiny_model: P
         cancelled = speech.jobs.cancelled_total
         body = {**SPEECH, "input": "A request long enough to be abandoned on the way."}
         request = ASGIRequest(app, "/v1/audio/speech", body, headers={"x-request-id": "leaves"})
-        while "leaves" not in speech.jobs.active:
-            await asyncio.sleep(0.01)
+        await until(lambda: "leaves" in speech.jobs.active, "the request to start generating")
         request.disconnect()
         await asyncio.wait_for(request.finish(), 120)
         assert speech.jobs.cancelled_total == cancelled + 1 and speech.jobs.in_flight == 0

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from tests.audio_check import decode
 from tests.conftest import ServerProcess
 from tests.webhook_receiver import Receiver
 
@@ -160,7 +161,9 @@ def test_cancel_while_running_and_while_queued(api: httpx.Client, receiver: Rece
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     stopped = r.json()["progress"]["segments_done"]
     assert stopped < r.json()["progress"]["segments_total"]
-    time.sleep(0.5)
+    # One job runs at a time here: a job submitted now finishing shows the cancelled one let go of it.
+    follower = api.post("/v1/audio/speech/jobs", json={**BODY, "input": "After the cancel."}).json()
+    assert wait_for(api, follower["id"])["status"] == "succeeded"
     after = api.get(f"/v1/audio/speech/jobs/{running['id']}").json()
     assert after["status"] == "cancelled" and after["progress"]["segments_done"] <= stopped + 1
     never = api.get(f"/v1/audio/speech/jobs/{queued['id']}").json()
@@ -174,6 +177,14 @@ def test_cancel_while_running_and_while_queued(api: httpx.Client, receiver: Rece
     assert api.get(f"/v1/audio/speech/jobs/{running['id']}").status_code == 404
 
 
+def _webhook_types(receiver: Receiver) -> list[str]:
+    """Each accepted delivery's event type (and, for a job's, the job id), in arrival order."""
+    events = [Webhook(SECRET).verify(r.body, r.headers) for r in receiver.accepted()]
+    return [
+        e["type"] + (f" {e['data']['id']}" if e["type"].startswith("speech.job.") else "") for e in events
+    ]
+
+
 def test_batch_of_twenty_fires_one_signed_webhook(api: httpx.Client) -> None:
     with Receiver() as receiver:
         requests = [{**BODY, "input": f"Batch item {i}."} for i in range(20)]
@@ -184,8 +195,16 @@ def test_batch_of_twenty_fires_one_signed_webhook(api: httpx.Client) -> None:
         assert batch["object"] == "speech.batch" and len(batch["job_ids"]) == 20
         assert batch["request_counts"]["total"] == 20
         got = wait_until(lambda: receiver.accepted())
-        time.sleep(0.5)  # a second delivery, were there one, would have come by now
-        assert len(receiver.received) == 1
+        # A later event to the same receiver, instead of a pause: deliveries go out in the order they fall
+        # due, so a second delivery of the batch's event (due when the batch finished) would come first.
+        later = api.post(
+            "/v1/audio/speech/jobs", json={**BODY, "input": "Later.", "webhook_url": receiver.url}
+        )
+        wait_until(lambda: len(receiver.accepted()) >= 2)
+        assert _webhook_types(receiver) == [
+            "speech.batch.completed",
+            f"speech.job.succeeded {later.json()['id']}",
+        ]
         event = Webhook(SECRET).verify(got[0].body, got[0].headers)
         assert event["type"] == "speech.batch.completed" and event["data"]["id"] == batch["id"]
         assert event["data"]["request_counts"]["succeeded"] == 20
@@ -309,12 +328,23 @@ MP3_STARTS = (b"ID3", b"\xff\xfb", b"\xff\xf3")
 
 
 @pytest.mark.parametrize(("fmt", "content_type", "magic"), [("mp3", "audio/mpeg", MP3_STARTS),
-                         ("flac", "audio/flac", (b"fLaC",)), ("pcm", "audio/pcm", (b"",))])  # fmt: skip
-def test_other_formats(api: httpx.Client, fmt: str, content_type: str, magic: tuple[bytes, ...]) -> None:
-    body = {**BODY, "response_format": fmt, "speed": 1.5, "input": "One sentence. And another one."}
-    job = api.post("/v1/audio/speech/jobs", json=body).json()
-    done = wait_for(api, job["id"])
-    assert done["status"] == "succeeded", done
-    content = api.get(f"/v1/audio/speech/jobs/{job['id']}/content")
-    assert content.headers["content-type"] == content_type and len(content.content) == done["result"]["bytes"]
-    assert content.content.startswith(magic) and len(content.content) > 1000
+                         ("flac", "audio/flac", (b"fLaC",)), ("pcm", "audio/pcm", None)])  # fmt: skip
+def test_other_formats(
+    api: httpx.Client, fmt: str, content_type: str, magic: tuple[bytes, ...] | None
+) -> None:
+    """Each format decodes (pcm: raw 16-bit at 24 kHz, no header), and `speed: 1.5` is applied: the
+    same job at speed 1.0 is 1.5 times as long."""
+    durations = {}
+    for speed in (1.0, 1.5):
+        body = {**BODY, "response_format": fmt, "speed": speed, "input": "One sentence. And another one."}
+        job = api.post("/v1/audio/speech/jobs", json=body).json()
+        done = wait_for(api, job["id"])
+        assert done["status"] == "succeeded", done
+        content = api.get(f"/v1/audio/speech/jobs/{job['id']}/content")
+        assert content.headers["content-type"] == content_type
+        assert len(content.content) == done["result"]["bytes"]
+        if magic is not None:
+            assert content.content.startswith(magic)
+        durations[speed] = decode(content.content, fmt).duration
+    assert durations[1.0] > 1  # two sentences of 12 sim steps each
+    assert durations[1.0] / durations[1.5] == pytest.approx(1.5, rel=0.1)

@@ -3,12 +3,13 @@ In-process, around the sim engine with the fault injector (tests/faults.py)."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 
 from tests.faults import FaultInjectingEngine
+from tests.waiting import until
 from voxport.app import create_app
 from voxport.config import Settings
 from voxport.engine import create_engine
@@ -29,17 +30,23 @@ async def test_an_engine_outage_pauses_a_job_and_it_finishes_afterwards(tmp_path
             async def get() -> dict:
                 return (await http.get(f"/v1/audio/speech/jobs/{job['id']}")).json()
 
-            while (await get())["progress"]["segments_done"] < 2:
-                await asyncio.sleep(0.01)
+            await until(lambda: _segments_done(get, 2), "two segments done")
             engine.kill()
             # Paused either way: a segment generating when the engine died is interrupted, or, killed
             # between two segments, the next one waits for the engine to take work again.
-            while runner.interrupted < 1 and runner.work.priority.waiting < 1:
-                await asyncio.sleep(0.01)
+            await until(lambda: runner.interrupted or runner.work.priority.waiting, "the job to pause")
             paused = await get()
             assert paused["status"] == "running" and paused["error"] is None
             engine.killed = False  # the engine is back
-            while (done := await get())["status"] == "running":
-                await asyncio.sleep(0.05)
+            done = await until(lambda: _finished(get), "the job to finish", every=0.05)
             assert done["status"] == "succeeded", done
             assert done["progress"]["segments_done"] == done["progress"]["segments_total"]
+
+
+async def _segments_done(get: Callable[[], Awaitable[dict]], n: int) -> bool:
+    return (await get())["progress"]["segments_done"] >= n
+
+
+async def _finished(get: Callable[[], Awaitable[dict]]) -> dict | None:
+    job = await get()
+    return job if job["status"] != "running" else None

@@ -16,6 +16,7 @@ import httpcore
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from tests.waiting import until
 from tests.webhook_receiver import Receiver
 from voxport.jobs.store import JobStore
 from voxport.jobs.webhooks import (
@@ -199,8 +200,7 @@ async def test_pending_deliveries_survive_a_restart(tmp_path: Path) -> None:
         first = WebhookDispatcher(store, WebhookSender(SECRET, LOOPBACK, timeout_s=5), retry_s=600)
         first.start()
         await first.enqueue("speechjob_5", "speech.job.succeeded", receiver.url, {"id": "speechjob_5"})
-        while not receiver.received:
-            await asyncio.sleep(0.05)
+        await until(lambda: receiver.received, "the first (failing) delivery", every=0.05)
         await first.close()  # the process ends after one failed attempt
         await store.close()
         reopened = JobStore(tmp_path / "jobs")
@@ -209,8 +209,7 @@ async def test_pending_deliveries_survive_a_restart(tmp_path: Path) -> None:
         assert (pending.status, pending.attempts) == ("pending", 1)
         second = WebhookDispatcher(reopened, WebhookSender(SECRET, LOOPBACK, timeout_s=5), retry_s=600)
         second.start()
-        while not receiver.accepted():
-            await asyncio.sleep(0.05)
+        await until(receiver.accepted, "the retried delivery", every=0.05)
         await second.close()
         (row,) = await reopened.deliveries("speechjob_5")
     assert (row.status, row.attempts) == ("delivered", 2)

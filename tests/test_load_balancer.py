@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,6 +177,7 @@ def test_nginx_spreads_requests_and_passes_streams_unbuffered(tmp_path: Path) ->
             replica.stop()
 
 
+@pytest.mark.timeout(1200)  # its own bounds add up to more than the default
 def test_sigterm_takes_a_replica_out_of_rotation_while_its_stream_finishes(sim_cluster: Cluster) -> None:
     lb, steps = sim_cluster.lb, 1000  # the stream outlasts the drain: it is still running at the shutdown
     stream: dict = {}
@@ -205,7 +207,9 @@ def test_sigterm_takes_a_replica_out_of_rotation_while_its_stream_finishes(sim_c
     victim.proc.send_signal(signal.SIGTERM)
     # Short requests through the balancer, one after another, all through the drain and the shutdown.
     results, down_seen, alive_when_down = [], False, None
+    deadline = time.monotonic() + 300
     while victim.proc.poll() is None or len(results) < 5:
+        assert time.monotonic() < deadline, f"the drained replica still runs at 300 s ({len(results)} sent)"
         if not down_seen and lb.states()[victim_name] == "DOWN":
             down_seen, alive_when_down = True, victim.proc.poll() is None
         response = httpx.post(f"{lb.base_url}/v1/audio/speech", json=_speech("Meanwhile", 3), timeout=60)

@@ -21,6 +21,7 @@ from tests.asgi_driver import ASGIRequest
 from tests.audio_check import decode
 from tests.conftest import STEP_SECONDS, ServerProcess, make_settings
 from tests.faults import FaultInjectingEngine
+from tests.waiting import until
 from voxport.app import create_app
 from voxport.config import DEFAULT_VOICES_FILE
 from voxport.engine.reference import ReferenceEngine
@@ -205,11 +206,9 @@ async def test_full_server_answers_429_at_once(tiny_model: Path, tmp_path: Path)
     async with running(tiny_model, tmp_path, max_length=200, max_concurrent=1, max_queue=1) as (app, http):
         speech = app.state.speech
         first = ASGIRequest(app, "/v1/audio/speech", slow)
-        while speech.admission.generating < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: speech.admission.generating >= 1, "the first request to generate")
         second = ASGIRequest(app, "/v1/audio/speech", slow)
-        while speech.admission.queued < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: speech.admission.queued >= 1, "the second request to queue")
         refused = await http.post("/v1/audio/speech", json=slow)
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
@@ -239,8 +238,7 @@ async def test_dead_engine_fails_fast_with_503(tiny_model: Path, tmp_path: Path)
         short = {**SPEECH, "max_length": 2}
         assert (await http.post("/v1/audio/speech", json=short)).headers["x-cache"] == "MISS"
         in_flight = asyncio.create_task(http.post("/v1/audio/speech", json={**SPEECH, "max_length": 200}))
-        while app.state.speech.admission.generating < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: app.state.speech.admission.generating >= 1, "the request to generate")
         engine.kill()
         assert (await in_flight).status_code == 503
         after = await http.post("/v1/audio/speech", json={**SPEECH, "input": "Anyone there?"})

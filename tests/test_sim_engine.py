@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.waiting import until
 from voxport.engine.base import (
     SAMPLE_RATE,
     SAMPLES_PER_STEP,
@@ -107,8 +108,7 @@ async def test_a_waiting_sequence_that_is_abandoned_never_runs() -> None:
         await running.__anext__()
         stats = GenerationStats()
         waiting = asyncio.ensure_future(collect(engine, SynthesisRequest(text="Waits.", max_length=5), stats))
-        while engine.waiting < 1:
-            await asyncio.sleep(0)
+        await until(lambda: engine.waiting >= 1, "the second request to wait", every=0)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -179,8 +179,7 @@ async def test_close_fails_waiting_work_and_later_requests() -> None:
     running = engine.generate(SynthesisRequest(text="Holds the slot.", max_length=1000))
     await running.__anext__()
     waiting = asyncio.ensure_future(collect(engine, SynthesisRequest(text="Waits.", max_length=5)))
-    while engine.waiting < 1:
-        await asyncio.sleep(0)
+    await until(lambda: engine.waiting >= 1, "the second request to wait", every=0)
     await engine.close()
     assert not engine.ready
     with pytest.raises(EngineUnavailable):

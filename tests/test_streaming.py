@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import struct
@@ -17,6 +16,7 @@ from tests.asgi_driver import ASGIRequest
 from tests.audio_check import decode
 from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess, make_settings
 from tests.test_speech_api import FORMATS
+from tests.waiting import until
 from voxport.app import create_app
 
 ONE_SENTENCE = "A single sentence to stream."
@@ -232,8 +232,7 @@ async def test_cancel_a_buffered_request_answers_499(slow_app) -> None:
         "response_format": "wav",
     }
     request = ASGIRequest(slow_app, "/v1/audio/speech", body, headers={"x-request-id": "cancel-me"})
-    while "cancel-me" not in speech.jobs.active:
-        await asyncio.sleep(0.01)
+    await until(lambda: "cancel-me" in speech.jobs.active, "the request to start generating")
     assert speech.jobs.cancel("cancel-me")
     start = await request.start()
     assert start["status"] == 499

@@ -15,7 +15,6 @@ checked here.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import multiprocessing
 import os
@@ -28,10 +27,11 @@ from typing import Any
 import pytest
 import torch
 
+from tests.gates import PACKAGES, installed, missing
 from voxport.engine import sdpa_attention
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("the kernel needs triton (the dev extra installs it)", allow_module_level=True)
+if not installed("triton"):  # installed but broken, the kernel's import fails in the worker: a failure
+    missing(PACKAGES, "triton is not installed: the kernel needs it (the dev extra installs it)")
 
 
 def _interpret() -> None:
