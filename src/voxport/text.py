@@ -164,10 +164,11 @@ def sentence_end(text: str, language: str | None = None, final: bool = False) ->
     character follows it (more text could still extend it: a second dot, a closing quote, another line
     break), so that text arriving in pieces, split anywhere, is cut where the whole text would be."""
     rules = rules_for(language)
+    reversed_text = text[::-1]
     for match in rules._end.finditer(text):  # type: ignore[attr-defined]
         western = match.group(1)
         single_dot = western is not None and western.rstrip(_CLOSERS) == "."
-        if single_dot and _is_abbreviation(text[: match.start()], rules.abbreviations):
+        if single_dot and _is_abbreviation(reversed_text, 0, match.start(), rules.abbreviations):
             continue
         return match.end() if final or match.end() < len(text) else None
     return None
