@@ -123,3 +123,18 @@ async def test_length_errors_speak_of_the_fields_own_type(
     error = (await http.post("/v1/audio/speech", json=body)).json()["error"]
     assert (error["param"], error["code"]) == (param, "invalid_value")
     assert words in error["message"]
+
+
+def test_doc_commands_work_after_the_readme_set_up() -> None:
+    """`voxport` is in .venv/bin, not on PATH: command blocks say `scripts/dev serve`, not `voxport serve`."""
+    bare = re.compile(r"^(\w+=\S+ )*voxport \w")
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        blocks = page.read_text().split("```")[1::2]  # the fenced blocks' contents
+        found += [
+            f"{page.name}: {line}"
+            for block in blocks
+            for line in block.splitlines()
+            if bare.match(line.strip())
+        ]
+    assert not found, "\n".join(found)
