@@ -138,3 +138,22 @@ def test_doc_commands_work_after_the_readme_set_up() -> None:
             if bare.match(line.strip())
         ]
     assert not found, "\n".join(found)
+
+
+async def test_the_voices_page_shows_the_fields_the_server_returns(http: httpx.AsyncClient) -> None:
+    page = (ROOT / "docs" / "voices.md").read_text()
+    listing = page.split("`GET /v1/voices`, richer:", 1)[1]
+    example, prose = listing.split("```json\n", 1)[1].split("```", 1)
+    voice = (await http.get("/v1/voices")).json()["data"][0]
+    documented = {"id"} | set(re.findall(r'"(\w+)":', example.split('{"id"')[1]))  # its first voice
+    assert documented == set(voice)
+    assert set(re.findall(r'"(\w+)":', page.split("A voice object carries", 1)[1].split("```", 2)[1])) == set(
+        voice
+    )
+    named = set(
+        re.findall(r"`(\w+)` is", prose.strip().split("\n\n", 1)[0])
+    )  # "`kind` is ...; `prompt` is ..."
+    assert named and named <= set(voice), named - set(voice)
+    simple = (await http.get("/v1/audio/voices")).json()["voices"][0]
+    shown = set(re.findall(r'"(\w+)":', page.split("`GET /v1/audio/voices`", 1)[1].split("```")[1]))
+    assert {"voices"} | set(simple) == shown
