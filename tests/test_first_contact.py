@@ -157,3 +157,16 @@ async def test_the_voices_page_shows_the_fields_the_server_returns(http: httpx.A
     simple = (await http.get("/v1/audio/voices")).json()["voices"][0]
     shown = set(re.findall(r'"(\w+)":', page.split("`GET /v1/audio/voices`", 1)[1].split("```")[1]))
     assert {"voices"} | set(simple) == shown
+
+
+def test_the_first_normalize_request_wait_is_documented() -> None:
+    """The normaliser is built on first use, not at start (docs/api.md says so, and what it costs)."""
+    row = next(
+        line
+        for line in (ROOT / "docs" / "api.md").read_text().splitlines()
+        if line.startswith("| `normalize`")
+    )
+    assert "The first such request after a start also builds voxcpm's normaliser" in row
+    assert (
+        "building voxcpm's text normaliser" in (ROOT / "src" / "voxport" / "engine" / "compat.py").read_text()
+    )
