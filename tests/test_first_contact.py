@@ -123,3 +123,50 @@ async def test_length_errors_speak_of_the_fields_own_type(
     error = (await http.post("/v1/audio/speech", json=body)).json()["error"]
     assert (error["param"], error["code"]) == (param, "invalid_value")
     assert words in error["message"]
+
+
+def test_doc_commands_work_after_the_readme_set_up() -> None:
+    """`voxport` is in .venv/bin, not on PATH: command blocks say `scripts/dev serve`, not `voxport serve`."""
+    bare = re.compile(r"^(\w+=\S+ )*voxport \w")
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        blocks = page.read_text().split("```")[1::2]  # the fenced blocks' contents
+        found += [
+            f"{page.name}: {line}"
+            for block in blocks
+            for line in block.splitlines()
+            if bare.match(line.strip())
+        ]
+    assert not found, "\n".join(found)
+
+
+async def test_the_voices_page_shows_the_fields_the_server_returns(http: httpx.AsyncClient) -> None:
+    page = (ROOT / "docs" / "voices.md").read_text()
+    listing = page.split("`GET /v1/voices`, richer:", 1)[1]
+    example, prose = listing.split("```json\n", 1)[1].split("```", 1)
+    voice = (await http.get("/v1/voices")).json()["data"][0]
+    documented = {"id"} | set(re.findall(r'"(\w+)":', example.split('{"id"')[1]))  # its first voice
+    assert documented == set(voice)
+    assert set(re.findall(r'"(\w+)":', page.split("A voice object carries", 1)[1].split("```", 2)[1])) == set(
+        voice
+    )
+    named = set(
+        re.findall(r"`(\w+)` is", prose.strip().split("\n\n", 1)[0])
+    )  # "`kind` is ...; `prompt` is ..."
+    assert named and named <= set(voice), named - set(voice)
+    simple = (await http.get("/v1/audio/voices")).json()["voices"][0]
+    shown = set(re.findall(r'"(\w+)":', page.split("`GET /v1/audio/voices`", 1)[1].split("```")[1]))
+    assert {"voices"} | set(simple) == shown
+
+
+def test_the_first_normalize_request_wait_is_documented() -> None:
+    """The normaliser is built on first use, not at start (docs/api.md says so, and what it costs)."""
+    row = next(
+        line
+        for line in (ROOT / "docs" / "api.md").read_text().splitlines()
+        if line.startswith("| `normalize`")
+    )
+    assert "The first such request after a start also builds voxcpm's normaliser" in row
+    assert (
+        "building voxcpm's text normaliser" in (ROOT / "src" / "voxport" / "engine" / "compat.py").read_text()
+    )

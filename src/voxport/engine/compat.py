@@ -101,6 +101,7 @@ def quiet_third_party(logger: logging.Logger) -> Iterator[None]:
 
 @functools.lru_cache(maxsize=1)
 def _text_normalizer():
+    log.info("building voxcpm's text normaliser for the first `normalize: true` request (once per process)")
     install_torchaudio_placeholder()
     from voxcpm.utils.text_normalize import TextNormalizer
 

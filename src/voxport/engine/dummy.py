@@ -9,6 +9,7 @@ length cap, which makes output length a function of the text and `max_length` al
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -163,7 +164,7 @@ def build_tokenizer(out_dir: Path):
 
 def build_checkpoint(out_dir: str | os.PathLike[str], size: Size = "tiny", seed: int = 0) -> dict:
     """Write a random-weight checkpoint to `out_dir`; returns a summary (sizes, parameter counts)."""
-    from voxport.engine.compat import install_torchaudio_placeholder
+    from voxport.engine.compat import install_torchaudio_placeholder, quiet_third_party
 
     install_torchaudio_placeholder()
     import torch
@@ -180,8 +181,8 @@ def build_checkpoint(out_dir: str | os.PathLike[str], size: Size = "tiny", seed:
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     parsed = VoxCPMConfig.model_validate(config)
-    vae = AudioVAEV2(config=AudioVAEConfigV2.model_validate(config["audio_vae_config"]))
-    with torch.device("cpu"):
+    with quiet_third_party(logging.getLogger("voxport.engine")), torch.device("cpu"):
+        vae = AudioVAEV2(config=AudioVAEConfigV2.model_validate(config["audio_vae_config"]))
         model = VoxCPM2Model(parsed, tokenizer, vae, device="cpu")
     with torch.no_grad():
         # Equal stop logits: argmax picks "continue" at every step, so the model never stops.
