@@ -53,6 +53,13 @@ async def test_an_alias_speaks_with_its_voice_everywhere_and_caches_by_it(
         turns = [{"voice": "alloy", "input": "Hi."}, {"voice": "nova", "input": "Hello."}]
         dialogue = {"model": "tts-1", "response_format": "wav", "stream": False, "dialogue": turns}
         assert (await http.post("/v1/audio/speech", json=dialogue)).status_code == 200
+        # SSE, and a speech job (its voice is checked when it is created: an unknown one is a 400).
+        sse = await http.post("/v1/audio/speech", json={**_speech("alloy"), "stream_format": "sse"})
+        assert sse.status_code == 200 and "speech.audio.done" in sse.text
+        job = {"model": "tts-1", "input": "Hello there.", "response_format": "wav"}
+        assert (await http.post("/v1/audio/speech/jobs", json={**job, "voice": "alloy"})).status_code == 202
+        unknown_job = await http.post("/v1/audio/speech/jobs", json={**job, "voice": "nobody"})
+        assert unknown_job.status_code == 400
     # Kept across a restart (data dir), and removable: alloy is the built-in voice again.
     async with running(tiny_model, tmp_path / "data") as (_, http):
         again = await http.post("/v1/audio/speech", json=_speech("alloy"))

@@ -32,7 +32,10 @@ def _voice(name: str, description: str) -> TtsVoice:
 
 def describe(voices: VoiceRegistry) -> Info:
     """Built each time it is asked for, so that library and alias changes show without a restart."""
-    listed = {wyoming_name(v): _voice(wyoming_name(v), _description(v)) for v in voices.all()}
+    listed: dict[str, TtsVoice] = {}
+    for v in voices.all():  # a library voice named like a built-in one is reached by its id: not listed twice
+        if voices.get(wyoming_name(v)) is v:
+            listed[wyoming_name(v)] = _voice(wyoming_name(v), _description(v))
     for alias, (target, _) in voices.aliases.all().items():
         voice = voices.aliases.find(target)
         if voice is not None:  # an alias is one more name; one named like a voice stands in its place
