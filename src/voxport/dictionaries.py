@@ -28,6 +28,7 @@ from typing import Any
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
+from voxport.engine.base import LANGUAGES
 from voxport.errors import VoxportError, invalid
 from voxport.files import atomic_write
 from voxport.lexicon import check_entry
@@ -158,6 +159,9 @@ class DictionaryStore:
         for key, scope in (("language", "language"), ("voice", "voice")):
             if (params.scope == scope) != (getattr(params, key) is not None):
                 raise invalid(f"'{key}' is given with scope '{scope}', and only then.", key)
+        if params.language is not None and params.language not in LANGUAGES:
+            raise invalid(f"language '{params.language}' is not one VoxCPM2 speaks; use one of "
+                          f"{', '.join(sorted(LANGUAGES))}.", "language", "unsupported_language")  # fmt: skip
         skipped: list[str] = []
         if params.pls is not None:
             entries, skipped = await asyncio.to_thread(read_pls, params.pls)
