@@ -35,11 +35,15 @@ def decode(data: bytes, fmt: str, pcm_rate: int = 24000) -> Decoded:
     if fmt == "pcm":
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
         return Decoded("pcm_s16le", pcm_rate, 1, samples)
+    # Raw G.711 has no header: its encoding and rate are told to ffmpeg, which decodes it (a maintained
+    # decoder, not ours).
+    raw = ["-f", fmt, "-ar", str(pcm_rate), "-ac", "1"] if fmt in ("mulaw", "alaw") else []
     proc = subprocess.run(
         [
             ffmpeg_binary(),
             "-hide_banner",
             "-nostdin",
+            *raw,
             "-i",
             "pipe:",
             "-f",

@@ -12,7 +12,10 @@ _SPEECH = {
     "voice": 'A voice id (voices.json or the library; OpenAI\'s 13 names ship), or `{"id": ...}`. Default: '
     "the server's --default-voice.",
     "instructions": "Style direction, up to 4096 characters (VoxCPM2's parenthesised prefix).",
-    "response_format": "mp3, opus, aac, flac, wav or pcm (raw s16le mono).",
+    "response_format": "mp3, opus, aac, flac, wav, pcm (raw s16le mono), mulaw or alaw (raw G.711, 8 kHz).",
+    "input_format": "`text` (default) or `ssml`: `input` is an SSML document (the subset in docs/api.md).",
+    "pronunciation_dictionaries": "Up to 3 named pronunciation dictionaries, applied over the server's "
+    "lexicon where their scope applies, in the order named.",
     "speed": "Tempo, 0.25 to 4.0: duration times 1/speed, pitch kept.",
     "stream_format": "`audio`: the encoded bytes; `sse`: OpenAI's server-sent events.",
     "stream": "false: the whole file at once, with its length. Unset: the server's --stream-speech (on: "
@@ -54,6 +57,12 @@ _BY_MODEL = {
     ("DialogueTurn", "input"): "This turn's text.",
     ("DialogueTurn", "instructions"): "This turn's style; else the request's `instructions`.",
     ("VoiceFromPathParams", "prompt_text"): "The recording's transcript.",
+    ("PronunciationDictionaryParams", "scope"): "`global`, `language` (with `language`) or `voice` (with "
+    "`voice`): which requests the dictionary applies to.",
+    ("PronunciationDictionaryParams", "language"): "With scope `language`: the requests in that language.",
+    ("PronunciationDictionaryParams", "voice"): "With scope `voice`: the text that voice speaks.",
+    ("PronunciationDictionaryParams", "entries"): "Word to respelling, as `pronunciations` (or give `pls`).",
+    ("PronunciationDictionaryParams", "pls"): "A W3C PLS lexicon document (alias lexemes are taken).",
 }
 _PARAMETERS = {
     "job_id": "A job's id (`speechjob_...`), as POST /v1/audio/speech/jobs answered it.",
@@ -62,6 +71,7 @@ _PARAMETERS = {
     "voice_id": "A library voice's id.",
     "model_id": "A model id, as /v1/models lists them.",
     "limit": "At most this many items in the page, 1 to 100.",
+    "name": "The voice alias's, or the pronunciation dictionary's, name.",
     "after": "The last id of the previous page: the page starts after it.",
 }
 

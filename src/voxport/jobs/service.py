@@ -112,9 +112,8 @@ class JobService:
         except WebhookURLError as exc:
             raise _error("invalid", str(exc), param, "invalid_webhook_url") from None
 
-    async def _validate_speech(
-        self, params: SpeechCreateParams, limit: int, scope: str, prefix: str = ""
-    ) -> None:
+    async def _validate_speech(self, params: SpeechCreateParams, limit: int, scope: str,
+                               prefix: str = "") -> None:  # fmt: skip
         """What the speech service would refuse (model, voice, format, rates), refused now, with the
         field named; and the job's own input limit. A job speaks `input` (dialogues are live-only for
         now); its timings are its captions (GET .../captions), not `timestamps`."""
@@ -132,9 +131,8 @@ class JobService:
                            f"{prefix}input", "string_too_long")  # fmt: skip
         try:
             # Planning is linear in the text (up to max_job_chars), but off the event loop all the same.
-            texts = await asyncio.to_thread(
-                self.runner.plan, params.input, params.language, params.input_format
-            )
+            texts = await asyncio.to_thread(self.runner.plan, params.input, params.language,
+                                            params.input_format)  # fmt: skip
             await self.runner.prepare(params, texts[0], scope)
             parsed = script.parse(params)
             if parsed is not None:  # every SSML block's <voice>, not only the first block's

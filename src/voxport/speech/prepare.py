@@ -203,9 +203,9 @@ class Preparer:
             "voice": voice.key,
             "input": script.cache_input(ssml, script_voices, voice.key)
             if ssml
-            else params.input
-            if not turns
-            else dialogue.cache_input(params, turns, gap),
+            else dialogue.cache_input(params, turns, gap)
+            if turns
+            else params.input,
             "instructions": params.instructions,
             "format": params.response_format,
             # Streamed and buffered forms are segmented differently.
@@ -231,12 +231,9 @@ class Preparer:
         )  # fmt: skip
 
     def _shape(
-        self,
-        params: SpeechCreateParams,
-        loudness: float | None,
-        ssml: Script | None = None,
+        self, params: SpeechCreateParams, loudness: float | None, ssml: Script | None = None,
         dictionaries: tuple[Dictionary, ...] = (),
-    ) -> tuple[SpeechCreateParams, dict[str, Any], Script | None]:
+    ) -> tuple[SpeechCreateParams, dict[str, Any], Script | None]:  # fmt: skip
         """The text the engine reads (`input`, each dialogue turn's or SSML block's): lexicon entries (the
         server's, the named dictionaries that apply to its voice and language, then the request's), then
         the language's normalisation. And the cache key's fields for them, present only when set, so
