@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,7 @@ async def _watch(shared: SharedRedis, voices: VoiceRegistry) -> None:
 
 
 def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: Loaded,
-            shared: SharedRedis | None) -> SpeechService:  # fmt: skip
+            shared: SharedRedis | None, admits: Callable[..., Admission]) -> SpeechService:  # fmt: skip
     speech: SpeechService | None = None  # the gauges read it once it exists
     # Sized from the engine (what it runs at once) unless the settings say otherwise.
     max_concurrent, max_queue = settings.admission(engine.capacity)
@@ -121,7 +122,7 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
         limits,
     )
     cache = _cache(settings, metrics, shared)
-    admission = Admission(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
+    admission = admits(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
     jobs = JobRegistry(on_cancelled=metrics.cancelled.inc)
     speech = SpeechService(settings, engine, voices, cache, metrics, admission, jobs,
                            weights_fingerprint=lambda: loaded.fingerprint)  # fmt: skip
@@ -129,9 +130,13 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
 
 
 def create_app(
-    settings: Settings, checkpoint_dir: str | None = None, engine: Engine | None = None
+    settings: Settings,
+    checkpoint_dir: str | None = None,
+    engine: Engine | None = None,
+    admission: Callable[..., Admission] = Admission,
 ) -> FastAPI:
-    """Build the app. `checkpoint_dir` is the resolved local model directory (default: settings.model)."""
+    """Build the app. `checkpoint_dir` is the resolved local model directory (default: settings.model);
+    `engine` and `admission` are given by a worker of the process topology (voxport/topology)."""
     model_dir = checkpoint_dir or settings.model
     engine = engine or create_engine(settings, model_dir)
     shared = _shared(settings)
@@ -139,7 +144,7 @@ def create_app(
     voices.validate_file()  # a bad voices.json (or lexicon) stops start-up before anything is loaded
     voices.lexicon.use(voices.lexicon.read())
     loaded = Loaded()
-    speech = _speech(settings, engine, voices, loaded, shared)
+    speech = _speech(settings, engine, voices, loaded, shared, admission)
     cache = speech.cache
     backend = None
     if shared is not None:  # imported only then: the embedded default needs no Redis

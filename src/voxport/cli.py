@@ -107,6 +107,12 @@ def _draining_server(base: type, speech: Any, drain_s: float) -> type:
     return DrainingServer
 
 
+def _workers(settings: Settings) -> int:
+    from voxport.topology.supervisor import default_workers
+
+    return default_workers(settings)
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
@@ -125,6 +131,11 @@ def _serve(args: argparse.Namespace) -> int:
     except CheckpointUnavailable as exc:
         print(f"voxport serve: {exc}", file=sys.stderr)
         return 2
+    workers = _workers(settings)
+    if workers > 1:  # the engine host and N HTTP workers (voxport/topology)
+        from voxport.topology.supervisor import Supervisor
+
+        return Supervisor(settings, overrides, checkpoint or settings.model, workers).run()
     import uvicorn
 
     from voxport.api.serving import uvicorn_options
