@@ -18,6 +18,7 @@ import pytest
 
 from tests.audio_check import decode
 from tests.conftest import TEST_MAX_LENGTH, ServerProcess
+from tests.test_voices import audio_file
 
 TIMEOUT = 120
 SPEECH = "/v1/audio/speech"
@@ -96,7 +97,7 @@ def stream_pcm(base: str, text: str) -> tuple[int, int, str | None]:
 def reference2(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("topology-ref")
     proc = start(["--model", str(tiny_model), "--data-dir", str(data), "--max-length", str(TEST_MAX_LENGTH),
-                  "--design-clip-seconds", "1"])  # fmt: skip
+                  "--design-clip-seconds", "1", "--max-user-voices", "2"])  # fmt: skip
     yield proc
     proc.stop()
 
@@ -118,6 +119,37 @@ def test_reference_engine_speaks_through_both_workers(reference2: ServerProcess)
     assert again.headers["x-cache"] == "HIT"
     assert again.content[44:] == buffered[0].content[44:]  # the samples (a hit's header has real sizes)
     both_serve(reference2, lambda i: speak(base, f"Worker test number {i % 6}.", response_format="wav"))
+
+
+def test_a_voice_uploaded_through_one_worker_speaks_through_both(reference2: ServerProcess):
+    base = reference2.base_url
+
+    def upload(name: str) -> httpx.Response:
+        files = {"audio_sample": ("a.wav", audio_file("wav"))}
+        return httpx.post(base + "/v1/audio/voices", data={"name": name, "consent": "true"}, files=files,
+                          timeout=TIMEOUT)  # fmt: skip
+
+    created = upload("shared-one")
+    assert created.status_code == 201, created.text
+    voice = created.json()["id"]
+    before = served_by(reference2)
+    for round_ in range(10):  # until both workers have spoken with it
+        with ThreadPoolExecutor(4) as pool:
+            texts = [f"Round {round_} line {i}." for i in range(4)]
+            answers = list(pool.map(lambda t: speak(base, t, voice=voice, response_format="pcm"), texts))
+        assert all(a.status_code == 200 and a.content for a in answers), [a.text for a in answers]
+        now = served_by(reference2)
+        if all(now.get(w, 0) > before.get(w, 0) for w in ("0", "1")):
+            break
+    else:
+        pytest.fail("one worker never served the uploaded voice")
+    # The library's cap (2) holds for both workers together.
+    assert upload("shared-two").status_code == 201
+    for i in range(6):
+        full = upload(f"shared-more-{i}")
+        assert full.status_code == 409 and full.json()["error"]["code"] == "library_full", full.text
+    listed = [httpx.get(base + "/v1/audio/voices", timeout=10).json()["voices"] for _ in range(4)]
+    assert all({"shared-one", "shared-two"} <= {v["name"] for v in voices} for voices in listed)
 
 
 def both_serve(proc: ServerProcess, request) -> None:

@@ -93,12 +93,13 @@ def _cache(settings: Settings, metrics: Metrics, shared: SharedRedis | None) -> 
     return RedisAudioCache(shared, settings.cache_ttl_minutes * 60, wait_s=settings.request_timeout_s)
 
 
-async def _watch(shared: SharedRedis, voices: VoiceRegistry) -> None:
-    """Keep Redis' reachability current, and the voice library with it even on an idle replica."""
+async def _watch(shared: SharedRedis | None, voices: VoiceRegistry) -> None:
+    """Keep Redis' reachability current, and the voice library with it (or with what other workers on
+    this data dir changed) even on an idle replica."""
     while True:
         await asyncio.sleep(1.0)
         try:
-            if await shared.ping():
+            if shared is None or await shared.ping():
                 await voices.refresh()
         except Exception:  # the watcher must outlive any one failure
             log.exception("shared voice library refresh failed")
@@ -134,9 +135,10 @@ def create_app(
     checkpoint_dir: str | None = None,
     engine: Engine | None = None,
     admission: Callable[..., Admission] = Admission,
+    run_jobs: bool = True,
 ) -> FastAPI:
     """Build the app. `checkpoint_dir` is the resolved local model directory (default: settings.model);
-    `engine` and `admission` are given by a worker of the process topology (voxport/topology)."""
+    `engine`, `admission` and `run_jobs` are given by a worker of the process topology (voxport/topology)."""
     model_dir = checkpoint_dir or settings.model
     engine = engine or create_engine(settings, model_dir)
     shared = _shared(settings)
@@ -151,7 +153,7 @@ def create_app(
         from voxport.cluster.jobs import redis_backend
 
         backend = redis_backend(shared)
-    jobs = JobService(settings, speech, speech.metrics, backend=backend)
+    jobs = JobService(settings, speech, speech.metrics, backend=backend, runs=run_jobs)
     sampler = ResourceSampler(cuda=lambda: engine.ready and (engine.info.device or "").startswith("cuda"))
 
     @asynccontextmanager
@@ -161,10 +163,9 @@ def create_app(
             loaded.fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
         else:  # no weights (the sim engine): its audio and clips must never pass for a model's
             loaded.fingerprint = f"engine:{engine.info.name}"
-        watcher = None
         if shared is not None:  # reachable or not: a replica starts (and serves) without Redis too
             await shared.ping()
-            watcher = asyncio.create_task(_watch(shared, voices))
+        watcher = asyncio.create_task(_watch(shared, voices))
         await voices.load(loaded.fingerprint)
         sweeper = None
         if cache.enabled:

@@ -107,6 +107,22 @@ def _draining_server(base: type, speech: Any, drain_s: float) -> type:
     return DrainingServer
 
 
+def draining_server(app: Any, settings: Settings, **where: Any) -> Any:
+    """uvicorn's server for the app, with the drain period (also each worker's with --workers)."""
+    import uvicorn
+
+    from voxport.api.serving import uvicorn_options
+
+    # uvloop and httptools where installed, httptools with our limit on a request head's size.
+    options = uvicorn_options(settings.max_header_kb * 1024)
+    if "port" not in where:  # a worker on an inherited socket, in a loop already running
+        options.pop("loop")
+    config = uvicorn.Config(app, log_level=settings.log_level, access_log=False,
+                            timeout_graceful_shutdown=settings.shutdown_grace_s,
+                            timeout_keep_alive=settings.keep_alive_s, **where, **options)  # fmt: skip
+    return _draining_server(uvicorn.Server, app.state.speech, settings.drain_s)(config)
+
+
 def _workers(settings: Settings) -> int:
     from voxport.topology.supervisor import default_workers
 
@@ -136,9 +152,6 @@ def _serve(args: argparse.Namespace) -> int:
         from voxport.topology.supervisor import Supervisor
 
         return Supervisor(settings, overrides, checkpoint or settings.model, workers).run()
-    import uvicorn
-
-    from voxport.api.serving import uvicorn_options
     from voxport.app import create_app
     from voxport.engine.base import EngineError
     from voxport.lexicon import LexiconError
@@ -155,18 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn saw itself is re-raised to the handler that was there before it: this one, which makes a
     # stop that was asked for and completed exit 0 (and a SIGTERM before uvicorn took over exit 0 at once).
     signal.signal(signal.SIGTERM, _stopped)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
-        timeout_keep_alive=settings.keep_alive_s,
-        # uvloop and httptools where installed, httptools with our limit on a request head's size.
-        **uvicorn_options(settings.max_header_kb * 1024),
-    )
-    server = _draining_server(uvicorn.Server, app.state.speech, settings.drain_s)(config)
+    server = draining_server(app, settings, host=settings.host, port=settings.port)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     return 0 if server.started else 3  # 3: uvicorn's own status when start-up failed

@@ -57,8 +57,10 @@ class JobService:
         speech: SpeechService,
         metrics: Metrics,
         backend: BackendFactory | None = None,
+        runs: bool = True,
     ):
-        """`backend`: where jobs live and what runs them; the embedded SQLite one unless given."""
+        """`backend`: where jobs live and what runs them; the embedded SQLite one unless given. `runs`:
+        whether this process runs jobs and delivers webhooks (with --workers, one worker does)."""
         self.settings = settings
         self.speech = speech
         self.allow = Allowlist.parse(settings.webhook_allow_hosts)
@@ -70,6 +72,7 @@ class JobService:
         self.runner = self.backend.runner
         self.dispatcher: WebhookDispatcher | None = None
         self.counts: dict[str, int] = {}
+        self.runs = runs
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -81,8 +84,9 @@ class JobService:
         self.dispatcher = WebhookDispatcher(self.store, sender, self.settings.webhook_retry_s,
                                             on_outcome=lambda o: outcome(o).inc())  # fmt: skip
         await self.refresh_counts()
-        self.dispatcher.start()
-        self.runner.start()
+        if self.runs:
+            self.dispatcher.start()
+            self.runner.start()
 
     async def close(self) -> None:
         await self.runner.close()

@@ -26,11 +26,8 @@ def identity(index: int, pid: int) -> str:
 
 
 async def _serve(settings: Settings, model_dir: str, address: str, index: int, sock: socket.socket) -> int:
-    import uvicorn
-
-    from voxport.api.serving import uvicorn_options
     from voxport.app import create_app
-    from voxport.cli import _draining_server
+    from voxport.cli import draining_server
     from voxport.engine.base import EngineError
     from voxport.lexicon import LexiconError
     from voxport.topology.client import HostLink
@@ -41,16 +38,13 @@ async def _serve(settings: Settings, model_dir: str, address: str, index: int, s
     await link.start()
     try:
         app = create_app(settings, checkpoint_dir=model_dir, engine=RemoteEngine(link, settings, model_dir),
-                         admission=functools.partial(RemoteAdmission, link))  # fmt: skip
+                         admission=functools.partial(RemoteAdmission, link),
+                         # One job runner: worker 0's (with Redis, the shared queue lets every one run).
+                         run_jobs=index == 0 or bool(settings.redis_url))  # fmt: skip
     except (VoicesFileError, LexiconError, EngineError) as exc:
         log.error("voxport serve: %s", exc)
         return FATAL
-    options = uvicorn_options(settings.max_header_kb * 1024)
-    options.pop("loop", None)  # this process's loop is already running
-    config = uvicorn.Config(app, log_level=settings.log_level, access_log=False,
-                            timeout_graceful_shutdown=settings.shutdown_grace_s,
-                            timeout_keep_alive=settings.keep_alive_s, **options)  # fmt: skip
-    server = _draining_server(uvicorn.Server, app.state.speech, settings.drain_s)(config)
+    server = draining_server(app, settings)
     await server.serve(sockets=[sock])
     return 0 if server.started else 3
 

@@ -25,13 +25,24 @@ from voxport.voices.catalog import Voice
 log = logging.getLogger("voxport.voices")
 
 
-def read(library: Path) -> dict[str, Voice]:
+def stamp(library: Path) -> int:
+    """Changes whenever a voice enters or leaves the library (its folder's mtime); 0 while there is none."""
+    try:
+        return library.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def read(library: Path, sweep: bool = True) -> dict[str, Voice]:
+    """The library's voices. `sweep`: remove creations interrupted by a crash (at start-up only: a re-read
+    while other processes share the data dir would remove their creations in progress)."""
     voices: dict[str, Voice] = {}
     if not library.is_dir():
         return voices
     for folder in sorted(library.iterdir()):
-        if folder.name.startswith(TEMP_PREFIX):  # a creation interrupted by a crash
-            shutil.rmtree(folder, ignore_errors=True)
+        if folder.name.startswith(TEMP_PREFIX):
+            if sweep:
+                shutil.rmtree(folder, ignore_errors=True)
             continue
         try:
             meta = json.loads((folder / "voice.json").read_text(encoding="utf-8"))

@@ -54,6 +54,7 @@ class VoiceRegistry:
         self._prompts: dict[str, VoicePrompt] = {}
         self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
         self.loaded = False
+        self._stamp = 0  # the library folder's, when last read
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -68,6 +69,7 @@ class VoiceRegistry:
         voices: on first use)."""
         self.fingerprint = fingerprint
         self.builtin = await asyncio.to_thread(self.validate_file)
+        self._stamp = library.stamp(self._library)
         self.user = await asyncio.to_thread(library.read, self._library)
         self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
         await self.consents.load()
@@ -111,9 +113,14 @@ class VoiceRegistry:
         return diff
 
     async def refresh(self) -> None:
-        """With a shared library: take in what other replicas changed (a no-op without one)."""
+        """Take in what other replicas (a shared library) or other workers on this data dir changed."""
         if self.mirror is not None:
             await self.mirror.refresh(self)
+        elif (stamp := library.stamp(self._library)) != self._stamp:  # one stat, when nothing changed
+            self._stamp = stamp
+            self.user = await asyncio.to_thread(library.read, self._library, False)
+            self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
+            await self.release_unused()
 
     async def release_unused(self) -> None:
         live = {v.key for v in self.all()}
@@ -235,6 +242,7 @@ class VoiceRegistry:
 
         The name and the library's room are reserved before anything awaits, and given back if the
         voice is not kept: concurrent creations never pass the caps or share a name."""
+        await self.refresh()  # the caps count what other workers added
         existing = self._check_name(name, replace, name_param)
         hold = self.quota.reserve(name, upload.wav_bytes, existing.id if existing else None)
         try:
@@ -275,6 +283,7 @@ class VoiceRegistry:
         return await self.consents.create(name, language, wav)
 
     async def delete(self, voice_id: str) -> None:
+        await self.refresh()  # a voice another worker added
         if voice_id in self.builtin:
             raise VoxportError(
                 "forbidden", f"'{voice_id}' is a built-in voice and cannot be deleted.", code="forbidden"
