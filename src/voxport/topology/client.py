@@ -97,8 +97,10 @@ class HostLink:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.LINGER, 0)
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.sock.connect(self.address)
-        self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._ping())]
+        self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._ping()),
+                       asyncio.ensure_future(self._watch(monitor))]  # fmt: skip
         await self._first.wait()
 
     async def close(self) -> None:
@@ -140,9 +142,20 @@ class HostLink:
         while True:
             self.send(wire.Ping())
             await asyncio.sleep(wire.PING_S)
-            if self.up and time.monotonic() - self._heard > wire.LOST_S:
+            if self.up and time.monotonic() - self._heard > wire.LOST_S and not wire.unread(self.sock):
                 log.warning("the engine host stopped answering: requests fail until it is back")
                 self._lost("the engine host stopped answering")
+
+    async def _watch(self, monitor: Any) -> None:
+        """The engine host's end of the connection closed (it died, or stopped): fail at once."""
+        try:
+            while True:
+                await monitor.recv_multipart()  # only EVENT_DISCONNECTED is asked for
+                if self.up:
+                    log.warning("the engine host went away: requests fail until it is back")
+                    self._lost("the engine host went away")
+        finally:
+            monitor.close(0)
 
     def _lost(self, why: str) -> None:
         """Everything in flight fails: the host that held it is gone (or this worker is stopping)."""
@@ -158,6 +171,7 @@ class HostLink:
     async def _read(self) -> None:
         while True:
             header, *frames = await self.sock.recv_multipart()
+            self._heard = time.monotonic()
             try:
                 message = wire.unpack_to_worker(header)
             except Exception:  # noqa: BLE001 - never fatal

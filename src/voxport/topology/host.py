@@ -118,7 +118,7 @@ class EngineHost:
             await asyncio.sleep(wire.PING_S)
             now = time.monotonic()
             for identity, worker in list(self.workers.items()):
-                if now - worker.seen > wire.LOST_S:
+                if now - worker.seen > wire.LOST_S and not wire.unread(self.sock):
                     log.warning("worker %s stopped pinging: its streams are cancelled", identity.decode())
                     self._drop(identity)
 

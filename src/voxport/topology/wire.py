@@ -127,11 +127,21 @@ ToHost = Ping | Acquire | Release | Generate | Cancel | Encode | Forget | Gone
 ToWorker = Pong | Granted | Refused | Encoded | Failed | Step
 
 PING_S = 0.25  # how often a worker pings
-LOST_S = 2.0  # silence after which either side counts the other as gone
+# Silence after which either side counts the other as gone, while nothing from it waits unread (an
+# overloaded loop reads late; that is not silence). Only the fallback for a hung process: a dead engine
+# host is seen at once (the worker's socket reports the disconnect), a dead worker from the supervisor.
+LOST_S = 10.0
 
 _encoder = msgspec.msgpack.Encoder()
 _to_host = msgspec.msgpack.Decoder(ToHost)
 _to_worker = msgspec.msgpack.Decoder(ToWorker)
+
+
+def unread(sock: Any) -> bool:
+    """Whether messages wait on `sock` (its peer is alive; the reader is behind)."""
+    import zmq
+
+    return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
 
 def pack(message: Any) -> bytes:
