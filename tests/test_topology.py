@@ -269,3 +269,30 @@ def test_sigterm_drains_both_workers(tmp_path: Path):
     finally:
         out = proc.stop()
     assert "stopping 2 workers" in out
+
+
+def test_cancel_by_request_id_reaches_the_worker_that_serves_it(sim2: ServerProcess):
+    base = sim2.base_url
+    body = {
+        "model": "tts-1",
+        "input": LONG,
+        "voice": "alloy",
+        "response_format": "pcm",
+        "stream_format": "audio",
+    }
+    for i in range(8):
+        headers = {"X-Request-Id": f"stream-{i}"}
+        with httpx.stream("POST", base + SPEECH, json={**body, "input": f"{LONG} {i}"}, headers=headers,
+                          timeout=TIMEOUT) as response:  # fmt: skip
+            assert response.status_code == 200
+            chunks = response.iter_bytes()
+            next(chunks)
+            answer = httpx.post(base + SPEECH + "/cancel", json={"request_id": f"stream-{i}"},
+                                headers={"X-Request-Id": f"cancel-{i}"}, timeout=30)  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"request_id": f"stream-{i}", "cancelled": True}
+            b"".join(chunks)  # the stream ends early, cleanly
+    pattern = r"\[worker (\d)\]: request_id=((?:stream|cancel)-\d) "
+    served = {request: worker for worker, request in re.findall(pattern, log_of(sim2))}
+    crossed = [i for i in range(8) if served.get(f"stream-{i}") != served.get(f"cancel-{i}")]
+    assert crossed, served  # at least one cancel answered by the other worker

@@ -11,7 +11,7 @@ job's registration, its admission slot and its cleanup (`aclose`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -54,14 +54,16 @@ class SpeechService:
         # Set once the server is stopping (SIGTERM with a drain period): requests are still served, but
         # /ready fails so that a load balancer sends new ones elsewhere.
         self.draining = False
+        # Cancels a request that another process serves (with --workers: voxport/topology); whether one did.
+        self.elsewhere: Callable[[str], Awaitable[bool]] = _nowhere
 
     @property
     def accepts_requests(self) -> bool:
         """Whether new work should come here: /ready, the job runner and load balancers follow it."""
         return self.engine.ready and not self.watch.stalled and self.voices.loaded and not self.draining
 
-    def cancel(self, request_id: str) -> None:
-        if not self.jobs.cancel(request_id):
+    async def cancel(self, request_id: str) -> None:
+        if not self.jobs.cancel(request_id) and not await self.elsewhere(request_id):
             raise VoxportError("not_found", f"No request '{request_id}' is in flight.",
                                param="request_id", code="request_not_found")  # fmt: skip
 
@@ -251,6 +253,10 @@ async def _resume(first: np.ndarray | None, audio: AsyncIterator[np.ndarray]) ->
         pass
     finally:
         await audio.aclose()  # type: ignore[attr-defined]
+
+
+async def _nowhere(_request_id: str) -> bool:
+    return False
 
 
 async def _once(payload: bytes) -> AsyncIterator[bytes]:

@@ -9,25 +9,17 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import zmq
 import zmq.asyncio
 
-from voxport.engine.base import EngineError, EngineInfo, EngineInputError, EngineUnavailable, GenerationStats
+from voxport.engine.base import EngineInfo, EngineUnavailable, GenerationStats
 from voxport.topology import wire
 
 log = logging.getLogger("voxport.topology")
-
-
-def raised(failed: wire.Failed) -> Exception:
-    """The engine exception a Failed stands for."""
-    if failed.kind == "input":
-        return EngineInputError(failed.message, failed.param)
-    if failed.kind == "unavailable":
-        return EngineUnavailable(failed.message)
-    return EngineError(failed.message)
 
 
 class Collector:
@@ -46,7 +38,7 @@ class Collector:
             self._parts.append(samples)
         self.stats.input_tokens, self.stats.steps = out.input_tokens, out.steps
         if out.end:
-            self.finish(raised(out.error) if out.error is not None else None)
+            self.finish(wire.raised(out.error) if out.error is not None else None)
         self._ready.set()
 
     def finish(self, error: Exception | None) -> None:
@@ -83,6 +75,7 @@ class HostLink:
         self._streams: dict[int, Collector] = {}
         self._heard = 0.0
         self._first = asyncio.Event()
+        self.on_seek: Callable[[str], bool] = lambda _request_id: False  # cancels a request here
         self._tasks: list[asyncio.Task] = []
         self.sock: Any = None
 
@@ -128,6 +121,14 @@ class HostLink:
             return await future
         finally:
             self._waiters.pop(id_, None)
+
+    async def seek(self, request_id: str) -> bool:
+        """Cancel a request another worker serves; whether one did."""
+        if not self.up:
+            return False
+        id_ = self.new_id()
+        reply = await self.call(id_, wire.Seek(id_, request_id))
+        return isinstance(reply, wire.Sought) and reply.found
 
     def open(self, id_: int, stats: GenerationStats) -> Collector:
         collector = self._streams[id_] = Collector(stats)
@@ -188,6 +189,8 @@ class HostLink:
                             self._streams.pop(out.id, None)
             elif isinstance(message, wire.Pong):
                 self._pong(message)
+            elif isinstance(message, wire.Seek):  # another worker's cancel: is the request here?
+                self.send(wire.Sought(message.id, self.on_seek(message.request_id)))
             else:
                 waiter = self._waiters.get(message.id)
                 if waiter is not None and not waiter.done():

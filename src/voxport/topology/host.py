@@ -10,6 +10,7 @@ the engine frees their places within one step), its slots and its voice referenc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -21,14 +22,7 @@ import zmq
 import zmq.asyncio
 
 from voxport.config import Settings
-from voxport.engine.base import (
-    Engine,
-    EngineInputError,
-    EngineUnavailable,
-    GenerationStats,
-    SynthesisRequest,
-    VoicePrompt,
-)
+from voxport.engine.base import Engine, EngineUnavailable, GenerationStats, SynthesisRequest, VoicePrompt
 from voxport.errors import VoxportError
 from voxport.speech.admission import Admission, Slot
 from voxport.topology import wire
@@ -58,15 +52,6 @@ class _Stream:
     error: wire.Failed | None = None
 
 
-def failure(id_: int, exc: BaseException) -> wire.Failed:
-    if isinstance(exc, EngineInputError):
-        return wire.Failed(id_, "input", str(exc), exc.param)
-    if isinstance(exc, EngineUnavailable):
-        return wire.Failed(id_, "unavailable", str(exc) or "the engine is unavailable")
-    log.error("engine request failed: %s", type(exc).__name__, exc_info=exc)
-    return wire.Failed(id_, "engine", "the engine failed while serving the request")
-
-
 class EngineHost:
     def __init__(self, settings: Settings, engine: Engine, address: str):
         self.engine = engine
@@ -79,6 +64,8 @@ class EngineHost:
         self.outbox: dict[bytes, dict[int, _Stream]] = {}
         self._flushing = False
         self._tasks: set[asyncio.Task] = set()
+        self._sought: dict[int, asyncio.Future[bool]] = {}  # Seek sent to a worker -> its answer
+        self._seeks = itertools.count(1)
         self.sock: Any = None
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -175,6 +162,10 @@ class EngineHost:
         elif isinstance(message, wire.Forget):
             worker.voices.discard(message.key)
             self._spawn(self._forget(message.key))
+        elif isinstance(message, wire.Seek):
+            self._spawn(self._seek(identity, message))
+        elif isinstance(message, wire.Sought):
+            self._answered(message)
 
     def _pong(self) -> wire.Pong:
         ready = self.engine.ready
@@ -195,6 +186,23 @@ class EngineHost:
             self._spawn(self._forget(key))
         log.info("worker %s gone: %d streams cancelled, %d slots freed", identity.decode(),
                  len(worker.streams), len(worker.slots))  # fmt: skip
+
+    async def _seek(self, origin: bytes, message: wire.Seek) -> None:
+        """Ask every other worker to cancel `request_id`; tell the asker whether one did."""
+        asked: dict[int, asyncio.Future[bool]] = {}
+        for identity in [w for w in self.workers if w != origin]:
+            token = next(self._seeks)
+            asked[token] = self._sought[token] = asyncio.get_running_loop().create_future()
+            self._send(identity, wire.Seek(token, message.request_id))
+        done = (await asyncio.wait(asked.values(), timeout=2.0))[0] if asked else set()
+        for token in asked:
+            self._sought.pop(token, None)
+        self._send(origin, wire.Sought(message.id, any(f.result() for f in done)))
+
+    def _answered(self, message: wire.Sought) -> None:
+        asked = self._sought.get(message.id)
+        if asked is not None and not asked.done():
+            asked.set_result(message.found)
 
     async def _acquire(self, identity: bytes, worker: _Worker, id_: int) -> None:
         try:
@@ -227,7 +235,7 @@ class EngineHost:
         try:
             prompt = await self._prompt(message.key, message.wav_path, message.transcript)
         except Exception as exc:  # noqa: BLE001 - reported to the worker
-            self._send(identity, failure(message.id, exc))
+            self._send(identity, wire.failure(message.id, exc))
             return
         if self.workers.get(identity) is worker:
             worker.voices.add(message.key)
@@ -257,7 +265,7 @@ class EngineHost:
         except asyncio.CancelledError:
             return  # cancelled by its worker, or the worker is gone: nobody waits for the rest
         except Exception as exc:  # noqa: BLE001 - reported to the worker
-            stream.end, stream.error = True, failure(message.id, exc)
+            stream.end, stream.error = True, wire.failure(message.id, exc)
         finally:
             if worker.streams.get(message.id) is asyncio.current_task():
                 del worker.streams[message.id]

@@ -21,7 +21,7 @@ from voxport.engine.base import (
 )
 from voxport.errors import VoxportError
 from voxport.topology import wire
-from voxport.topology.client import HostLink, raised
+from voxport.topology.client import HostLink
 
 
 def token_counter(tokenizer: Any) -> Callable[[str], int]:
@@ -88,7 +88,7 @@ class RemoteEngine:
         id_ = link.new_id()
         reply = await link.call(id_, wire.Encode(id_, link.epoch, wav_path, transcript, key))
         if isinstance(reply, wire.Failed):
-            raise raised(reply)
+            raise wire.raised(reply)
         link.voices.add(key)
         return reply
 
@@ -185,7 +185,7 @@ class RemoteAdmission:
                 self._on_reject()
             raise VoxportError("busy", reply.message, code="rate_limit_exceeded", retry_after=1)
         if isinstance(reply, wire.Failed):
-            raise raised(reply)
+            raise wire.raised(reply)
         self.held += 1
         return RemoteSlot(self, id_)
 

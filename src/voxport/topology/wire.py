@@ -13,12 +13,15 @@ array a worker holds is never a buffer ZMQ can reuse.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from voxport.engine.base import EngineInfo
+from voxport.engine.base import EngineError, EngineInfo, EngineInputError, EngineUnavailable
+
+_log = logging.getLogger("voxport.topology")
 
 # -- worker -> host ---------------------------------------------------------------------------------
 
@@ -64,6 +67,19 @@ class Encode(msgspec.Struct, tag=True):
 
 class Forget(msgspec.Struct, tag=True):
     key: str
+
+
+class Seek(msgspec.Struct, tag=True):
+    """Cancel the in-flight request `request_id` wherever it runs: a worker asks the host, the host asks
+    every other worker (with its own id), each answers Sought; the host answers the asker."""
+
+    id: int
+    request_id: str
+
+
+class Sought(msgspec.Struct, tag=True):
+    id: int
+    found: bool
 
 
 class Gone(msgspec.Struct, tag=True):
@@ -123,8 +139,8 @@ class Step(msgspec.Struct, tag=True):
     streams: list[Out]
 
 
-ToHost = Ping | Acquire | Release | Generate | Cancel | Encode | Forget | Gone
-ToWorker = Pong | Granted | Refused | Encoded | Failed | Step
+ToHost = Ping | Acquire | Release | Generate | Cancel | Encode | Forget | Gone | Seek | Sought
+ToWorker = Pong | Granted | Refused | Encoded | Failed | Step | Seek | Sought
 
 PING_S = 0.25  # how often a worker pings
 # Silence after which either side counts the other as gone, while nothing from it waits unread (an
@@ -135,6 +151,24 @@ LOST_S = 10.0
 _encoder = msgspec.msgpack.Encoder()
 _to_host = msgspec.msgpack.Decoder(ToHost)
 _to_worker = msgspec.msgpack.Decoder(ToWorker)
+
+
+def failure(id_: int, exc: BaseException) -> Failed:
+    if isinstance(exc, EngineInputError):
+        return Failed(id_, "input", str(exc), exc.param)
+    if isinstance(exc, EngineUnavailable):
+        return Failed(id_, "unavailable", str(exc) or "the engine is unavailable")
+    _log.error("engine request failed: %s", type(exc).__name__, exc_info=exc)
+    return Failed(id_, "engine", "the engine failed while serving the request")
+
+
+def raised(failed: Failed) -> Exception:
+    """The engine exception a Failed stands for."""
+    if failed.kind == "input":
+        return EngineInputError(failed.message, failed.param)
+    if failed.kind == "unavailable":
+        return EngineUnavailable(failed.message)
+    return EngineError(failed.message)
 
 
 def unread(sock: Any) -> bool:

@@ -183,5 +183,5 @@ async def stream_speech(
 async def cancel_speech(
     params: Annotated[SpeechCancelParams, Depends(json_body(SpeechCancelParams))], speech: SpeechDep
 ) -> SpeechCancelled:
-    speech.cancel(params.request_id)
+    await speech.cancel(params.request_id)
     return SpeechCancelled(request_id=params.request_id)
