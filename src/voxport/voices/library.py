@@ -25,12 +25,14 @@ from voxport.voices.catalog import Voice
 log = logging.getLogger("voxport.voices")
 
 
-def stamp(library: Path) -> int:
-    """Changes whenever a voice enters or leaves the library (its folder's mtime); 0 while there is none."""
+def stamp(library: Path) -> tuple[int, frozenset[str]]:
+    """Changes whenever a voice enters, leaves or is replaced in the library: the folder's mtime and its
+    voices' names (a creation's rename can fall in the same mtime tick as its staging)."""
     try:
-        return library.stat().st_mtime_ns
+        names = frozenset(n for n in os.listdir(library) if not n.startswith(TEMP_PREFIX))
+        return library.stat().st_mtime_ns, names
     except FileNotFoundError:
-        return 0
+        return 0, frozenset()
 
 
 def read(library: Path, sweep: bool = True) -> dict[str, Voice]:

@@ -54,7 +54,7 @@ class VoiceRegistry:
         self._prompts: dict[str, VoicePrompt] = {}
         self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
         self.loaded = False
-        self._stamp = 0  # the library folder's, when last read
+        self._stamp: tuple[int, frozenset[str]] = (0, frozenset())  # the library folder's, when read
 
     # -- loading ----------------------------------------------------------------------------------
 
