@@ -58,6 +58,12 @@ def read(library: Path, sweep: bool = True) -> dict[str, Voice]:
     return voices
 
 
+def reread(library: Path) -> tuple[dict[str, Voice], dict[str, int]]:
+    """The voices and their sizes, read again while other processes may be creating voices."""
+    voices = read(library, sweep=False)
+    return voices, sizes(list(voices.values()))
+
+
 def sizes(voices: list[Voice]) -> dict[str, int]:
     """Bytes of recording each library voice holds."""
     return {v.id: v.audio.stat().st_size if v.audio and v.audio.exists() else 0 for v in voices}

@@ -54,7 +54,7 @@ class VoiceRegistry:
         self._prompts: dict[str, VoicePrompt] = {}
         self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
         self.loaded = False
-        self._stamp: tuple[int, frozenset[str]] = (0, frozenset())  # the library folder's, when read
+        self._stamp, self._rereading = (0, frozenset[str]()), asyncio.Lock()  # the library's, when read
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -69,7 +69,6 @@ class VoiceRegistry:
         voices: on first use)."""
         self.fingerprint = fingerprint
         self.builtin = await asyncio.to_thread(self.validate_file)
-        self._stamp = library.stamp(self._library)
         self.user = await asyncio.to_thread(library.read, self._library)
         self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
         await self.consents.load()
@@ -116,10 +115,11 @@ class VoiceRegistry:
         """Take in what other replicas (a shared library) or other workers on this data dir changed."""
         if self.mirror is not None:
             await self.mirror.refresh(self)
-        elif (stamp := library.stamp(self._library)) != self._stamp:  # one stat, when nothing changed
-            self._stamp = stamp
-            self.user = await asyncio.to_thread(library.read, self._library, False)
-            self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
+        elif library.stamp(self._library) != self._stamp:  # a stat and a listing, when nothing changed
+            async with self._rereading:  # one re-read at a time: a slower, older one must not win
+                stamp = library.stamp(self._library)
+                self.user, self.quota.sizes = await asyncio.to_thread(library.reread, self._library)
+                self._stamp = stamp
             await self.release_unused()
 
     async def release_unused(self) -> None:
