@@ -33,6 +33,9 @@ SERVER_START_TIMEOUT = 120
 # The engine the API tests run on: the reference engine everywhere, or nanovllm on a GPU machine
 # (`VOXPORT_TEST_ENGINE=nanovllm pytest`), so that both engines pass the same API tests.
 TEST_ENGINE = os.environ.get("VOXPORT_TEST_ENGINE", "reference")
+# The HTTP worker processes of the session's `server` (`VOXPORT_TEST_WORKERS=2 pytest tests/test_server.py`
+# runs the suites that use it against the process topology, docs/configuration.md#workers).
+TEST_WORKERS = os.environ.get("VOXPORT_TEST_WORKERS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -147,6 +150,8 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             str(TEST_MAX_LENGTH),
             "--design-clip-seconds",
             "1",
+            "--workers",
+            TEST_WORKERS,
         ]
     )
     try:

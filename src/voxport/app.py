@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,20 +97,21 @@ def _cache(settings: Settings, metrics: Metrics, shared: SharedRedis | None) -> 
     return RedisAudioCache(shared, settings.cache_ttl_minutes * 60, wait_s=settings.request_timeout_s)
 
 
-async def _watch(shared: SharedRedis, voices: VoiceRegistry) -> None:
-    """Keep Redis' reachability current, and the voice library with it even on an idle replica."""
+async def _watch(shared: SharedRedis | None, voices: VoiceRegistry) -> None:
+    """Keep Redis' reachability current, and the voice library with it (or with what other workers on
+    this data dir changed) even on an idle replica."""
     errors = OncePerCause(log)
     while True:
         await asyncio.sleep(1.0)
         try:
-            if await shared.ping():
+            if shared is None or await shared.ping():
                 await voices.refresh()
         except Exception as exc:  # the watcher must outlive any one failure
             errors.report("shared voice library refresh", exc)
 
 
 def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: Loaded,
-            shared: SharedRedis | None) -> SpeechService:  # fmt: skip
+            shared: SharedRedis | None, admits: Callable[..., Admission]) -> SpeechService:  # fmt: skip
     speech: SpeechService | None = None  # the gauges read it once it exists
     # Sized from the engine (what it runs at once) unless the settings say otherwise.
     max_concurrent, max_queue = settings.admission(engine.capacity)
@@ -126,7 +128,7 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
         limits,
     )
     cache = _cache(settings, metrics, shared)
-    admission = Admission(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
+    admission = admits(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
     jobs = JobRegistry(on_cancelled=metrics.cancelled.inc)
     speech = SpeechService(settings, engine, voices, cache, metrics, admission, jobs,
                            weights_fingerprint=lambda: loaded.fingerprint)  # fmt: skip
@@ -153,9 +155,14 @@ async def _wyoming(settings: Settings, speech: SpeechService) -> WyomingServer |
 
 
 def create_app(
-    settings: Settings, checkpoint_dir: str | None = None, engine: Engine | None = None
+    settings: Settings,
+    checkpoint_dir: str | None = None,
+    engine: Engine | None = None,
+    admission: Callable[..., Admission] = Admission,
+    run_jobs: bool = True,
 ) -> FastAPI:
-    """Build the app. `checkpoint_dir` is the resolved local model directory (default: settings.model)."""
+    """Build the app. `checkpoint_dir` is the resolved local model directory (default: settings.model);
+    `engine`, `admission` and `run_jobs` are given by a worker of the process topology (voxport/topology)."""
     model_dir = checkpoint_dir or settings.model
     engine = engine or create_engine(settings, model_dir)
     shared = _shared(settings)
@@ -163,14 +170,14 @@ def create_app(
     voices.validate_file()  # a bad voices.json (or lexicon) stops start-up before anything is loaded
     voices.lexicon.use(voices.lexicon.read())
     loaded = Loaded()
-    speech = _speech(settings, engine, voices, loaded, shared)
+    speech = _speech(settings, engine, voices, loaded, shared, admission)
     cache = speech.cache
     backend = None
     if shared is not None:  # imported only then: the embedded default needs no Redis
         from voxport.cluster.jobs import redis_backend
 
         backend = redis_backend(shared)
-    jobs = JobService(settings, speech, speech.metrics, backend=backend)
+    jobs = JobService(settings, speech, speech.metrics, backend=backend, runs=run_jobs)
     sampler = ResourceSampler(cuda=lambda: engine.ready and (engine.info.device or "").startswith("cuda"))
 
     @asynccontextmanager
@@ -180,10 +187,9 @@ def create_app(
             loaded.fingerprint = await asyncio.to_thread(checkpoint_fingerprint, model_dir)
         else:  # no weights (the sim engine): its audio and clips must never pass for a model's
             loaded.fingerprint = f"engine:{engine.info.name}"
-        watcher = None
         if shared is not None:  # reachable or not: a replica starts (and serves) without Redis too
             await shared.ping()
-            watcher = asyncio.create_task(_watch(shared, voices))
+        watcher = asyncio.create_task(_watch(shared, voices))
         await voices.load(loaded.fingerprint)
         sweeper = None
         if cache.enabled:

@@ -216,7 +216,9 @@ class AudioCache:
         with self._lock:
             entry = self._index.get(key)
         if entry is None:
-            return None
+            entry = self._adopt(key, path)
+            if entry is None:
+                return None
         if time.time() - entry.created > self.ttl_seconds:
             self._remove(key)
             return None
@@ -238,6 +240,20 @@ class AudioCache:
         with contextlib.suppress(OSError):
             os.utime(path, (now, entry.created))  # atime = recency, mtime = creation
         return found
+
+    def _adopt(self, key: str, path: Path) -> _Entry | None:
+        """An entry another process on this directory wrote (`--workers`: every worker has its own
+        index), indexed here from the file; None when there is none."""
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        with self._lock:
+            entry = self._index.get(key)
+            if entry is None:
+                entry = self._index[key] = _Entry(stat.st_size, stat.st_mtime, stat.st_atime)
+                self._bytes += stat.st_size
+        return entry
 
     def _write(self, key: str, payload: bytes, meta: dict[str, Any]) -> None:
         path = self._path(key)

@@ -122,6 +122,31 @@ def _unlistenable(host: str, port: int) -> str | None:
     return None
 
 
+def draining_server(app: Any, settings: Settings, **where: Any) -> Any:
+    """uvicorn's server for the app, with the drain period (also each worker's with --workers)."""
+    import uvicorn
+
+    from voxport.api.serving import Deadlines, uvicorn_options
+
+    # uvloop and httptools where installed, httptools with our limit on a request head's size.
+    deadlines = Deadlines(settings.connection_idle_s, settings.request_head_timeout_s,
+                          settings.request_body_timeout_s)  # fmt: skip
+    options = uvicorn_options(settings.max_header_kb * 1024, deadlines)
+    if "port" not in where:  # a worker on an inherited socket, in a loop already running
+        options.pop("loop")
+    # log_config=None: uvicorn's lines in voxport's format (_configure_logging), not its own.
+    config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, log_config=None,
+                            timeout_graceful_shutdown=settings.shutdown_grace_s,
+                            timeout_keep_alive=settings.keep_alive_s, **where, **options)  # fmt: skip
+    return _draining_server(uvicorn.Server, app.state.speech, settings.drain_s)(config)
+
+
+def _workers(settings: Settings) -> int:
+    from voxport.topology.supervisor import default_workers
+
+    return default_workers(settings)
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
@@ -143,9 +168,11 @@ def _serve(args: argparse.Namespace) -> int:
     except CheckpointUnavailable as exc:
         print(f"voxport serve: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
+    workers = _workers(settings)
+    if workers > 1:  # the engine host and N HTTP workers (voxport/topology)
+        from voxport.topology.supervisor import Supervisor
 
-    from voxport.api.serving import Deadlines, uvicorn_options
+        return Supervisor(settings, overrides, checkpoint or settings.model, workers).run()
     from voxport.app import create_app
     from voxport.engine.base import EngineError
     from voxport.lexicon import LexiconError
@@ -162,24 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn saw itself is re-raised to the handler that was there before it: this one, which makes a
     # stop that was asked for and completed exit 0 (and a SIGTERM before uvicorn took over exit 0 at once).
     signal.signal(signal.SIGTERM, _stopped)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        log_config=None,  # uvicorn's lines in voxport's format (_configure_logging), not its own
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
-        timeout_keep_alive=settings.keep_alive_s,
-        # uvloop and httptools where installed, httptools with our limit on a request head's size.
-        **uvicorn_options(
-            settings.max_header_kb * 1024,
-            Deadlines(
-                settings.connection_idle_s, settings.request_head_timeout_s, settings.request_body_timeout_s
-            ),
-        ),
-    )
-    server = _draining_server(uvicorn.Server, app.state.speech, settings.drain_s)(config)
+    server = draining_server(app, settings, host=settings.host, port=settings.port)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     return 0 if server.started else 3  # 3: uvicorn's own status when start-up failed

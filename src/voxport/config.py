@@ -255,6 +255,13 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long the server keeps serving with /ready answering 503 before it stops "
         "accepting connections: time for a load balancer's health checks to take it out of rotation.",
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="HTTP worker processes sharing the port, over one engine host process (2 or more); 1 "
+        "serves in one process. Default: 1 on CPU engines, the CPUs less two (at most 8) with nanovllm.",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,

@@ -66,6 +66,14 @@ def define(parser: argparse.ArgumentParser) -> None:
         help="An extra flag for the spawned server (repeat it: --server-arg=--max-queue --server-arg=8).",
     )
     target.add_argument(
+        "--workers",
+        type=_concurrency_list,
+        default=None,
+        metavar="N,N,...",
+        help="With --spawn-server: run the whole bench once per `voxport serve --workers N` (reports under "
+        "--out/workers-N when --out is given).",
+    )
+    target.add_argument(
         "--server-pid",
         type=_positive_int,
         default=None,

@@ -68,10 +68,22 @@ def run(args: argparse.Namespace) -> int:
     if args.skip_server and not _engine_side(args):
         print("voxport bench: --skip-server needs --engine-model or --engine sim", file=sys.stderr)
         return 2
+    if args.workers and not args.spawn_server:
+        print("voxport bench: --workers needs --spawn-server", file=sys.stderr)
+        return 2
     if args.spawn_server and args.engine != "sim" and not args.engine_model:
         print("voxport bench: --spawn-server needs --engine sim or --engine-model", file=sys.stderr)
         return 2
-    return asyncio.run(_bench(args))
+    if not args.workers:
+        return asyncio.run(_bench(args))
+    status = 0
+    for workers in args.workers:  # the same bench against each server shape
+        one = argparse.Namespace(**vars(args))
+        one.server_arg = [*(args.server_arg or []), "--workers", str(workers)]
+        one.out = str(Path(args.out) / f"workers-{workers}") if args.out else None
+        print(f"## --workers {workers}\n")
+        status = max(status, asyncio.run(_bench(one)))
+    return status
 
 
 def _progress(message: str) -> None:

@@ -27,19 +27,50 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> dict[str, float] | None:
-    """CPU seconds of process `pid` (user + system) and of its children it has waited for (ffmpeg
-    encoders), from /proc/<pid>/stat; None where that cannot be read (no /proc, another machine)."""
+def _stat_fields(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             stat = handle.read()
     except OSError:
         return None
     # The command name, field 2, is in parentheses and may hold spaces: count fields after its end.
-    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The live processes below `pid` (`--workers`: the engine host and the workers), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", encoding="ascii") as handle:
+                    kids = [int(k) for k in handle.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def cpu_seconds(pid: int) -> dict[str, float] | None:
+    """CPU seconds of process `pid` and the live processes below it (user + system: with --workers, the
+    supervisor, the engine host and every worker), and of the children they have waited for (ffmpeg
+    encoders), from /proc; None where that cannot be read (no /proc, another machine)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
     tick = os.sysconf("SC_CLK_TCK")
-    utime, stime, cutime, cstime = (int(v) / tick for v in fields[11:15])
-    return {"self": utime + stime, "children": cutime + cstime}
+    total = {"self": 0.0, "children": 0.0}
+    for stat in [fields, *(f for f in map(_stat_fields, _descendants(pid)) if f is not None)]:
+        utime, stime, cutime, cstime = (int(v) / tick for v in stat[11:15])
+        total["self"] += utime + stime
+        total["children"] += cutime + cstime
+    return total
 
 
 class SpawnedServer:

@@ -58,8 +58,10 @@ class JobService:
         speech: SpeechService,
         metrics: Metrics,
         backend: BackendFactory | None = None,
+        runs: bool = True,
     ):
-        """`backend`: where jobs live and what runs them; the embedded SQLite one unless given."""
+        """`backend`: where jobs live and what runs them; the embedded SQLite one unless given. `runs`:
+        whether this process runs jobs and delivers webhooks (with --workers, one worker does)."""
         self.settings = settings
         self.speech = speech
         self.allow = Allowlist.parse(settings.webhook_allow_hosts)
@@ -71,6 +73,7 @@ class JobService:
         self.runner = self.backend.runner
         self.dispatcher: WebhookDispatcher | None = None
         self.counts: dict[str, int] = {}
+        self.runs = runs
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -83,8 +86,9 @@ class JobService:
                                             on_outcome=lambda o: outcome(o).inc(),
                                             max_parallel=self.settings.webhook_parallel)  # fmt: skip
         await self.refresh_counts()
-        self.dispatcher.start()
-        self.runner.start()
+        if self.runs:
+            self.dispatcher.start()
+            self.runner.start()
 
     async def close(self) -> None:
         await self.runner.close()

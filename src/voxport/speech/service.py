@@ -11,7 +11,7 @@ job's registration, its admission slot and its cleanup (`aclose`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,8 @@ class SpeechService:
         self.draining = False
         # Set while --warm-voices makes the designed voices' clips after start: /ready waits for it.
         self.warming = False
+        # Cancels a request that another process serves (with --workers: voxport/topology); whether one did.
+        self.elsewhere: Callable[[str, str], Awaitable[bool]] = _nowhere
 
     @property
     def accepts_requests(self) -> bool:
@@ -64,8 +66,8 @@ class SpeechService:
         return (self.engine.ready and not self.watch.stalled and self.voices.loaded and not self.draining
                 and not self.warming)  # fmt: skip
 
-    def cancel(self, request_id: str, viewer: str = "") -> None:
-        if not self.jobs.cancel(request_id, viewer):
+    async def cancel(self, request_id: str, viewer: str = "") -> None:
+        if not self.jobs.cancel(request_id, viewer) and not await self.elsewhere(request_id, viewer):
             raise VoxportError("not_found", f"No request '{request_id}' is in flight.",
                                param="request_id", code="request_not_found")  # fmt: skip
 
@@ -265,6 +267,10 @@ async def _resume(first: np.ndarray | None, audio: AsyncIterator[np.ndarray]) ->
         pass
     finally:
         await audio.aclose()  # type: ignore[attr-defined]
+
+
+async def _nowhere(_request_id: str, _viewer: str) -> bool:
+    return False
 
 
 async def _once(payload: bytes) -> AsyncIterator[bytes]:

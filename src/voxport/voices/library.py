@@ -26,14 +26,27 @@ from voxport.voices.catalog import Voice
 log = logging.getLogger("voxport.voices")
 
 
-def read(library: Path, skipped: SkippedFiles | None = None) -> dict[str, Voice]:
-    """The library's voices; one whose `voice.json` cannot be read is skipped (and told to `skipped`)."""
+def stamp(library: Path) -> tuple[int, frozenset[str]]:
+    """Changes whenever a voice enters, leaves or is replaced in the library: the folder's mtime and its
+    voices' names (a creation's rename can fall in the same mtime tick as its staging)."""
+    try:
+        names = frozenset(n for n in os.listdir(library) if not n.startswith(TEMP_PREFIX))
+        return library.stat().st_mtime_ns, names
+    except FileNotFoundError:
+        return 0, frozenset()
+
+
+def read(library: Path, skipped: SkippedFiles | None = None, sweep: bool = True) -> dict[str, Voice]:
+    """The library's voices; one whose `voice.json` cannot be read is skipped (and told to `skipped`).
+    `sweep`: remove creations interrupted by a crash (at start-up only: a re-read
+    while other processes share the data dir would remove their creations in progress)."""
     voices: dict[str, Voice] = {}
     if not library.is_dir():
         return voices
     for folder in sorted(library.iterdir()):
-        if folder.name.startswith(TEMP_PREFIX):  # a creation interrupted by a crash
-            shutil.rmtree(folder, ignore_errors=True)
+        if folder.name.startswith(TEMP_PREFIX):
+            if sweep:
+                shutil.rmtree(folder, ignore_errors=True)
             continue
         try:
             meta = json.loads((folder / "voice.json").read_text(encoding="utf-8"))
@@ -50,6 +63,12 @@ def read(library: Path, skipped: SkippedFiles | None = None) -> dict[str, Voice]
             else:
                 log.warning("skipping unreadable library voice %s: %s", folder.name, exc)
     return voices
+
+
+def reread(library: Path) -> tuple[dict[str, Voice], dict[str, int]]:
+    """The voices and their sizes, read again while other processes may be creating voices."""
+    voices = read(library, sweep=False)
+    return voices, sizes(list(voices.values()))
 
 
 def sizes(voices: list[Voice]) -> dict[str, int]:

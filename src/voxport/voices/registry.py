@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
-from voxport.audio import encode, write_wav
+from voxport.audio import encode
 from voxport.dictionaries import DictionaryStore
 from voxport.engine.base import Engine, VoicePrompt
 from voxport.errors import VoxportError, invalid
@@ -21,7 +19,7 @@ from voxport.lexicon import Lexicon, LexiconError
 from voxport.protocol import VoiceUpload
 from voxport.skipped import SkippedFiles
 from voxport.tenants import visible
-from voxport.voices import library
+from voxport.voices import library, uploads
 from voxport.voices.aliases import AliasStore, file_aliases
 from voxport.voices.catalog import Voice, VoicesFileError, catalog_diff, load_voices_file
 from voxport.voices.consents import Consent, ConsentStore
@@ -58,6 +56,7 @@ class VoiceRegistry:
         self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
         self.aliases = AliasStore(data_dir / "voices" / "aliases.json", self._find)
         self.loaded = False
+        self._stamp, self._rereading = (0, frozenset[str]()), asyncio.Lock()  # the library's, when read
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -117,9 +116,15 @@ class VoiceRegistry:
         return diff
 
     async def refresh(self) -> None:
-        """With a shared library: take in what other replicas changed (a no-op without one)."""
+        """Take in what other replicas (a shared library) or other workers on this data dir changed."""
         if self.mirror is not None:
             await self.mirror.refresh(self)
+        elif library.stamp(self._library) != self._stamp:  # a stat and a listing, when nothing changed
+            async with self._rereading:  # one re-read at a time: a slower, older one must not win
+                stamp = library.stamp(self._library)
+                self.user, self.quota.sizes = await asyncio.to_thread(library.reread, self._library)
+                self._stamp = stamp
+            await self.release_unused()
 
     async def release_unused(self) -> None:
         live = {v.key for v in self.all()}
@@ -186,16 +191,7 @@ class VoiceRegistry:
 
     async def adhoc_prompt(self, upload: Upload, transcript: str | None) -> VoicePrompt:
         """Encode an upload for one request; nothing is kept on disk."""
-        fd, path = await asyncio.to_thread(
-            tempfile.mkstemp, prefix="adhoc-", suffix=".wav", dir=self._scratch
-        )
-        os.close(fd)
-        try:
-            await asyncio.to_thread(write_wav, path, upload.samples, ENCODER_RATE)
-            return await self.engine.encode_voice(path, transcript, upload.key)
-        finally:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(os.unlink, path)
+        return await uploads.adhoc_prompt(self.engine, upload, transcript, self._scratch)
 
     async def add(self, name: str, upload: VoiceUpload, consent: str | None, owner: str = "") -> Voice:
         """Validate a recording and keep it as `owner`'s user voice, made with `consent`: one of its consent
@@ -241,6 +237,7 @@ class VoiceRegistry:
 
         The name and the library's room are reserved before anything awaits, and given back if the
         voice is not kept: concurrent creations never pass the caps or share a name."""
+        await self.refresh()  # the caps count what other workers added
         existing = self._check_name(name, replace, name_param, owner)
         replacing = existing.id if existing else None
         hold = self.quota.reserve(f"{owner}/{name}", upload.wav_bytes, replacing)
@@ -284,10 +281,10 @@ class VoiceRegistry:
         return await self.consents.create(name, language, wav, owner)
 
     async def delete(self, voice_id: str) -> None:
+        await self.refresh()  # a voice another worker added
         if voice_id in self.builtin:
-            raise VoxportError(
-                "forbidden", f"'{voice_id}' is a built-in voice and cannot be deleted.", code="forbidden"
-            )
+            message = f"'{voice_id}' is a built-in voice and cannot be deleted."
+            raise VoxportError("forbidden", message, code="forbidden")
         if voice_id not in self.user:
             raise VoxportError("not_found", f"No voice '{voice_id}'.", code="voice_not_found")
         async with self.mirror.lock if self.mirror else contextlib.nullcontext():

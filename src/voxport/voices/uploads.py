@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voxport.audio import AudioDecodeError, decode_file
+from voxport.audio import AudioDecodeError, decode_file, write_wav
+from voxport.engine.base import Engine, VoicePrompt
 from voxport.errors import VoxportError, invalid
 from voxport.voices.catalog import content_key
 
@@ -81,3 +82,15 @@ def allowed_path(allowed_dir: Path | None, relative: str, param: str) -> Path:
     if not path.is_file():
         raise invalid(f"'{param}' does not name a file in the allowed directory.", param)
     return path
+
+
+async def adhoc_prompt(engine: Engine, upload: Upload, transcript: str | None, scratch: Path) -> VoicePrompt:
+    """Encode an upload for one request (a scratch file, removed after); nothing is kept on disk."""
+    fd, path = await asyncio.to_thread(tempfile.mkstemp, prefix="adhoc-", suffix=".wav", dir=scratch)
+    os.close(fd)
+    try:
+        await asyncio.to_thread(write_wav, path, upload.samples, ENCODER_RATE)
+        return await engine.encode_voice(path, transcript, upload.key)
+    finally:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(os.unlink, path)

@@ -210,5 +210,5 @@ async def cancel_speech(
     params: Annotated[SpeechCancelParams, Depends(json_body(SpeechCancelParams))], speech: SpeechDep,
     viewer: ViewerDep,
 ) -> SpeechCancelled:  # fmt: skip
-    speech.cancel(params.request_id, viewer)
+    await speech.cancel(params.request_id, viewer)
     return SpeechCancelled(request_id=params.request_id)
