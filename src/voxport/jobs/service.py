@@ -52,18 +52,11 @@ def _error(kind: Kind, message: str, param: str | None = None, code: str | None 
 
 
 class JobService:
-    def __init__(
-        self,
-        settings: Settings,
-        speech: SpeechService,
-        metrics: Metrics,
-        backend: BackendFactory | None = None,
-        runs: bool = True,
-    ):
+    def __init__(self, settings: Settings, speech: SpeechService, metrics: Metrics,
+                 backend: BackendFactory | None = None, runs: bool = True):  # fmt: skip
         """`backend`: where jobs live and what runs them; the embedded SQLite one unless given. `runs`:
         whether this process runs jobs and delivers webhooks (with --workers, one worker does)."""
-        self.settings = settings
-        self.speech = speech
+        self.settings, self.speech = settings, speech
         self.allow = Allowlist.parse(settings.webhook_allow_hosts)
         self.metrics = JobMetrics(metrics)
         hooks = JobHooks(self._finished, self.metrics.segments.inc, self.refresh_counts,
