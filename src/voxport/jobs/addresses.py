@@ -7,7 +7,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -143,22 +143,31 @@ def check_url(url: str, allow: Allowlist) -> None:
         )
 
 
-async def resolve(host: str, port: int, allow: Allowlist) -> IPAddress:
-    """The address to connect to: the first the name resolves to that is allowed."""
+Lookup = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_lookup(host: str, port: int) -> list[str]:
+    """The system resolver's answers for `host`, as address strings."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
+async def resolve(host: str, port: int, allow: Allowlist, lookup: Lookup = system_lookup) -> IPAddress:
+    """The address to connect to: the first the name resolves to, provided that every answer is allowed.
+    A name with any non-public answer that is not allowlisted is refused, whatever else it resolves to."""
     literal = _literal(host)
     if literal is not None:
         candidates = [literal]
     else:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            answers = await lookup(host, port)
         except OSError as exc:  # perhaps passing (DNS down): worth another attempt, unlike a refusal
             raise ResolveError(f"cannot resolve {host}: {exc}") from None
-        candidates = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
-    for address in candidates:
-        if public(address) or allow.permits(host, address):
-            return address
-    raise WebhookURLError(f"{host} resolves only to non-public addresses ({', '.join(map(str, candidates))})")
+        candidates = [ipaddress.ip_address(answer.split("%", 1)[0]) for answer in answers]
+    refused = [str(a) for a in candidates if not (public(a) or allow.permits(host, a))]
+    if refused or not candidates:
+        raise WebhookURLError(f"{host} resolves to non-public addresses ({', '.join(refused) or 'none'})")
+    return candidates[0]
 
 
 class PinnedBackend(httpcore.AsyncNetworkBackend):

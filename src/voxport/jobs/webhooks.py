@@ -35,12 +35,14 @@ from voxport.faultlog import OncePerCause
 from voxport.files import atomic_write
 from voxport.jobs.addresses import (
     Allowlist,
+    Lookup,
     PinnedBackend,
     ResolveError,
     WebhookURLError,
     check_url,
     public,
     resolve,
+    system_lookup,
 )
 from voxport.jobs.store import Delivery, JobStore
 
@@ -91,7 +93,8 @@ class WebhookSender:
     """One delivery attempt: sign, resolve and check, connect to the checked address, POST, no redirects."""
 
     def __init__(self, secret: str, allow: Allowlist, timeout_s: float, user_agent: str = "voxport-webhooks",
-                 ssl_context: ssl.SSLContext | None = None):  # fmt: skip
+                 ssl_context: ssl.SSLContext | None = None, lookup: Lookup = system_lookup):  # fmt: skip
+        self.lookup = lookup  # the resolver: the system's, or a test's with chosen answers
         self.signer = Webhook(secret)
         self.allow = allow
         self.timeout_s = timeout_s
@@ -121,7 +124,7 @@ class WebhookSender:
             parts = urlsplit(url)
             host = parts.hostname or ""
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            address = await asyncio.wait_for(resolve(host, port, self.allow), self.timeout_s)
+            address = await asyncio.wait_for(resolve(host, port, self.allow, self.lookup), self.timeout_s)
         except WebhookURLError as exc:
             return Outcome(False, error=f"refused: {exc}", refused=True)
         except (asyncio.TimeoutError, ResolveError) as exc:
