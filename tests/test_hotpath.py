@@ -102,13 +102,13 @@ async def test_a_buffered_request_whose_client_leaves_is_cancelled(tiny_model: P
     that leaves while its audio is generated still cancels the generation."""
     async with running(tiny_model, tmp_path, max_length=2048) as (app, _):
         speech = app.state.speech
-        cancelled = speech.jobs.cancelled_total
+        cancelled = speech.tickets.cancelled_total
         body = {**SPEECH, "input": "A request long enough to be abandoned on the way."}
         request = ASGIRequest(app, "/v1/audio/speech", body, headers={"x-request-id": "leaves"})
-        await until(lambda: "leaves" in speech.jobs.active, "the request to start generating")
+        await until(lambda: "leaves" in speech.tickets.active, "the request to start generating")
         request.disconnect()
         await asyncio.wait_for(request.finish(), 120)
-        assert speech.jobs.cancelled_total == cancelled + 1 and speech.jobs.in_flight == 0
+        assert speech.tickets.cancelled_total == cancelled + 1 and speech.tickets.in_flight == 0
 
 
 async def test_probes_are_answered_with_a_request_id_and_counted(tiny_model: Path, tmp_path: Path) -> None:

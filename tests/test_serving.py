@@ -214,11 +214,11 @@ async def test_full_server_answers_429_at_once(tiny_model: Path, tmp_path: Path)
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
         assert "x-should-retry" not in refused.headers  # the SDK may retry a 429 after Retry-After
-        speech.jobs.cancel(first.scope["state"]["request_id"])
-        speech.jobs.cancel(second.scope["state"]["request_id"])
+        speech.tickets.cancel(first.scope["state"]["request_id"])
+        speech.tickets.cancel(second.scope["state"]["request_id"])
         for request in (first, second):
             await request.finish()
-        assert (speech.admission.generating, speech.admission.queued, speech.jobs.in_flight) == (0, 0, 0)
+        assert (speech.admission.generating, speech.admission.queued, speech.tickets.in_flight) == (0, 0, 0)
 
 
 async def test_deadline_answers_504(tiny_model: Path, tmp_path: Path) -> None:
@@ -226,7 +226,7 @@ async def test_deadline_answers_504(tiny_model: Path, tmp_path: Path) -> None:
         response = await http.post("/v1/audio/speech", json={**SPEECH, "max_length": 2048, "cache": False})
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "timeout"
-        assert app.state.speech.jobs.in_flight == 0
+        assert app.state.speech.tickets.in_flight == 0
         ok = await http.post("/v1/audio/speech", json={**SPEECH, "max_length": 1})
         assert ok.status_code == 200
 

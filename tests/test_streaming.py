@@ -159,14 +159,14 @@ async def test_disconnect_mid_stream_stops_the_generation(app) -> None:
     speech = app.state.speech
     engine = speech.engine
     body = {"model": "tts-1", "input": "One. Two. Three. Four. Five.", "response_format": "mp3"}
-    before, cancelled = engine.steps_generated, speech.jobs.cancelled_total
+    before, cancelled = engine.steps_generated, speech.tickets.cancelled_total
     request = ASGIRequest(app, "/v1/audio/speech/stream", body)
     await request.start()
     await request.body_part()
     request.disconnect()
     await request.finish()
-    assert speech.jobs.in_flight == 0
-    assert speech.jobs.cancelled_total == cancelled + 1
+    assert speech.tickets.in_flight == 0
+    assert speech.tickets.cancelled_total == cancelled + 1
     # The next request runs only once the engine has let go of the abandoned one.
     assert (await engine_steps(engine, "Next.")) == 1
     assert engine.steps_generated - before < 5 * TEST_MAX_LENGTH
@@ -232,13 +232,13 @@ async def test_cancel_a_buffered_request_answers_499(slow_app) -> None:
         "response_format": "wav",
     }
     request = ASGIRequest(slow_app, "/v1/audio/speech", body, headers={"x-request-id": "cancel-me"})
-    await until(lambda: "cancel-me" in speech.jobs.active, "the request to start generating")
-    assert speech.jobs.cancel("cancel-me")
+    await until(lambda: "cancel-me" in speech.tickets.active, "the request to start generating")
+    assert speech.tickets.cancel("cancel-me")
     start = await request.start()
     assert start["status"] == 499
     assert json.loads(await request.body_part())["error"]["code"] == "request_cancelled"
     await request.finish()
-    assert speech.jobs.in_flight == 0
+    assert speech.tickets.in_flight == 0
 
 
 def _in_flight_at_first_byte(client: openai.OpenAI, server: ServerProcess, **extra) -> tuple[int, int]:

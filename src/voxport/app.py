@@ -36,7 +36,7 @@ from voxport.lexicon import Lexicon
 from voxport.metrics import Gauges, Metrics, ResourceSampler
 from voxport.speech import SpeechService
 from voxport.speech.admission import Admission
-from voxport.speech.jobs import JobRegistry
+from voxport.speech.tickets import TicketRegistry
 from voxport.voices import VoiceRegistry
 from voxport.voices.designed import warm
 
@@ -120,7 +120,7 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
         Gauges(
             queue_depth=lambda: admission.queued,
             generating=lambda: admission.generating,
-            in_flight=lambda: jobs.in_flight,
+            in_flight=lambda: tickets.in_flight,
             engine_ready=lambda: float(speech is not None and speech.accepts_requests),
             cache_bytes=lambda: cache.bytes,
             cache_entries=lambda: cache.entries,
@@ -129,8 +129,8 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
     )
     cache = _cache(settings, metrics, shared)
     admission = admits(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
-    jobs = JobRegistry(on_cancelled=metrics.cancelled.inc)
-    speech = SpeechService(settings, engine, voices, cache, metrics, admission, jobs,
+    tickets = TicketRegistry(on_cancelled=metrics.cancelled.inc)
+    speech = SpeechService(settings, engine, voices, cache, metrics, admission, tickets,
                            weights_fingerprint=lambda: loaded.fingerprint)  # fmt: skip
     return speech
 

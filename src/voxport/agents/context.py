@@ -31,7 +31,7 @@ from voxport.protocol.live import (
     ContextFlushedEvent,
     ContextSegmentEvent,
 )
-from voxport.speech import SpeechJob, SpeechService
+from voxport.speech import RequestTicket, SpeechService
 from voxport.speech.prepare import SpeechPlan
 from voxport.tempo import Tempo
 from voxport.text import normalize
@@ -67,7 +67,7 @@ class LiveContext:
         self.max_chars = max_chars
         self.buffer = TextBuffer(setup.plan.params.language, clause_chars)
         self.queue: asyncio.Queue[object] = asyncio.Queue()
-        self.job = SpeechJob(request_id)  # registered while the context lives: counted, cancellable by id
+        self.job = RequestTicket(request_id)  # registered while the context lives: counted, cancellable by id
         self.closing = False
         self.speaking = False
         self.chars = 0
@@ -178,7 +178,7 @@ class LiveContext:
 
     async def _speak(self, text: str, encoder: LiveEncoder) -> None:
         request = self._request(text)
-        segment = SpeechJob(self.job.request_id, cancel=self.job.cancel, started=time.perf_counter())
+        segment = RequestTicket(self.job.request_id, cancel=self.job.cancel, started=time.perf_counter())
         start, raw = self.samples, []
         rate, speed = self.speech.engine.info.sample_rate, self.setup.plan.speed
         tempo = Tempo(rate, speed) if speed != 1.0 else None

@@ -141,7 +141,7 @@ class LiveSession:
         context = LiveContext(context_id, f"{self.socket_id}:{context_id}", setup, self.speech, self.emit,
                               self.settings.ws_clause_chars, self.settings.ws_max_context_chars)  # fmt: skip
         self.contexts[context_id] = context
-        self.speech.jobs.open(context.job)
+        self.speech.tickets.open(context.job)
         self.service.contexts.inc()
         context.task.add_done_callback(lambda task: self._ended(context, task))
         return context
@@ -153,7 +153,7 @@ class LiveSession:
             del self.contexts[context.id]
             if not context.closing:
                 self.service.contexts.dec()
-        self.speech.jobs.close(context.job)
+        self.speech.tickets.close(context.job)
         exc = None if task.cancelled() else task.exception()  # retrieved either way: no "never retrieved"
         if task.cancelled() or context.job.cancel.is_set():
             self.service.ended.labels("cancelled").inc()

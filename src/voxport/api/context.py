@@ -8,14 +8,14 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from voxport.speech import SpeechJob
+from voxport.speech import RequestTicket
 
 
 @dataclass
 class RequestRecord:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
-    speech: SpeechJob | None = None  # set by the speech routes; the access line reads it
+    speech: RequestTicket | None = None  # set by the speech routes; the access line reads it
 
 
 current: ContextVar[RequestRecord] = ContextVar("voxport_request")

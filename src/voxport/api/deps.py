@@ -12,7 +12,7 @@ from voxport.api.context import RequestRecord, current
 from voxport.cache import AudioCache
 from voxport.config import Settings
 from voxport.metrics import Metrics
-from voxport.speech import SpeechJob, SpeechService
+from voxport.speech import RequestTicket, SpeechService
 from voxport.voices import VoiceRegistry
 
 
@@ -43,12 +43,12 @@ async def _record() -> RequestRecord:
     return current.get()
 
 
-async def _speech_job(request: Request) -> SpeechJob:
+async def _speech_job(request: Request) -> RequestTicket:
     """The request's speech job, already on its record so that the access line can read it; it belongs
     to the caller's tenant (cancel, voices, cache partition)."""
     record = current.get()
     policy, shared = request.app.state.policy, request.app.state.settings.cache_shared_across_keys
-    record.speech = SpeechJob(record.request_id, started=record.started, tenant=policy.viewer(request),
+    record.speech = RequestTicket(record.request_id, started=record.started, tenant=policy.viewer(request),
                               cache_scope=policy.cache_scope(request, shared))  # fmt: skip
     return record.speech
 
@@ -65,5 +65,5 @@ VoicesDep = Annotated[VoiceRegistry, Depends(_voices)]
 CacheDep = Annotated[AudioCache, Depends(_cache)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 RecordDep = Annotated[RequestRecord, Depends(_record)]
-SpeechJobDep = Annotated[SpeechJob, Depends(_speech_job)]
+TicketDep = Annotated[RequestTicket, Depends(_speech_job)]
 ViewerDep = Annotated[str, Depends(_viewer)]

@@ -66,13 +66,13 @@ class Probes:
 
     def health_body(self) -> bytes:
         speech, sampler = self.speech, self.sampler
-        cache, admission, jobs = speech.cache, speech.admission, speech.jobs
+        cache, admission, tickets = speech.cache, speech.admission, speech.tickets
         queue = self.jobs.health()
         key = (
-            self._engine(), speech.accepts_requests, jobs.in_flight, admission.generating, admission.queued,
-            jobs.cancelled_total, cache.enabled, cache.entries, cache.bytes, cache.stats.hits,
-            cache.stats.misses, cache.stats.evictions, admission.load_score, sampler.rss_bytes,
-            sampler.gpu_memory_bytes, queue["queued"], queue["running"], self._redis_state(), speech.draining,
+            self._engine(), speech.accepts_requests, tickets.in_flight, admission.generating,
+            admission.queued, tickets.cancelled_total, cache.enabled, cache.entries, cache.bytes,
+            cache.stats.hits, cache.stats.misses, cache.stats.evictions, admission.load_score,
+            sampler.rss_bytes, sampler.gpu_memory_bytes, queue["queued"], queue["running"], self._redis_state(), speech.draining,
             len(self._skipped()),
         )  # fmt: skip
         if key != self._key:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 
 from voxport.errors import RequestCancelled
-from voxport.speech import SpeechJob, SpeechService
+from voxport.speech import RequestTicket, SpeechService
 from voxport.speech.prepare import PreparedSpeech
 from voxport.speech.timings import Timeline
 
@@ -120,7 +120,7 @@ class JobPriority:
         requests need the engine. Raises RequestCancelled when the job is cancelled."""
         while True:
             attempt = asyncio.Event()
-            ticket = SpeechJob(name, cancel=attempt)
+            ticket = RequestTicket(name, cancel=attempt)
             async with self._slot(cancel):
                 watcher = asyncio.create_task(self._preempt_when_crowded(cancel, attempt))
                 try:

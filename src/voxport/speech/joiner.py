@@ -13,8 +13,8 @@ import numpy as np
 from voxport.engine.base import Engine, GenerationStats, SynthesisRequest
 from voxport.errors import RequestCancelled
 from voxport.metrics import Metrics
-from voxport.speech.jobs import SpeechJob
 from voxport.speech.stall import EngineWatch
+from voxport.speech.tickets import RequestTicket
 from voxport.speech.timings import Timeline
 from voxport.tempo import Tempo
 
@@ -115,7 +115,7 @@ class Joiner:
                 yield out
 
     async def audio(
-        self, segments: Sequence[SynthesisRequest], job: SpeechJob, timeline: Timeline | None = None,
+        self, segments: Sequence[SynthesisRequest], job: RequestTicket, timeline: Timeline | None = None,
         speed: float = 1.0,
     ) -> AsyncIterator[np.ndarray]:  # fmt: skip
         """The joined float32 audio of every segment, at the engine's rate and `speed`, as it is generated.
@@ -161,7 +161,7 @@ class Joiner:
                 if not job.cancel.is_set():
                     self.metrics.rtf.observe((time.perf_counter() - generation_started) / seconds)
 
-    def _count(self, job: SpeechJob, chunk: np.ndarray) -> np.ndarray:
+    def _count(self, job: RequestTicket, chunk: np.ndarray) -> np.ndarray:
         if job.first_audio is None:
             job.first_audio = time.perf_counter() - job.started
             self.metrics.first_audio_seconds.observe(job.first_audio)

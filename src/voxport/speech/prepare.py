@@ -17,9 +17,9 @@ from voxport.engine.base import LANGUAGES, Engine, SynthesisRequest, VoicePrompt
 from voxport.errors import VoxportError, invalid, unavailable
 from voxport.protocol import SpeechCreateParams, VoiceUpload
 from voxport.speech import dialogue, script
-from voxport.speech.jobs import with_deadline
 from voxport.speech.loudness import measure
 from voxport.speech.ssml import Script
+from voxport.speech.tickets import with_deadline
 from voxport.speech.timings import Span
 from voxport.text import normalize, segment
 from voxport.voices import Voice, VoiceRegistry, design_prefix

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from voxport.speech.jobs import SpeechJob
 from voxport.speech.prepare import SpeechPlan
+from voxport.speech.tickets import RequestTicket
 from voxport.speech.timings import Timeline
 
 
@@ -36,7 +36,7 @@ class SpeechStream:
     """Encoded audio as it is generated (or an earlier identical stream's cached bytes). Iterate it once;
     `aclose` (idempotent) stops the generation, frees the admission slot and unregisters the job."""
 
-    def __init__(self, prepared: SpeechPlan, job: SpeechJob, chunks: AsyncIterator[bytes],
+    def __init__(self, prepared: SpeechPlan, job: RequestTicket, chunks: AsyncIterator[bytes],
                  close: Callable[[], Awaitable[None]], timeline: Timeline | None = None):  # fmt: skip
         self.prepared = prepared
         self.timeline = timeline  # where each segment sits, as it is generated (speech/timings.py)

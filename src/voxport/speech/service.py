@@ -24,12 +24,12 @@ from voxport.errors import RequestCancelled, VoxportError, unavailable
 from voxport.metrics import Metrics
 from voxport.protocol import SpeechCreateParams, VoiceUpload
 from voxport.speech.admission import Admission, Slot
-from voxport.speech.jobs import JobRegistry, SpeechJob, with_deadline
 from voxport.speech.joiner import Joiner
 from voxport.speech.loudness import VoiceLevels, held, normalized
 from voxport.speech.prepare import PreparedSpeech, Preparer
 from voxport.speech.results import SpeechResult, SpeechStream
 from voxport.speech.stall import EngineWatch
+from voxport.speech.tickets import RequestTicket, TicketRegistry, with_deadline
 from voxport.speech.timings import Timeline
 from voxport.voices import VoiceRegistry
 
@@ -39,7 +39,7 @@ _NOT_OURS = frozenset({"cancelled", "internal", "unavailable", "timeout"})
 
 class SpeechService:
     def __init__(self, settings: Settings, engine: Engine, voices: VoiceRegistry, cache: AudioCache,
-                 metrics: Metrics, admission: Admission, jobs: JobRegistry,
+                 metrics: Metrics, admission: Admission, tickets: TicketRegistry,
                  weights_fingerprint: Callable[[], str] = str):  # fmt: skip
         self.settings = settings
         self.engine = engine
@@ -47,7 +47,7 @@ class SpeechService:
         self.cache = cache
         self.metrics = metrics
         self.admission = admission
-        self.jobs = jobs
+        self.tickets = tickets
         self.watch = EngineWatch(settings.engine_stall_s, engine)
         self.preparer = Preparer(settings, engine, voices, weights_fingerprint)
         self.joiner = Joiner(engine, self.watch, metrics)
@@ -67,14 +67,14 @@ class SpeechService:
                 and not self.warming)  # fmt: skip
 
     async def cancel(self, request_id: str, viewer: str = "") -> None:
-        if not self.jobs.cancel(request_id, viewer) and not await self.elsewhere(request_id, viewer):
+        if not self.tickets.cancel(request_id, viewer) and not await self.elsewhere(request_id, viewer):
             raise VoxportError("not_found", f"No request '{request_id}' is in flight.",
                                param="request_id", code="request_not_found")  # fmt: skip
 
     async def create(
         self,
         params: SpeechCreateParams,
-        job: SpeechJob,
+        job: RequestTicket,
         *,
         stream: bool = False,
         upload: VoiceUpload | None = None,
@@ -90,16 +90,18 @@ class SpeechService:
         key = cache_key(plan.cache_fields | scope) if state == "USE" else None
         if self.settings.log_request_text:
             job.text = params.input or ""
-        self.jobs.open(job)
+        self.tickets.open(job)
         try:
             hit = await self.cache.get(key) if key is not None else None
             if hit is not None:  # no prompt, no tokenizer, no engine
                 result = self._hit(job, hit.payload, hit.meta)
                 if not plan.sse:
-                    self.jobs.close(job)
+                    self.tickets.close(job)
                     return result
                 timeline = Timeline.fixed(result.segments or [])
-                return SpeechStream(plan, job, _once(result.audio), lambda: _closed(self.jobs, job), timeline)
+                return SpeechStream(
+                    plan, job, _once(result.audio), lambda: _closed(self.tickets, job), timeline
+                )
             prepared = await self.preparer.complete(plan)
             if self.settings.log_request_text:
                 job.text = " ".join(s.text for s in prepared.segments)
@@ -108,12 +110,12 @@ class SpeechService:
             if prepared.stream:
                 return await self._stream(prepared, job, key)
         except BaseException:
-            self.jobs.close(job)
+            self.tickets.close(job)
             raise
         try:
             return await self._respond(prepared, job, key)
         finally:
-            self.jobs.close(job)
+            self.tickets.close(job)
 
     # -- the parts --------------------------------------------------------------------------------
 
@@ -136,7 +138,7 @@ class SpeechService:
             raise unavailable("The speech engine has stopped answering.")
         return await self.admission.acquire()
 
-    async def _synthesize(self, prepared: PreparedSpeech, job: SpeechJob) -> SpeechResult:
+    async def _synthesize(self, prepared: PreparedSpeech, job: RequestTicket) -> SpeechResult:
         """The whole utterance, encoded: admitted, generated, encoded, within the deadline."""
 
         async def run() -> SpeechResult:
@@ -159,11 +161,11 @@ class SpeechService:
 
         return await with_deadline(run(), self.settings.request_timeout_s)
 
-    def _looked_up(self, job: SpeechJob, state: str) -> None:
+    def _looked_up(self, job: RequestTicket, state: str) -> None:
         job.cache = state
         self.metrics.cache_lookups.labels(state).inc()
 
-    def _hit(self, job: SpeechJob, payload: bytes, meta: dict[str, Any]) -> SpeechResult:
+    def _hit(self, job: RequestTicket, payload: bytes, meta: dict[str, Any]) -> SpeechResult:
         self._looked_up(job, "HIT")
         result = SpeechResult.from_cache(payload, meta)
         # The audio served, for the access line's audio_s (counted at the engine's rate, as on a miss).
@@ -173,7 +175,7 @@ class SpeechService:
         job.output_steps = result.usage["output_tokens"]
         return result
 
-    async def _respond(self, prepared: PreparedSpeech, job: SpeechJob, key: str | None) -> SpeechResult:
+    async def _respond(self, prepared: PreparedSpeech, job: RequestTicket, key: str | None) -> SpeechResult:
         """A buffered response on a miss: one synthesis, shared by identical requests that arrive while it
         runs (they get its bytes as a hit)."""
         if key is None:
@@ -197,7 +199,7 @@ class SpeechService:
         self._looked_up(job, "MISS")
         return result
 
-    async def _stream(self, prepared: PreparedSpeech, job: SpeechJob, key: str | None) -> SpeechStream:
+    async def _stream(self, prepared: PreparedSpeech, job: RequestTicket, key: str | None) -> SpeechStream:
         """The first audio chunk is awaited before this returns, so that a request that fails early
         still gets a proper error before any byte is sent. The slot is held until the stream ends."""
         if key is not None:
@@ -217,12 +219,12 @@ class SpeechService:
 
         async def close() -> None:
             slot.release()
-            self.jobs.close(job)
+            self.tickets.close(job)
 
         chunks = self._encoded(prepared, job, held(_resume(first, audio), gain), slot, key, timeline)
         return SpeechStream(prepared, job, chunks, close, timeline)
 
-    async def _encoded(self, prepared: PreparedSpeech, job: SpeechJob, audio: AsyncIterator[np.ndarray],
+    async def _encoded(self, prepared: PreparedSpeech, job: RequestTicket, audio: AsyncIterator[np.ndarray],
                        slot: Slot, key: str | None, timeline: Timeline) -> AsyncIterator[bytes]:  # fmt: skip
         rate = self.engine.info.sample_rate
         parts: list[bytes] = []
@@ -277,5 +279,5 @@ async def _once(payload: bytes) -> AsyncIterator[bytes]:
     yield payload
 
 
-async def _closed(jobs: JobRegistry, job: SpeechJob) -> None:
-    jobs.close(job)
+async def _closed(tickets: TicketRegistry, job: RequestTicket) -> None:
+    tickets.close(job)

@@ -44,7 +44,7 @@ async def _serve(settings: Settings, model_dir: str, address: str, index: int, s
     except (VoicesFileError, LexiconError, EngineError) as exc:
         log.error("voxport serve: %s", exc)
         return FATAL
-    link.on_seek = app.state.speech.jobs.cancel  # POST /v1/audio/speech/cancel, across workers
+    link.on_seek = app.state.speech.tickets.cancel  # POST /v1/audio/speech/cancel, across workers
     app.state.speech.elsewhere = link.seek
     server = draining_server(app, settings)
     await server.serve(sockets=[sock])

@@ -18,7 +18,7 @@ from wyoming.tts import SynthesizeVoice
 from voxport.engine.base import LANGUAGES, EngineInputError, EngineUnavailable
 from voxport.errors import VoxportError
 from voxport.protocol import SpeechCreateParams
-from voxport.speech import SpeechJob, SpeechService, SpeechStream
+from voxport.speech import RequestTicket, SpeechService, SpeechStream
 
 log = logging.getLogger("voxport.wyoming")
 access = logging.getLogger("voxport.access")
@@ -59,7 +59,7 @@ class Speaker:
         return False
 
     async def speak(self, text: str, voice: SynthesizeVoice | None) -> None:
-        job = SpeechJob(f"wy_{secrets.token_hex(8)}")
+        job = RequestTicket(f"wy_{secrets.token_hex(8)}")
         outcome = "ok"
         try:
             if not text.strip():
@@ -106,7 +106,7 @@ class Speaker:
         finally:
             await stream.aclose()  # type: ignore[union-attr]
 
-    def _log(self, job: SpeechJob, outcome: str) -> None:
+    def _log(self, job: RequestTicket, outcome: str) -> None:
         if not access.isEnabledFor(logging.INFO):
             return
         fields = {"request_id": job.request_id, "route": "wyoming:synthesize", "outcome": outcome,

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from voxport.api.auth import require_api_key
 from voxport.api.body import SpeechBodyDep, json_body
-from voxport.api.deps import SpeechDep, SpeechJobDep, ViewerDep
+from voxport.api.deps import SpeechDep, TicketDep, ViewerDep
 from voxport.api.errors import as_error
 from voxport.api.openapi import BODY_ERRORS, errors, json_request, schema_ref, speech_request
 from voxport.protocol import (
@@ -32,7 +32,7 @@ from voxport.protocol import (
     StreamError,
     Usage,
 )
-from voxport.speech import SpeechJob, SpeechResult, SpeechStream
+from voxport.speech import RequestTicket, SpeechResult, SpeechStream
 
 log = logging.getLogger("voxport.api")
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=errors(401), tags=["speech"])
@@ -103,7 +103,7 @@ def warnings_header(warnings: tuple[str, ...]) -> str:
     return "; ".join(quote(w, safe=" '<>/=:,.()-_\"") for w in warnings)
 
 
-def _cache_headers(job: SpeechJob) -> dict[str, str]:
+def _cache_headers(job: RequestTicket) -> dict[str, str]:
     route = "CACHE" if job.cache == "HIT" else "ADHOC" if job.voice_kind == "adhoc" else "HOT"
     warned = {"X-SSML-Warnings": warnings_header(job.warnings)} if job.warnings else {}
     return {"X-Cache": job.cache, "X-Route": route, **warned}
@@ -156,7 +156,7 @@ async def _sse(stream: SpeechStream) -> AsyncIterator[bytes]:
     yield _event(SpeechAudioDoneEvent(usage=Usage(**job.usage)))
 
 
-def _response(outcome: SpeechResult | SpeechStream, job: SpeechJob) -> Response:
+def _response(outcome: SpeechResult | SpeechStream, job: RequestTicket) -> Response:
     if isinstance(outcome, SpeechResult):
         headers = {"X-Sample-Rate": str(outcome.sample_rate), "X-Audio-Duration": f"{outcome.duration:.3f}",
                    **_cache_headers(job)}  # fmt: skip
@@ -182,9 +182,7 @@ def _response(outcome: SpeechResult | SpeechStream, job: SpeechJob) -> Response:
 
 
 @router.post("/v1/audio/speech", **_SPEECH_ROUTE)
-async def create_speech(
-    request: Request, body: SpeechBodyDep, speech: SpeechDep, job: SpeechJobDep
-) -> Response:
+async def create_speech(request: Request, body: SpeechBodyDep, speech: SpeechDep, job: TicketDep) -> Response:
     no_cache = _no_cache(request, body.params)
     async with _cancel_on_disconnect(request, job.cancel):
         outcome = await speech.create(body.params, job, upload=body.upload, no_cache=no_cache)
@@ -192,9 +190,7 @@ async def create_speech(
 
 
 @router.post("/v1/audio/speech/stream", **_SPEECH_ROUTE)
-async def stream_speech(
-    request: Request, body: SpeechBodyDep, speech: SpeechDep, job: SpeechJobDep
-) -> Response:
+async def stream_speech(request: Request, body: SpeechBodyDep, speech: SpeechDep, job: TicketDep) -> Response:
     no_cache = _no_cache(request, body.params)
     async with _cancel_on_disconnect(request, job.cancel):
         outcome = await speech.create(body.params, job, stream=True, upload=body.upload, no_cache=no_cache)

@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 @dataclass(eq=False)  # identity: two jobs of one request id are different jobs
-class SpeechJob:
+class RequestTicket:
     """One speech request: its cancel switch, and what it has produced so far. The API layer makes one
     per request (so that the access log can read it); the service fills it in."""
 
@@ -58,9 +58,9 @@ class SpeechJob:
         }
 
 
-class JobRegistry:
+class TicketRegistry:
     def __init__(self, on_cancelled: Callable[[], None] | None = None):
-        self.active: dict[str, list[SpeechJob]] = {}
+        self.active: dict[str, list[RequestTicket]] = {}
         self.cancelled_total = 0
         self._on_cancelled = on_cancelled
 
@@ -68,11 +68,11 @@ class JobRegistry:
     def in_flight(self) -> int:
         return sum(len(jobs) for jobs in self.active.values())
 
-    def open(self, job: SpeechJob) -> None:
+    def open(self, job: RequestTicket) -> None:
         job.opened = True
         self.active.setdefault(job.request_id, []).append(job)
 
-    def close(self, job: SpeechJob) -> None:
+    def close(self, job: RequestTicket) -> None:
         """Unregister a job (once; later calls do nothing) and count it if it was cancelled."""
         jobs = self.active.get(job.request_id, [])
         if job not in jobs:
