@@ -72,8 +72,8 @@ class Probes:
             self._engine(), speech.accepts_requests, tickets.in_flight, admission.generating,
             admission.queued, tickets.cancelled_total, cache.enabled, cache.entries, cache.bytes,
             cache.stats.hits, cache.stats.misses, cache.stats.evictions, admission.load_score,
-            sampler.rss_bytes, sampler.gpu_memory_bytes, queue["queued"], queue["running"], self._redis_state(),
-            speech.draining, len(self._skipped()),
+            sampler.rss_bytes, sampler.gpu_memory_bytes, queue["queued"], queue["running"],
+            self._redis_state(), speech.draining, len(self._skipped()),
         )  # fmt: skip
         if key != self._key:
             self._body = self._render(key).model_dump_json().encode()
