@@ -177,16 +177,20 @@ class NanoVllmEngine:
             raise EngineUnavailable("the engine is not loaded")
         return len(self._tokenizer(text))
 
-    async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
-        self._require_ready()
-        data = await asyncio.to_thread(Path(wav_path).read_bytes)
+    async def _encode_latents(self, wav: bytes) -> bytes:
+        """The pool's audio encoder on a wav file's bytes; a dead worker is the engine unavailable."""
         try:
-            latents = await self._pool.encode_latents(data, "wav")
+            return await self._pool.encode_latents(wav, "wav")
         except Exception as exc:
             if _worker_died(exc):
                 self._worker_died = True
                 raise EngineUnavailable(f"the nano-vllm worker died: {exc}") from exc
             raise
+
+    async def encode_voice(self, wav_path: str, transcript: str | None, key: str) -> VoicePrompt:
+        self._require_ready()
+        data = await asyncio.to_thread(Path(wav_path).read_bytes)
+        latents = await self._encode_latents(data)
         patches = len(latents) // 4 // (_FEAT_DIM * _PATCH_SIZE)  # float32 latent frames, 4 per patch
         if transcript:
             # Sent with each request, as the pool's add_prompt/prompt_id would send them (it only keeps
@@ -268,13 +272,7 @@ class NanoVllmEngine:
         if continuation is None:
             return voice
         data = await asyncio.to_thread(continuation.wav_bytes, self.info.sample_rate)
-        try:
-            latents = await self._pool.encode_latents(data, "wav")
-        except Exception as exc:
-            if _worker_died(exc):
-                self._worker_died = True
-                raise EngineUnavailable(f"the nano-vllm worker died: {exc}") from exc
-            raise
+        latents = await self._encode_latents(data)
         handle: dict[str, Any] = {
             "prompt_latents": latents,
             "transcript": collapse_whitespace(continuation.text),
