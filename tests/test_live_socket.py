@@ -176,7 +176,9 @@ async def test_inactive_socket_is_closed_with_4408(live_server: ServerProcess) -
 @pytest.mark.parametrize(
     "options,param",
     [({"speed": 9}, "speed"), ({"voice": "nobody"}, "voice"), ({"colour": "red"}, "colour"),
-     ({"response_format": "mulaw", "sample_rate": 44100}, "sample_rate"), ({"stream": True}, "stream")],
+     ({"response_format": "mulaw", "sample_rate": 44100}, "sample_rate"), ({"stream": True}, "stream"),
+     ({"pronunciation_dictionaries": ["nowhere"]}, "pronunciation_dictionaries[0]"),
+     ({"input_format": "ssml"}, "input_format")],
 )  # fmt: skip
 async def test_bad_options_give_a_context_error_and_the_socket_stays_up(
     live_server: ServerProcess, options: dict, param: str
@@ -240,3 +242,41 @@ async def test_g711_on_the_socket_decodes_at_its_stated_rate(live_server: Server
     assert law.of("audio")[0]["sample_rate"] == 8000
     reference = np.frombuffer(pcm.audio, dtype="<i2").astype(np.float32) / 32768.0
     assert_same_speech(decode_g711(law.audio, "mulaw", 8000), reference)
+
+
+async def test_segments_carry_the_callers_text_and_offsets_next_to_what_was_read(
+    live_server: ServerProcess,
+) -> None:
+    entries = {"scope": "voice", "voice": "alloy", "entries": {"nginx": "engine ex"}}
+    put = httpx.put(f"{live_server.base_url}/v1/audio/pronunciation_dictionaries/socket-terms", json=entries,
+                    headers={"Authorization": f"Bearer {KEY}"}, timeout=60)  # fmt: skip
+    assert put.status_code == 200, put.text
+    text = "  Restart nginx now, please.\n The k8s pods are fine!  Done "
+    pieces = [text[i : i + 4] for i in range(0, len(text), 4)]  # cut mid-word
+    respelled = {
+        **OPTIONS,
+        "pronunciation_dictionaries": ["socket-terms"],
+        "pronunciations": {"k8s": "kates"},
+    }
+    contexts: dict[str, Context] = {}
+    async with connect(live_server) as ws:
+        for cid, options in (("plain", OPTIONS), ("respelled", respelled)):
+            await send(ws, context_id=cid, text=pieces[0], **options)
+            for piece in pieces[1:]:
+                await send(ws, context_id=cid, text=piece)
+            await send(ws, context_id=cid, close=True)
+            await read(ws, contexts, {cid})
+    plain, spoken = contexts["plain"].of("segment"), contexts["respelled"].of("segment")
+    for segments in (plain, spoken):
+        assert [s["input_text"] for s in segments] == ["Restart nginx now, please.", "The k8s pods are fine!",
+                                                       "Done"]  # fmt: skip
+        assert all(text[s["input_start"] : s["input_end"]] == s["input_text"] for s in segments)
+    assert [s["text"] for s in plain] == [s["input_text"] for s in plain]
+    assert [s["text"] for s in spoken] == [
+        "Restart engine ex now, please.",
+        "The kates pods are fine!",
+        "Done",
+    ]
+    # The engine read the respelled text: more tokens.
+    usage = [contexts[cid].of("done")[0]["usage"]["input_tokens"] for cid in ("plain", "respelled")]
+    assert usage[1] > usage[0]

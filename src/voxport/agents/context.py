@@ -5,6 +5,8 @@ the queue in order: it takes an admission slot for the segment (as an HTTP reque
 context ends with a 429-shaped error), generates it through the service's joiner (cancel race, stalled
 engine), and encodes it into the context's one stream. Each segment after the first is generated as a
 continuation of the previous one (its text and audio as the prompt) when both fit the model's window.
+Each segment event carries the text the engine read (lexicon, dictionaries, language rules applied) and
+the caller's own text for it, with its offsets into everything the context was sent.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
-from voxport.agents.buffer import TextBuffer
+from voxport.agents.buffer import Piece, TextBuffer
 from voxport.agents.encoder import LiveEncoder
 from voxport.engine.base import Continuation, SynthesisRequest, VoicePrompt
 from voxport.errors import invalid
@@ -41,12 +43,14 @@ Emit = Callable[[BaseModel], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ContextSetup:
-    """What a context's first message settled: the validated plan, the voice's prompt, the design prefix."""
+    """What a context's first message settled: the validated plan, the voice's prompt, the design prefix,
+    and the entries over the server's lexicon (the named dictionaries that apply, then `pronunciations`)."""
 
     plan: SpeechPlan
     prompt: VoicePrompt | None
     prefix: str
     delay_s: float
+    entries: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ class LiveContext:
                 if isinstance(item, _Flush):
                     await self.emit(ContextFlushedEvent(context_id=self.id, flush_id=item.flush_id))
                     continue
-                assert isinstance(item, str)
+                assert isinstance(item, Piece)
                 self.speaking = True
                 await self._speak(item, encoder)
                 self.speaking = False
@@ -156,17 +160,17 @@ class LiveContext:
             self.speaking = False
             await asyncio.to_thread(encoder.close)
 
-    def _request(self, text: str) -> SynthesisRequest:
-        """The segment's engine request: the text as shaped for the engine (lexicon, language rules), as a
-        continuation of the previous segment when the two fit the window, else on its own."""
+    def _request(self, text: str) -> tuple[SynthesisRequest, str]:
+        """The segment's engine request and the text it reads: the text as shaped for the engine (lexicon,
+        dictionaries, language rules), as a continuation of the previous segment when the two fit the
+        window, else on its own."""
         speech, setup = self.speech, self.setup
-        params = setup.plan.params
-        spoken, _ = speech.voices.lexicon.apply(text, params.pronunciations)
-        spoken = normalize(spoken, params.language)
+        spoken, _ = speech.voices.lexicon.apply(text, setup.entries)
+        spoken = normalize(spoken, setup.plan.params.language)
         previous = self.previous if self.previous is not None and self._fits(self.previous, spoken) else None
         text = spoken if previous is not None else setup.prefix + spoken
         request = speech.preparer.request(setup.plan, text, setup.prompt, setup.plan.seed)
-        return dataclasses.replace(request, continuation=previous)
+        return dataclasses.replace(request, continuation=previous), spoken
 
     def _fits(self, previous: Continuation, text: str) -> bool:
         engine, prompt = self.speech.engine, self.setup.prompt
@@ -176,8 +180,8 @@ class LiveContext:
         positions += previous.patches(info.samples_per_step) + engine.count_tokens(previous.text)
         return info.fits(positions, engine.count_tokens(text), self.setup.plan.max_length)
 
-    async def _speak(self, text: str, encoder: LiveEncoder) -> None:
-        request = self._request(text)
+    async def _speak(self, piece: Piece, encoder: LiveEncoder) -> None:
+        request, spoken = self._request(piece.text)
         segment = RequestTicket(self.job.request_id, cancel=self.job.cancel, started=time.perf_counter())
         start, raw = self.samples, []
         rate, speed = self.speech.engine.info.sample_rate, self.setup.plan.speed
@@ -198,8 +202,9 @@ class LiveContext:
             await self._audio(await asyncio.to_thread(tempo.flush), encoder)
         audio = np.concatenate(raw) if raw else np.zeros(0, dtype=np.float32)
         await self.emit(ContextSegmentEvent(
-            context_id=self.id, index=self.index, text=text, start=round(start / rate, 3),
+            context_id=self.id, index=self.index, text=spoken, start=round(start / rate, 3),
             end=round(self.samples / rate, 3), continued=request.continuation is not None,
+            input_text=piece.text, input_start=piece.start, input_end=piece.end,
         ))  # fmt: skip
         self.index += 1
         self.previous = Continuation(request.text, audio) if len(audio) else None
