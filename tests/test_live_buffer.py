@@ -49,9 +49,9 @@ def test_any_split_gives_the_segments_of_the_whole(text: str, language: str | No
 def test_sentences_leave_as_soon_as_the_next_character_confirms_them() -> None:
     buffer = TextBuffer(None, 150)
     assert buffer.add("Hello there.") == []  # a second dot or a closing quote could still follow
-    assert buffer.add(" Next") == [("Hello there.", 0, 12)]
+    assert buffer.add(" Next") == [Piece("Hello there.", 0, 12)]
     assert buffer.add(" sentence") == []
-    assert buffer.drain() == [("Next sentence", 13, 26)]
+    assert buffer.drain() == [Piece("Next sentence", 13, 26)]
 
 
 def test_a_long_sentence_leaves_clause_by_clause() -> None:

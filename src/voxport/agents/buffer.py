@@ -15,11 +15,21 @@ from voxport.text import clause_end, sentence_end
 
 
 class Piece(NamedTuple):
-    """A segment: the caller's text, and its offsets into the context's text (characters)."""
+    """A segment: its text, and the offsets of the caller's text for it in the context's text (characters).
+    An SSML context's (agents/ssml.py) also carries the caller's text when it differs (say-as, sub), and
+    its block's voice (None: the context's), rate (times `speed`) and pause after it (seconds)."""
 
     text: str
     start: int
     end: int
+    source: str | None = None
+    voice: str | None = None
+    rate: float = 1.0
+    pause: float = 0.0
+
+    @property
+    def input_text(self) -> str:
+        return self.text if self.source is None else self.source
 
 
 class TextBuffer:

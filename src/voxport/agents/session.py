@@ -22,7 +22,6 @@ from pydantic import BaseModel
 from voxport.agents.context import ContextSetup, LiveContext
 from voxport.agents.encoder import check_format
 from voxport.config import Settings
-from voxport.dictionaries import in_force
 from voxport.errors import VoxportError, invalid
 from voxport.protocol import SpeechCreateParams
 from voxport.protocol.live import ContextCancelledEvent, SpeechContextMessage
@@ -31,10 +30,6 @@ from voxport.voices import design_prefix
 
 log = logging.getLogger("voxport.agents")
 _OUTBOX = 256  # events waiting for the socket before contexts wait for it
-_NO_SSML = (
-    "'input_format' 'ssml' is not taken on the speech socket: an SSML document is spoken once it is "
-    "complete, so send it to POST /v1/audio/speech (stream_format 'sse' streams it with its timings)."
-)
 
 # Turns a failure into the context's error event (the API layer knows how errors are rendered).
 Report = Callable[[str | None, BaseException], BaseModel]
@@ -124,8 +119,8 @@ class LiveSession:
         if message.flush:
             context.flush(message.flush_id)
         if message.close:
-            context.close()
             self.service.contexts.dec()  # its place is free; it finishes speaking what it has
+            context.close()
 
     async def _open(self, context_id: str, message: SpeechContextMessage,
                     params: SpeechCreateParams | None) -> LiveContext:  # fmt: skip
@@ -134,17 +129,15 @@ class LiveSession:
             raise invalid(f"This socket has {cap} contexts open; close or cancel one first.", "context_id",
                           "too_many_contexts")  # fmt: skip
         assert params is not None
-        if params.input_format != "text":  # docs/api.md#speech-websocket: why
-            raise invalid(_NO_SSML, "input_format", "unsupported_on_socket")
         check_format(params.response_format)
         preparer = self.speech.preparer
-        plan = await preparer.plan(params, stream=True)
+        ssml = params.input_format == "ssml"  # the context's text, not the placeholder `input`, is SSML
+        plan = await preparer.plan(params.model_copy(update={"input_format": "text"}), stream=True)
         prompt = (await preparer.complete(plan)).segments[0].voice  # the voice's prompt, resolved once
         delay_ms = message.max_buffer_delay_ms
         delay_s = (delay_ms if delay_ms is not None else self.settings.ws_buffer_delay_ms) / 1000
         named = await self.speech.voices.dictionaries.resolve(plan.params.pronunciation_dictionaries)
-        entries, _ = in_force(named, plan.params.voice_id, plan.params.language, plan.params.pronunciations)
-        setup = ContextSetup(plan, prompt, design_prefix(None, params.instructions), delay_s, entries)
+        setup = ContextSetup(plan, prompt, design_prefix(None, params.instructions), delay_s, named, ssml)
         if context_id in self.contexts:  # opened meanwhile by a message that did not wait for a voice
             raise invalid(f"Context '{context_id}' is open already.", "context_id", "context_exists")
         context = LiveContext(context_id, f"{self.socket_id}:{context_id}", setup, self.speech, self.emit,

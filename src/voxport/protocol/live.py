@@ -79,6 +79,14 @@ class ContextSegmentEvent(BaseModel):
     input_end: int
 
 
+class ContextWarningsEvent(BaseModel):
+    """An SSML context's document had elements stripped or ignored with a warning (before its segments)."""
+
+    type: Literal["warnings"] = "warnings"
+    context_id: str
+    warnings: list[str]
+
+
 class ContextFlushedEvent(BaseModel):
     type: Literal["flushed"] = "flushed"
     context_id: str
