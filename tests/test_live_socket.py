@@ -310,6 +310,8 @@ async def test_an_ssml_context_speaks_each_complete_document_through_the_ssml_ma
         # Malformed SSML: an error naming `text`; the context goes on and closes normally.
         await send(ws, context_id="bad", text="<speak>Hi <s>there</speak>", **options)
         await read(ws, contexts, {"bad"})
+        await send(ws, context_id="bad", text='<speak><voice name="nobody">Hi.</voice><blink/></speak>')
+        await read(ws, contexts, {"bad"})
         await send(ws, context_id="bad", close=True)
         await read(ws, contexts, {"bad"})
     assert doc.types[0] == "warnings" and "blink" in " ".join(doc.events[0]["warnings"])
@@ -326,4 +328,6 @@ async def test_an_ssml_context_speaks_each_complete_document_through_the_ssml_ma
     bad = contexts["bad"]
     error = bad.of("error")[0]["error"]
     assert (error["param"], error["code"]) == ("text", "invalid_ssml") and "line 1" in error["message"]
-    assert bad.types[-1] == "done" and not bad.of("segment")
+    unknown = bad.of("error")[1]["error"]
+    assert (unknown["param"], unknown["code"]) == ("text", "voice_not_found")
+    assert bad.types[-1] == "done" and not bad.of("segment") and not bad.of("warnings")

@@ -145,14 +145,16 @@ class LiveContext:
     def _queue(self, pieces: list[Piece]) -> None:
         """Queue complete segments; an SSML document's warnings first, and its voices checked first (an
         unknown one refuses the whole document)."""
+        warnings: tuple[str, ...] = ()
+        if isinstance(self.buffer, SsmlBuffer):  # taken even when the document is refused
+            warnings, self.buffer.warnings = tuple(self.buffer.warnings), []
         for name in {p.voice for p in pieces if p.voice is not None}:
             if self.speech.voices.get(name) is None:
                 message = f"Unknown voice '{name}' in <voice name> of the context's SSML."
                 raise invalid(f"{message} See GET /v1/audio/voices for the voices available.", "text",
                               "voice_not_found")  # fmt: skip
-        if isinstance(self.buffer, SsmlBuffer) and self.buffer.warnings:
-            self.queue.put_nowait(_Warnings(tuple(self.buffer.warnings)))
-            self.buffer.warnings.clear()
+        if warnings:
+            self.queue.put_nowait(_Warnings(warnings))
         for piece in pieces:
             self.queue.put_nowait(piece)
 
