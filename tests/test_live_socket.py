@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,7 +177,9 @@ async def test_inactive_socket_is_closed_with_4408(live_server: ServerProcess) -
 @pytest.mark.parametrize(
     "options,param",
     [({"speed": 9}, "speed"), ({"voice": "nobody"}, "voice"), ({"colour": "red"}, "colour"),
-     ({"response_format": "mulaw", "sample_rate": 44100}, "sample_rate"), ({"stream": True}, "stream")],
+     ({"response_format": "mulaw", "sample_rate": 44100}, "sample_rate"), ({"stream": True}, "stream"),
+     ({"pronunciation_dictionaries": ["nowhere"]}, "pronunciation_dictionaries[0]"),
+     ({"input_format": "xml"}, "input_format")],
 )  # fmt: skip
 async def test_bad_options_give_a_context_error_and_the_socket_stays_up(
     live_server: ServerProcess, options: dict, param: str
@@ -240,3 +243,91 @@ async def test_g711_on_the_socket_decodes_at_its_stated_rate(live_server: Server
     assert law.of("audio")[0]["sample_rate"] == 8000
     reference = np.frombuffer(pcm.audio, dtype="<i2").astype(np.float32) / 32768.0
     assert_same_speech(decode_g711(law.audio, "mulaw", 8000), reference)
+
+
+async def test_segments_carry_the_callers_text_and_offsets_next_to_what_was_read(
+    live_server: ServerProcess,
+) -> None:
+    entries = {"scope": "voice", "voice": "alloy", "entries": {"nginx": "engine ex"}}
+    put = httpx.put(f"{live_server.base_url}/v1/audio/pronunciation_dictionaries/socket-terms", json=entries,
+                    headers={"Authorization": f"Bearer {KEY}"}, timeout=60)  # fmt: skip
+    assert put.status_code == 200, put.text
+    text = "  Restart nginx now, please.\n The k8s pods are fine!  Done "
+    pieces = [text[i : i + 4] for i in range(0, len(text), 4)]  # cut mid-word
+    respelled = {
+        **OPTIONS,
+        "pronunciation_dictionaries": ["socket-terms"],
+        "pronunciations": {"k8s": "kates"},
+    }
+    contexts: dict[str, Context] = {}
+    async with connect(live_server) as ws:
+        for cid, options in (("plain", OPTIONS), ("respelled", respelled)):
+            await send(ws, context_id=cid, text=pieces[0], **options)
+            for piece in pieces[1:]:
+                await send(ws, context_id=cid, text=piece)
+            await send(ws, context_id=cid, close=True)
+            await read(ws, contexts, {cid})
+    plain, spoken = contexts["plain"].of("segment"), contexts["respelled"].of("segment")
+    for segments in (plain, spoken):
+        assert [s["input_text"] for s in segments] == ["Restart nginx now, please.", "The k8s pods are fine!",
+                                                       "Done"]  # fmt: skip
+        assert all(text[s["input_start"] : s["input_end"]] == s["input_text"] for s in segments)
+    assert [s["text"] for s in plain] == [s["input_text"] for s in plain]
+    assert [s["text"] for s in spoken] == [
+        "Restart engine ex now, please.",
+        "The kates pods are fine!",
+        "Done",
+    ]
+    # The engine read the respelled text: more tokens.
+    usage = [contexts[cid].of("done")[0]["usage"]["input_tokens"] for cid in ("plain", "respelled")]
+    assert usage[1] > usage[0]
+
+
+async def test_an_ssml_context_speaks_each_complete_document_through_the_ssml_mapping(
+    live_server: ServerProcess,
+) -> None:
+    document = (
+        '<speak><s>Call <say-as interpret-as="characters">AB</say-as> now.</s><break time="500ms"/>'
+        '<prosody rate="200%">Then wait here.</prosody><voice name="echo">Bye now.</voice>'
+        "<blink>All done.</blink></speak>"
+    )
+    content = "".join(ET.fromstring(document).itertext())  # what the offsets index
+    contexts: dict[str, Context] = {}
+    async with connect(live_server) as ws:
+        options = {**OPTIONS, "input_format": "ssml"}
+        await send(ws, context_id="doc", text=document[:7], **options)
+        for start in range(7, len(document), 7):  # pieces that are not well-formed on their own
+            await send(ws, context_id="doc", text=document[start : start + 7])
+        # A complete <speak> element is spoken without a flush (the buffer delay is a minute).
+        doc = contexts.setdefault("doc", Context())
+        while len(doc.of("segment")) < 4:
+            event = json.loads(await recv(ws))
+            doc.events.append(event)
+            doc.audio += base64.b64decode(event["audio"]) if event["type"] == "audio" else b""
+            assert event["type"] in ("warnings", "audio", "segment"), event
+        await send(ws, context_id="doc", close=True)
+        await read(ws, contexts, {"doc"})
+        # Malformed SSML: an error naming `text`; the context goes on and closes normally.
+        await send(ws, context_id="bad", text="<speak>Hi <s>there</speak>", **options)
+        await read(ws, contexts, {"bad"})
+        await send(ws, context_id="bad", text='<speak><voice name="nobody">Hi.</voice><blink/></speak>')
+        await read(ws, contexts, {"bad"})
+        await send(ws, context_id="bad", close=True)
+        await read(ws, contexts, {"bad"})
+    assert doc.types[0] == "warnings" and "blink" in " ".join(doc.events[0]["warnings"])
+    assert doc.types[-1] == "done"
+    segments = doc.of("segment")
+    assert all(content[s["input_start"] : s["input_end"]] == s["input_text"] for s in segments)
+    assert [s["input_text"] for s in segments] == ["Call AB now.", "Then wait here.", "Bye now.", "All done."]
+    assert segments[0]["text"] == "Call A B now."  # say-as characters
+    assert abs(segments[1]["start"] - segments[0]["end"] - 0.5) < 0.02  # the <break>
+    first, fast = (s["end"] - s["start"] for s in segments[:2])
+    assert abs(fast - first / 2) < 0.05  # <prosody rate="200%">: the tiny model's segments are equal
+    assert [s["continued"] for s in segments] == [False, True, False, False]  # a <voice> turn starts cold
+    assert abs(len(doc.audio) / 2 / 24000 - segments[-1]["end"]) < 0.05
+    bad = contexts["bad"]
+    error = bad.of("error")[0]["error"]
+    assert (error["param"], error["code"]) == ("text", "invalid_ssml") and "line 1" in error["message"]
+    unknown = bad.of("error")[1]["error"]
+    assert (unknown["param"], unknown["code"]) == ("text", "voice_not_found")
+    assert bad.types[-1] == "done" and not bad.of("segment") and not bad.of("warnings")

@@ -23,6 +23,7 @@ from wyoming.tts import (
     SynthesizeStart,
     SynthesizeStop,
     SynthesizeStopped,
+    SynthesizeTextFormat,
     SynthesizeVoice,
 )
 
@@ -181,3 +182,38 @@ async def test_errors_are_events_and_the_connection_stays_usable(wyoming: Server
         assert not isinstance(answer, Error) and len(answer[1]) == UTTERANCE_SAMPLES * 2
     # And the server itself is fine.
     assert httpx.get(f"{wyoming.base_url}/health", timeout=10).json()["ready"]
+
+
+async def test_ssml_text_format_is_read_through_the_ssml_mapping(wyoming: ServerProcess) -> None:
+    """`text_format: "ssml"`: a `<break>` becomes that much silence (not words read aloud), on `synthesize`
+    and in a streamed session (held until stop); malformed SSML is an `error` event."""
+    voice = SynthesizeVoice("echo")
+    document = '<speak>Turn the lights on.<break time="500ms"/>Then lock the door.</speak>'
+    async with _client(wyoming) as client:
+        await client.write_event(Synthesize("Turn the lights on. Then lock the door.", voice=voice).event())
+        plain = await _utterance(client)
+        await client.write_event(
+            Synthesize(document, voice=voice, text_format=SynthesizeTextFormat.SSML).event()
+        )
+        ssml = await _utterance(client)
+        assert not isinstance(plain, Error) and not isinstance(ssml, Error), (plain, ssml)
+        # Two sentences either way (one segment each, cross-faded); the SSML adds 0.5 s of silence.
+        assert abs(len(plain[1]) / 2 - 2 * UTTERANCE_SAMPLES) < 0.05 * PCM_RATE
+        added = (len(ssml[1]) - len(plain[1])) / 2 / PCM_RATE
+        assert abs(added - 0.5) < 0.02, added
+        # Streamed in pieces that are not well-formed XML on their own: one utterance, on stop.
+        await client.write_event(SynthesizeStart(voice=voice, text_format="ssml").event())
+        for start in range(0, len(document), 7):
+            await client.write_event(SynthesizeChunk(document[start : start + 7]).event())
+        await client.write_event(SynthesizeStop().event())
+        streamed = await _utterance(client)
+        assert not isinstance(streamed, Error), streamed
+        assert SynthesizeStopped.is_type((await _read(client)).type)
+        assert len(streamed[1]) == len(ssml[1])
+        # Malformed: an error event naming the problem; the connection goes on.
+        await client.write_event(Synthesize("<speak>Hi <s>there</speak>", text_format="ssml").event())
+        error = await _utterance(client)
+        assert isinstance(error, Error) and error.code == "invalid_ssml" and "line 1" in error.text
+        await client.write_event(Synthesize("<speak>Hello.</speak>", text_format="text").event())
+        literal = await _utterance(client)  # plain text: the markup is just characters
+        assert not isinstance(literal, Error), literal

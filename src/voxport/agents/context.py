@@ -5,6 +5,9 @@ the queue in order: it takes an admission slot for the segment (as an HTTP reque
 context ends with a 429-shaped error), generates it through the service's joiner (cancel race, stalled
 engine), and encodes it into the context's one stream. Each segment after the first is generated as a
 continuation of the previous one (its text and audio as the prompt) when both fit the model's window.
+Each segment event carries the text the engine read (lexicon, dictionaries, language rules applied) and
+the caller's own text for it, with its offsets into everything the context was sent. An SSML context
+(agents/ssml.py) speaks whole documents, each block in its voice, at its rate, with its pause after it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
-from voxport.agents.buffer import TextBuffer
+from voxport.agents.buffer import Piece, TextBuffer
 from voxport.agents.encoder import LiveEncoder
+from voxport.agents.ssml import SsmlBuffer
+from voxport.dictionaries import Dictionary, in_force
 from voxport.engine.base import Continuation, SynthesisRequest, VoicePrompt
 from voxport.errors import invalid
 from voxport.protocol import Usage
@@ -30,6 +35,7 @@ from voxport.protocol.live import (
     ContextDoneEvent,
     ContextFlushedEvent,
     ContextSegmentEvent,
+    ContextWarningsEvent,
 )
 from voxport.speech import RequestTicket, SpeechService
 from voxport.speech.prepare import SpeechPlan
@@ -41,17 +47,26 @@ Emit = Callable[[BaseModel], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ContextSetup:
-    """What a context's first message settled: the validated plan, the voice's prompt, the design prefix."""
+    """What a context's first message settled: the validated plan, the voice's prompt, the design prefix,
+    the named dictionaries (over the server's lexicon where they apply, then `pronunciations`), and
+    whether its text is SSML."""
 
     plan: SpeechPlan
     prompt: VoicePrompt | None
     prefix: str
     delay_s: float
+    dictionaries: tuple[Dictionary, ...] = ()
+    ssml: bool = False
 
 
 @dataclass(frozen=True)
 class _Flush:
     flush_id: str | None
+
+
+@dataclass(frozen=True)
+class _Warnings:
+    warnings: tuple[str, ...]
 
 
 _END = object()
@@ -65,7 +80,8 @@ class LiveContext:
         self.speech = speech
         self.emit = emit
         self.max_chars = max_chars
-        self.buffer = TextBuffer(setup.plan.params.language, clause_chars)
+        language = setup.plan.params.language
+        self.buffer = SsmlBuffer(language, clause_chars) if setup.ssml else TextBuffer(language, clause_chars)
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.job = RequestTicket(request_id)  # registered while the context lives: counted, cancellable by id
         self.closing = False
@@ -74,14 +90,17 @@ class LiveContext:
         self.index = 0
         self.samples = 0  # engine-rate samples sent so far: the context's audio clock
         self.previous: Continuation | None = None
+        self.voice: str | None = None  # the previous segment's <voice> (None: the context's)
+        self.prompts: dict[str, tuple[VoicePrompt, int | None]] = {}  # <voice> names' prompts and seeds
         self._timer: asyncio.TimerHandle | None = None
         self._first_audio = True
         self.task = asyncio.create_task(self._run())
 
     @property
     def busy(self) -> bool:
-        """Text waiting or being spoken (the socket is not idle)."""
-        return self.speaking or not self.queue.empty() or self.buffer.pending
+        """Text waiting or being spoken (the socket is not idle; an SSML fragment held for its flush is not
+        waiting: the client is)."""
+        return self.speaking or not self.queue.empty() or (self.buffer.pending and not self.setup.ssml)
 
     # -- from the client's messages ---------------------------------------------------------------
 
@@ -94,8 +113,7 @@ class LiveContext:
         self.chars += len(text)
         if delay_ms is not None:
             self.setup = dataclasses.replace(self.setup, delay_s=delay_ms / 1000)
-        for piece in self.buffer.add(text):
-            self.queue.put_nowait(piece)
+        self._queue(self.buffer.add(text))
         self._arm()
 
     def flush(self, flush_id: str | None) -> None:
@@ -103,9 +121,11 @@ class LiveContext:
         self.queue.put_nowait(_Flush(flush_id))
 
     def close(self) -> None:
-        self._drain()
-        self.closing = True
-        self.queue.put_nowait(_END)
+        try:
+            self._drain()
+        finally:  # closed even when what was held is refused (malformed SSML)
+            self.closing = True
+            self.queue.put_nowait(_END)
 
     async def cancel(self) -> None:
         """Stop at once: buffered text is dropped, a generation in progress is abandoned (the engine
@@ -120,12 +140,27 @@ class LiveContext:
 
     def _drain(self) -> None:
         self._disarm()
-        for piece in self.buffer.drain():
+        self._queue(self.buffer.drain())
+
+    def _queue(self, pieces: list[Piece]) -> None:
+        """Queue complete segments; an SSML document's warnings first, and its voices checked first (an
+        unknown one refuses the whole document)."""
+        warnings: tuple[str, ...] = ()
+        if isinstance(self.buffer, SsmlBuffer):  # taken even when the document is refused
+            warnings, self.buffer.warnings = tuple(self.buffer.warnings), []
+        for name in {p.voice for p in pieces if p.voice is not None}:
+            if self.speech.voices.get(name) is None:
+                message = f"Unknown voice '{name}' in <voice name> of the context's SSML."
+                raise invalid(f"{message} See GET /v1/audio/voices for the voices available.", "text",
+                              "voice_not_found")  # fmt: skip
+        if warnings:
+            self.queue.put_nowait(_Warnings(warnings))
+        for piece in pieces:
             self.queue.put_nowait(piece)
 
     def _arm(self) -> None:
         self._disarm()
-        if self.buffer.pending:
+        if self.buffer.pending and not self.setup.ssml:  # a timer does not cut a document
             self._timer = asyncio.get_running_loop().call_later(self.setup.delay_s, self._drain)
 
     def _disarm(self) -> None:
@@ -146,7 +181,10 @@ class LiveContext:
                 if isinstance(item, _Flush):
                     await self.emit(ContextFlushedEvent(context_id=self.id, flush_id=item.flush_id))
                     continue
-                assert isinstance(item, str)
+                if isinstance(item, _Warnings):
+                    await self.emit(ContextWarningsEvent(context_id=self.id, warnings=list(item.warnings)))
+                    continue
+                assert isinstance(item, Piece)
                 self.speaking = True
                 await self._speak(item, encoder)
                 self.speaking = False
@@ -156,31 +194,50 @@ class LiveContext:
             self.speaking = False
             await asyncio.to_thread(encoder.close)
 
-    def _request(self, text: str) -> SynthesisRequest:
-        """The segment's engine request: the text as shaped for the engine (lexicon, language rules), as a
-        continuation of the previous segment when the two fit the window, else on its own."""
+    async def _voice(self, name: str | None) -> tuple[VoicePrompt | None, int | None]:
+        """The prompt and seed of a segment's voice: the context's, or an SSML <voice name>'s."""
+        plan = self.setup.plan
+        if name is None:
+            return self.setup.prompt, plan.seed
+        if name not in self.prompts:
+            voice = self.speech.voices.get(name)
+            if voice is None:  # deleted since its document was accepted
+                raise invalid(f"Unknown voice '{name}' in <voice name>.", "text", "voice_not_found")
+            found = await self.speech.preparer._prompt(voice)
+            seed = plan.params.seed if plan.params.seed is not None else found.seed
+            self.prompts[name] = (found.prompt, seed)
+        return self.prompts[name]
+
+    async def _request(self, piece: Piece) -> tuple[SynthesisRequest, str]:
+        """The segment's engine request and the text it reads: the text as shaped for the engine (lexicon,
+        dictionaries, language rules), as a continuation of the previous segment when the two fit the
+        window and share a voice, else on its own."""
         speech, setup = self.speech, self.setup
         params = setup.plan.params
-        spoken, _ = speech.voices.lexicon.apply(text, params.pronunciations)
+        entries, _ = in_force(setup.dictionaries, piece.voice or params.voice_id, params.language,
+                              params.pronunciations)  # fmt: skip
+        spoken, _ = speech.voices.lexicon.apply(piece.text, entries)
         spoken = normalize(spoken, params.language)
-        previous = self.previous if self.previous is not None and self._fits(self.previous, spoken) else None
+        prompt, seed = await self._voice(piece.voice)
+        previous = self.previous if self.previous is not None and piece.voice == self.voice else None
+        previous = previous if previous is not None and self._fits(previous, spoken, prompt) else None
         text = spoken if previous is not None else setup.prefix + spoken
-        request = speech.preparer.request(setup.plan, text, setup.prompt, setup.plan.seed)
-        return dataclasses.replace(request, continuation=previous)
+        request = speech.preparer.request(setup.plan, text, prompt, seed)
+        return dataclasses.replace(request, continuation=previous), spoken
 
-    def _fits(self, previous: Continuation, text: str) -> bool:
-        engine, prompt = self.speech.engine, self.setup.prompt
+    def _fits(self, previous: Continuation, text: str, prompt: VoicePrompt | None) -> bool:
+        engine = self.speech.engine
         info = engine.info
         # A continuation replaces the voice's own continuation prompt; a reference voice stays in front.
         positions = prompt.positions if prompt is not None and prompt.mode == "reference" else 0
         positions += previous.patches(info.samples_per_step) + engine.count_tokens(previous.text)
         return info.fits(positions, engine.count_tokens(text), self.setup.plan.max_length)
 
-    async def _speak(self, text: str, encoder: LiveEncoder) -> None:
-        request = self._request(text)
+    async def _speak(self, piece: Piece, encoder: LiveEncoder) -> None:
+        request, spoken = await self._request(piece)
         segment = RequestTicket(self.job.request_id, cancel=self.job.cancel, started=time.perf_counter())
         start, raw = self.samples, []
-        rate, speed = self.speech.engine.info.sample_rate, self.setup.plan.speed
+        rate, speed = self.speech.engine.info.sample_rate, self.setup.plan.speed * piece.rate
         tempo = Tempo(rate, speed) if speed != 1.0 else None
         slot = await self.speech.admit()
         try:
@@ -198,11 +255,15 @@ class LiveContext:
             await self._audio(await asyncio.to_thread(tempo.flush), encoder)
         audio = np.concatenate(raw) if raw else np.zeros(0, dtype=np.float32)
         await self.emit(ContextSegmentEvent(
-            context_id=self.id, index=self.index, text=text, start=round(start / rate, 3),
+            context_id=self.id, index=self.index, text=spoken, start=round(start / rate, 3),
             end=round(self.samples / rate, 3), continued=request.continuation is not None,
+            input_text=piece.input_text, input_start=piece.start, input_end=piece.end,
         ))  # fmt: skip
         self.index += 1
         self.previous = Continuation(request.text, audio) if len(audio) else None
+        self.voice = piece.voice
+        if piece.pause:  # an SSML <break>: silence after the segment, not part of it, not scaled by speed
+            await self._audio(np.zeros(round(piece.pause * rate), dtype=np.float32), encoder)
 
     async def _audio(self, samples: np.ndarray, encoder: LiveEncoder) -> None:
         self.samples += len(samples)

@@ -119,8 +119,8 @@ class LiveSession:
         if message.flush:
             context.flush(message.flush_id)
         if message.close:
-            context.close()
             self.service.contexts.dec()  # its place is free; it finishes speaking what it has
+            context.close()
 
     async def _open(self, context_id: str, message: SpeechContextMessage,
                     params: SpeechCreateParams | None) -> LiveContext:  # fmt: skip
@@ -131,11 +131,13 @@ class LiveSession:
         assert params is not None
         check_format(params.response_format)
         preparer = self.speech.preparer
-        plan = await preparer.plan(params, stream=True)
+        ssml = params.input_format == "ssml"  # the context's text, not the placeholder `input`, is SSML
+        plan = await preparer.plan(params.model_copy(update={"input_format": "text"}), stream=True)
         prompt = (await preparer.complete(plan)).segments[0].voice  # the voice's prompt, resolved once
         delay_ms = message.max_buffer_delay_ms
         delay_s = (delay_ms if delay_ms is not None else self.settings.ws_buffer_delay_ms) / 1000
-        setup = ContextSetup(plan, prompt, design_prefix(None, params.instructions), delay_s)
+        named = await self.speech.voices.dictionaries.resolve(plan.params.pronunciation_dictionaries)
+        setup = ContextSetup(plan, prompt, design_prefix(None, params.instructions), delay_s, named, ssml)
         if context_id in self.contexts:  # opened meanwhile by a message that did not wait for a voice
             raise invalid(f"Context '{context_id}' is open already.", "context_id", "context_exists")
         context = LiveContext(context_id, f"{self.socket_id}:{context_id}", setup, self.speech, self.emit,

@@ -161,7 +161,9 @@ class VoxportTTSService(WebsocketTTSService):
                 await self.stop_ttfb_metrics()
                 await self.append_to_audio_context(context_id, frame)
             elif kind == "segment" and live:
-                await self.add_word_timestamps([(event["text"], event["start"])], context_id)
+                # The caller's own text (what the LLM wrote), not the engine's respelled reading of it.
+                await self.add_word_timestamps([(event.get("input_text", event["text"]), event["start"])],
+                                               context_id)  # fmt: skip
             elif kind in ("done", "cancelled"):
                 self._opened.discard(context_id)
                 if live:

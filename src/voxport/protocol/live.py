@@ -16,6 +16,7 @@ CONTEXT_OPTIONS = frozenset(
     {
         "model", "voice", "instructions", "response_format", "speed", "sample_rate", "language", "seed",
         "max_length", "cfg_value", "inference_timesteps", "normalize", "pronunciations",
+        "pronunciation_dictionaries", "input_format",
     }
 )  # fmt: skip
 # Options of the HTTP route that a context cannot take (it is always streamed, segment by segment).
@@ -62,8 +63,9 @@ class ContextAudioEvent(BaseModel):
 
 
 class ContextSegmentEvent(BaseModel):
-    """A segment whose audio has all been sent: its text, and where it lies on the context's audio clock
-    (seconds from the context's first sample)."""
+    """A segment whose audio has all been sent: the text the engine read, where it lies on the context's
+    audio clock (seconds from the context's first sample), and the caller's own text for it with its
+    offsets into the context's text (everything sent to the context, joined: `[input_start:input_end]`)."""
 
     type: Literal["segment"] = "segment"
     context_id: str
@@ -72,6 +74,17 @@ class ContextSegmentEvent(BaseModel):
     start: float
     end: float
     continued: bool  # voxport: generated as a continuation of the previous segment
+    input_text: str
+    input_start: int
+    input_end: int
+
+
+class ContextWarningsEvent(BaseModel):
+    """An SSML context's document had elements stripped or ignored with a warning (before its segments)."""
+
+    type: Literal["warnings"] = "warnings"
+    context_id: str
+    warnings: list[str]
 
 
 class ContextFlushedEvent(BaseModel):

@@ -1,5 +1,7 @@
 """One Wyoming connection: `describe`, `synthesize` (one text, one audio stream), and streaming synthesis
 (`synthesize-start`, `synthesize-chunk`..., `synthesize-stop`: each sentence spoken as soon as it ends).
+With `text_format: "ssml"` the text is an SSML document, read through voxport.speech.ssml as HTTP's
+`input_format: "ssml"`; a streamed one is held until `synthesize-stop` (a fragment is not well-formed).
 
 Every request is a `SpeechService.create` call, with the HTTP API's limits, voices, cache and admission.
 Audio is 16-bit mono PCM at the `pcm` format's rate, sent chunk by chunk as the engine produces it. A
@@ -19,6 +21,7 @@ from wyoming.tts import (
     SynthesizeStart,
     SynthesizeStop,
     SynthesizeStopped,
+    SynthesizeTextFormat,
     SynthesizeVoice,
 )
 
@@ -49,11 +52,12 @@ class SpeechHandler(AsyncEventHandler):
         elif Synthesize.is_type(event.type):
             if self.session is None:  # within a streaming session it repeats the chunks' text: ignored
                 request = Synthesize.from_event(event)
-                await self.speaker.speak(request.text, request.voice)
+                await self.speaker.speak(request.text, request.voice, _ssml(request.text_format))
         elif SynthesizeStart.is_type(event.type):
             await self._close_session()
             start = SynthesizeStart.from_event(event)
-            self.session = _Session(self.speaker, start.voice, self.speech.settings.max_input_chars)
+            self.session = _Session(self.speaker, start.voice, self.speech.settings.max_input_chars,
+                                    _ssml(start.text_format))  # fmt: skip
             await self.session.check()
         elif SynthesizeChunk.is_type(event.type):
             if self.session is not None:
@@ -73,13 +77,21 @@ class SpeechHandler(AsyncEventHandler):
         await self._close_session()
 
 
+def _ssml(text_format: object) -> bool:
+    return text_format == SynthesizeTextFormat.SSML  # None or "text": plain text
+
+
 class _Session:
     """One streaming synthesis: sentences queue up as they complete and are spoken in order by one task,
-    while the connection keeps reading chunks."""
+    while the connection keeps reading chunks. An SSML session keeps its chunks (up to one character past
+    the length limit, which the request then refuses) and speaks the document on stop."""
 
-    def __init__(self, speaker: Speaker, voice: SynthesizeVoice | None, max_chars: int):
+    def __init__(self, speaker: Speaker, voice: SynthesizeVoice | None, max_chars: int, ssml: bool = False):
         self.speaker = speaker
         self.voice = voice
+        self.ssml = ssml
+        self.document = ""
+        self.max_chars = max_chars
         self.failed = False
         self.sentences = SentenceBuffer(speaker.language(voice), max_chars)
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -92,6 +104,9 @@ class _Session:
     def add(self, text: str) -> None:
         if self.failed:
             return
+        if self.ssml:
+            self.document = (self.document + text)[: self.max_chars + 1]
+            return
         for sentence in self.sentences.add(text):
             self._put(sentence)
 
@@ -102,10 +117,13 @@ class _Session:
 
     async def _run(self) -> None:
         while (sentence := await self.queue.get()) is not None:
-            await self.speaker.speak(sentence, self.voice)
+            await self.speaker.speak(sentence, self.voice, self.ssml)
 
     async def finish(self) -> None:
-        if not self.failed:
+        if not self.failed and self.ssml:
+            if self.document.strip():
+                self._put(self.document)
+        elif not self.failed:
             for sentence in self.sentences.flush():
                 self._put(sentence)
         if self.task is not None:

@@ -40,10 +40,11 @@ class Speaker:
         code = voice.language.replace("-", "_").split("_")[0].lower()
         return code if code in LANGUAGES else None
 
-    def _params(self, text: str, voice: SynthesizeVoice | None) -> SpeechCreateParams:
+    def _params(self, text: str, voice: SynthesizeVoice | None, ssml: bool) -> SpeechCreateParams:
         return SpeechCreateParams(
             model=self.speech.settings.served_model_id,
             input=text,
+            input_format="ssml" if ssml else "text",
             voice=voice.name if voice is not None and voice.name else None,
             response_format="pcm",
             language=self.language(voice),
@@ -58,14 +59,16 @@ class Speaker:
                                code="voice_not_found").event())  # fmt: skip
         return False
 
-    async def speak(self, text: str, voice: SynthesizeVoice | None) -> None:
+    async def speak(self, text: str, voice: SynthesizeVoice | None, ssml: bool = False) -> None:
+        """`ssml`: the text is an SSML document (Wyoming's `text_format: "ssml"`), read as HTTP's
+        `input_format: "ssml"` reads it (voxport.speech.ssml)."""
         job = RequestTicket(f"wy_{secrets.token_hex(8)}")
         outcome = "ok"
         try:
             if not text.strip():
                 raise VoxportError("invalid", "There is no text to speak.", param="text", code="empty_text")
             try:
-                params = self._params(text, voice)
+                params = self._params(text, voice, ssml)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 message = f"{first['loc'][0]}: {first['msg']}"
