@@ -394,6 +394,8 @@ class Settings(BaseSettings):
     @field_validator("default_sample_rate")
     @classmethod
     def _known_rates(cls, value: dict[str, int]) -> dict[str, int]:
+        if not value:  # settings validate their defaults too: nothing to check, nothing imported
+            return value
         from voxport.audio import FORMATS  # imported only when the setting is used
 
         for fmt, rate in value.items():
@@ -408,9 +410,11 @@ class Settings(BaseSettings):
     @field_validator("default_language")
     @classmethod
     def _spoken(cls, value: str | None) -> str | None:
-        from voxport.engine.base import LANGUAGES
+        if value is None:
+            return value
+        from voxport.engine.base import LANGUAGES  # imported only when the setting is used
 
-        if value is not None and value not in LANGUAGES:
+        if value not in LANGUAGES:
             raise ValueError(f"VoxCPM2 does not speak {value!r}; one of {', '.join(sorted(LANGUAGES))}")
         return value
 
