@@ -64,7 +64,7 @@ def health(proc: ServerProcess) -> tuple[dict, str]:
 
 
 def seen_by_both(read: Callable[[], tuple[float, str]], expected: float, timeout: float = 60) -> None:
-    """Until each worker has answered `expected` (the other worker's share may lag a second in /health)."""
+    """Until each worker has answered `expected` (a request accounted just after its last byte)."""
     workers: set[str] = set()
 
     def check() -> bool:

@@ -9,6 +9,8 @@ worker's files, plus the gauges it reads live (the engine host's global queue an
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -137,17 +140,22 @@ def _pid_of(path: str) -> str:
     return Path(path).stem.rsplit("_", 1)[-1]  # counter_123.db, gauge_livesum_123.db
 
 
-def peer_totals(directory: str, own_pid: int) -> tuple[float, float]:
-    """(requests in flight, requests cancelled) of the other workers, from their files in `directory`."""
-    files = [path for pattern in ("gauge_livesum_*.db", "counter_*.db")
-             for path in glob(os.path.join(directory, pattern)) if _pid_of(path) != str(own_pid)]  # fmt: skip
+def peer_totals(directory: str, own_pid: int) -> tuple[int, int]:
+    """(requests in flight, requests cancelled) of the other workers, read now from their files in
+    `directory` (blocking: a few small files; call it from a worker thread)."""
     in_flight = cancelled = 0.0
-    for metric in MultiProcessCollector.merge(files):
-        if metric.name == "voxport_requests_in_flight":
-            in_flight = sum(sample.value for sample in metric.samples)
-        elif metric.name == "voxport_requests_cancelled":
-            cancelled = sum(sample.value for sample in metric.samples if sample.name.endswith("_total"))
-    return in_flight, cancelled
+    for pattern in ("gauge_livesum_*.db", "counter_*.db"):
+        for path in glob(os.path.join(directory, pattern)):
+            if _pid_of(path) == str(own_pid):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # a dead worker's live gauges, just dropped
+                for key, value, _time, _pos in MmapedDict.read_all_values_from_file(path):
+                    name = json.loads(key)[1]
+                    if name == "voxport_requests_in_flight":
+                        in_flight += value
+                    elif name == "voxport_requests_cancelled_total":
+                        cancelled += value
+    return round(in_flight), round(cancelled)
 
 
 def process_rss_bytes() -> int | None:
@@ -226,7 +234,8 @@ class ResourceSampler:
     """Process RSS and GPU memory (NVML), the probes that cost something, sampled in a worker thread at
     most once per `interval` seconds; readers (`/health`) get the last sample and never wait for one.
     `cuda` says whether GPU memory is worth asking NVML about (it is read once the engine is loaded).
-    With workers it also reads the other workers' requests in flight and cancelled (`peer_totals`)."""
+    With workers, `/health` also has it read the other workers' requests in flight and cancelled, at once
+    (`sample_peers`: their files, current to the request)."""
 
     def __init__(self, cuda: Callable[[], bool], interval: float = 1.0) -> None:
         self._cuda = cuda
@@ -241,10 +250,12 @@ class ResourceSampler:
         """One sample (blocking: call it from a worker thread)."""
         self.rss_bytes = process_rss_bytes()
         self.gpu_memory_bytes = gpu_memory_bytes() if self._cuda() else None
-        if self.shared_dir is not None:
-            in_flight, cancelled = peer_totals(self.shared_dir, os.getpid())
-            self.peer_in_flight, self.peer_cancelled = round(in_flight), round(cancelled)
         self.sampled_at = time.monotonic()
+
+    async def sample_peers(self) -> None:
+        if self.shared_dir is not None:
+            totals = await asyncio.to_thread(peer_totals, self.shared_dir, os.getpid())
+            self.peer_in_flight, self.peer_cancelled = totals
 
     async def run(self) -> None:
         """Sample every `interval` seconds until cancelled (start-up takes the first sample)."""

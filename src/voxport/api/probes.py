@@ -120,6 +120,7 @@ class Probes:
         return ["redis"] if self.redis is not None and not self.redis.available else []
 
     async def get_health(self) -> Answer:
+        await self.sampler.sample_peers()  # with workers: the others' requests in flight and cancelled
         body = self.health_body()
         return 200, self._headers, body
 
