@@ -120,7 +120,6 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
         Gauges(
             queue_depth=lambda: admission.queued,
             generating=lambda: admission.generating,
-            in_flight=lambda: tickets.in_flight,
             engine_ready=lambda: float(speech is not None and speech.accepts_requests),
             cache_bytes=lambda: cache.bytes,
             cache_entries=lambda: cache.entries,
@@ -129,7 +128,7 @@ def _speech(settings: Settings, engine: Engine, voices: VoiceRegistry, loaded: L
     )
     cache = _cache(settings, metrics, shared)
     admission = admits(max_concurrent, max_queue, engine.capacity, on_reject=metrics.rejected.inc)
-    tickets = TicketRegistry(on_cancelled=metrics.cancelled.inc)
+    tickets = TicketRegistry(on_cancelled=metrics.cancelled.inc, on_in_flight=metrics.in_flight.set)
     speech = SpeechService(settings, engine, voices, cache, metrics, admission, tickets,
                            weights_fingerprint=lambda: loaded.fingerprint)  # fmt: skip
     return speech

@@ -1,18 +1,39 @@
 """Prometheus metrics, one registry per app. Labels stay low-cardinality: route templates, status
-codes, cache states — never ids, texts or voices."""
+codes, cache states — never ids, texts or voices.
+
+With `voxport serve --workers N` every HTTP worker writes its counters, histograms and own gauges to files
+in one directory (prometheus_client's multiprocess mode: the supervisor sets PROMETHEUS_MULTIPROC_DIR
+before it spawns them, and each worker calls `share`); a scrape answered by any worker merges every
+worker's files, plus the gauges it reads live (the engine host's global queue and slots)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
+from glob import glob
+from pathlib import Path
 from typing import Any, NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+
+_shared_dir: str | None = None  # the workers' metrics directory, in a worker of `serve --workers N`
+
+
+def share(directory: str) -> None:
+    """This process is one of several HTTP workers whose metrics live in `directory` (set before any
+    app is built; prometheus_client chose its file-backed values from the environment at import)."""
+    global _shared_dir
+    _shared_dir = directory
 
 
 class Gauges(NamedTuple):
@@ -20,15 +41,42 @@ class Gauges(NamedTuple):
 
     queue_depth: Callable[[], float]
     generating: Callable[[], float]
-    in_flight: Callable[[], float]
     engine_ready: Callable[[], float]
     cache_bytes: Callable[[], float]
     cache_entries: Callable[[], float]
 
 
+_LIVE = {
+    "queue_depth": ("voxport_queue_depth", "Requests waiting for a generation slot."),
+    "generating": ("voxport_requests_generating", "Requests holding a generation slot."),
+    "engine_ready": ("voxport_engine_ready", "1 when the engine can take requests."),
+    "cache_bytes": ("voxport_cache_bytes", "Bytes held by the audio cache."),
+    "cache_entries": ("voxport_cache_entries", "Entries in the audio cache."),
+}
+_CAPACITY = "Limits: engine_batch (sequences the engine generates at once), max_concurrent, max_queue."
+
+
+class LiveGauges:
+    """The gauges read at scrape time from their providers (a collector: with workers, these are the
+    answering worker's reading, not files; admission's figures are the engine host's, global)."""
+
+    def __init__(self, gauges: Gauges | None, limits: dict[str, int]) -> None:
+        self.gauges, self.limits = gauges, limits
+
+    def collect(self) -> Any:
+        for field, (name, documentation) in _LIVE.items():
+            read = getattr(self.gauges, field, None)
+            yield GaugeMetricFamily(name, documentation, value=float(read()) if read is not None else 0.0)
+        capacity = GaugeMetricFamily("voxport_capacity", _CAPACITY, labels=["limit"])
+        for limit, value in self.limits.items():
+            capacity.add_metric([limit], value)
+        yield capacity
+
+
 class Metrics:
     def __init__(self, gauges: Gauges | None = None, limits: dict[str, int] | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.shared_dir = _shared_dir
         r = self.registry
         self.requests = Counter(
             "voxport_requests",
@@ -70,25 +118,44 @@ class Metrics:
         self.cache_evictions = Counter(
             "voxport_cache_evictions", "Cache entries evicted (TTL or size).", registry=r
         )
-        self.queue_depth = Gauge("voxport_queue_depth", "Requests waiting for a generation slot.", registry=r)
-        self.in_flight = Gauge("voxport_requests_in_flight", "Speech requests being served.", registry=r)
-        self.generating = Gauge(
-            "voxport_requests_generating", "Requests holding a generation slot.", registry=r
-        )
-        self.capacity = Gauge(
-            "voxport_capacity",
-            "Limits: engine_batch (sequences the engine generates at once), max_concurrent, max_queue.",
-            ["limit"],
-            registry=r,
-        )
-        self.engine_ready = Gauge("voxport_engine_ready", "1 when the engine can take requests.", registry=r)
-        self.cache_bytes = Gauge("voxport_cache_bytes", "Bytes held by the audio cache.", registry=r)
-        self.cache_entries = Gauge("voxport_cache_entries", "Entries in the audio cache.", registry=r)
-        for limit, value in (limits or {}).items():
-            self.capacity.labels(limit).set(value)
-        if gauges is not None:
-            for name, read in gauges._asdict().items():
-                getattr(self, name).set_function(read)
+        # Set by the ticket registry as requests come and go; with workers, the sum of the live ones.
+        self.in_flight = Gauge("voxport_requests_in_flight", "Speech requests being served.", registry=r,
+                               multiprocess_mode="livesum")  # fmt: skip
+        self.live = LiveGauges(gauges, dict(limits or {}))
+        r.register(self.live)
+        self._scrape = r
+        if self.shared_dir is not None:  # every worker's files, and this worker's live reading
+            self._scrape = CollectorRegistry()
+            MultiProcessCollector(self._scrape, self.shared_dir)
+            self._scrape.register(self.live)
+
+    async def exposition(self) -> bytes:
+        """The text a scrape gets (with workers the files are read in a thread, off the event loop)."""
+        if self.shared_dir is None:
+            return generate_latest(self._scrape)
+        return await asyncio.to_thread(generate_latest, self._scrape)
+
+
+def _pid_of(path: str) -> str:
+    return Path(path).stem.rsplit("_", 1)[-1]  # counter_123.db, gauge_livesum_123.db
+
+
+def peer_totals(directory: str, own_pid: int) -> tuple[int, int]:
+    """(requests in flight, requests cancelled) of the other workers, read now from their files in
+    `directory` (blocking: a few small files; call it from a worker thread)."""
+    in_flight = cancelled = 0.0
+    for pattern in ("gauge_livesum_*.db", "counter_*.db"):
+        for path in glob(os.path.join(directory, pattern)):
+            if _pid_of(path) == str(own_pid):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # a dead worker's live gauges, just dropped
+                for key, value, _time, _pos in MmapedDict.read_all_values_from_file(path):
+                    name = json.loads(key)[1]
+                    if name == "voxport_requests_in_flight":
+                        in_flight += value
+                    elif name == "voxport_requests_cancelled_total":
+                        cancelled += value
+    return round(in_flight), round(cancelled)
 
 
 def process_rss_bytes() -> int | None:
@@ -166,7 +233,9 @@ def gpu_memory_bytes(root: int | None = None) -> int | None:
 class ResourceSampler:
     """Process RSS and GPU memory (NVML), the probes that cost something, sampled in a worker thread at
     most once per `interval` seconds; readers (`/health`) get the last sample and never wait for one.
-    `cuda` says whether GPU memory is worth asking NVML about (it is read once the engine is loaded)."""
+    `cuda` says whether GPU memory is worth asking NVML about (it is read once the engine is loaded).
+    With workers, `/health` also has it read the other workers' requests in flight and cancelled, at once
+    (`sample_peers`: their files, current to the request)."""
 
     def __init__(self, cuda: Callable[[], bool], interval: float = 1.0) -> None:
         self._cuda = cuda
@@ -174,12 +243,19 @@ class ResourceSampler:
         self.rss_bytes: int | None = None
         self.gpu_memory_bytes: int | None = None
         self.sampled_at = 0.0  # time.monotonic() of the last sample; 0 before the first
+        self.shared_dir = _shared_dir
+        self.peer_in_flight = self.peer_cancelled = 0
 
     def sample(self) -> None:
         """One sample (blocking: call it from a worker thread)."""
         self.rss_bytes = process_rss_bytes()
         self.gpu_memory_bytes = gpu_memory_bytes() if self._cuda() else None
         self.sampled_at = time.monotonic()
+
+    async def sample_peers(self) -> None:
+        if self.shared_dir is not None:
+            totals = await asyncio.to_thread(peer_totals, self.shared_dir, os.getpid())
+            self.peer_in_flight, self.peer_cancelled = totals
 
     async def run(self) -> None:
         """Sample every `interval` seconds until cancelled (start-up takes the first sample)."""

@@ -41,8 +41,11 @@ class LiveService:
         self.speech = speech
         self._sockets: dict[str, int] = {}  # per API key (a hash of it), in this process
         registry = speech.metrics.registry
-        self.sockets = Gauge("voxport_ws_sockets", "Speech sockets open.", registry=registry)
-        self.contexts = Gauge("voxport_ws_contexts", "Speech socket contexts open.", registry=registry)
+        # With workers: summed over the live ones.
+        self.sockets = Gauge("voxport_ws_sockets", "Speech sockets open.", registry=registry,
+                             multiprocess_mode="livesum")  # fmt: skip
+        self.contexts = Gauge("voxport_ws_contexts", "Speech socket contexts open.", registry=registry,
+                              multiprocess_mode="livesum")  # fmt: skip
         self.ended = Counter("voxport_ws_contexts_ended", "Speech socket contexts by how they ended.",
                              ["outcome"], registry=registry)  # fmt: skip
 

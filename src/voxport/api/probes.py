@@ -69,8 +69,9 @@ class Probes:
         cache, admission, tickets = speech.cache, speech.admission, speech.tickets
         queue = self.jobs.health()
         key = (
-            self._engine(), speech.accepts_requests, tickets.in_flight, admission.generating,
-            admission.queued, tickets.cancelled_total, cache.enabled, cache.entries, cache.bytes,
+            self._engine(), speech.accepts_requests, tickets.in_flight + sampler.peer_in_flight,
+            admission.generating, admission.queued, tickets.cancelled_total + sampler.peer_cancelled,
+            cache.enabled, cache.entries, cache.bytes,
             cache.stats.hits, cache.stats.misses, cache.stats.evictions, admission.load_score,
             sampler.rss_bytes, sampler.gpu_memory_bytes, queue["queued"], queue["running"],
             self._redis_state(), speech.draining, len(self._skipped()),
@@ -119,6 +120,7 @@ class Probes:
         return ["redis"] if self.redis is not None and not self.redis.available else []
 
     async def get_health(self) -> Answer:
+        await self.sampler.sample_peers()  # with workers: the others' requests in flight and cancelled
         body = self.health_body()
         return 200, self._headers, body
 

@@ -12,8 +12,11 @@ class JobMetrics:
 
     def __init__(self, metrics: Metrics):
         r = metrics.registry
-        self.jobs = Gauge("voxport_jobs", "Speech jobs in the store, by status.", ["status"], registry=r)
-        self.queue_depth = Gauge("voxport_job_queue_depth", "Speech jobs waiting to run.", registry=r)
+        # The store is shared by every worker: with workers, the latest count any of them read.
+        self.jobs = Gauge("voxport_jobs", "Speech jobs in the store, by status.", ["status"], registry=r,
+                          multiprocess_mode="livemostrecent")  # fmt: skip
+        self.queue_depth = Gauge("voxport_job_queue_depth", "Speech jobs waiting to run.", registry=r,
+                                 multiprocess_mode="livemostrecent")  # fmt: skip
         self.segments = Counter(
             "voxport_job_segments", "Job segments generated (finished and written).", registry=r
         )

@@ -59,18 +59,23 @@ class RequestTicket:
 
 
 class TicketRegistry:
-    def __init__(self, on_cancelled: Callable[[], None] | None = None):
+    def __init__(self, on_cancelled: Callable[[], None] | None = None,
+                 on_in_flight: Callable[[int], None] | None = None):  # fmt: skip
         self.active: dict[str, list[RequestTicket]] = {}
         self.cancelled_total = 0
+        self.in_flight = 0  # tickets in `active`
         self._on_cancelled = on_cancelled
+        self._on_in_flight = on_in_flight  # told each new count (the in-flight gauge)
 
-    @property
-    def in_flight(self) -> int:
-        return sum(len(jobs) for jobs in self.active.values())
+    def _count(self, change: int) -> None:
+        self.in_flight += change
+        if self._on_in_flight is not None:
+            self._on_in_flight(self.in_flight)
 
     def open(self, job: RequestTicket) -> None:
         job.opened = True
         self.active.setdefault(job.request_id, []).append(job)
+        self._count(1)
 
     def close(self, job: RequestTicket) -> None:
         """Unregister a job (once; later calls do nothing) and count it if it was cancelled."""
@@ -80,6 +85,7 @@ class TicketRegistry:
         jobs.remove(job)
         if not jobs:
             del self.active[job.request_id]
+        self._count(-1)
         if job.cancel.is_set():
             self.cancelled_total += 1
             if self._on_cancelled is not None:

@@ -30,10 +30,12 @@ async def _serve(settings: Settings, model_dir: str, address: str, index: int, s
     from voxport.cli import draining_server
     from voxport.engine.base import EngineError
     from voxport.lexicon import LexiconError
+    from voxport.metrics import share
     from voxport.topology.client import HostLink
     from voxport.topology.remote import RemoteAdmission, RemoteEngine
     from voxport.voices import VoicesFileError
 
+    share(os.environ["PROMETHEUS_MULTIPROC_DIR"])  # one /metrics over every worker (voxport.metrics)
     link = HostLink(address, identity(index, os.getpid()))
     await link.start()
     try:

@@ -5,6 +5,10 @@ drains every worker within the grace period before it stops the engine host.
 A worker that dies is reported to the engine host at once (Gone), which frees its streams' engine places
 within one step; the host's own watch (no ping for LOST_S) is the fallback. An engine host that dies is
 restarted; meanwhile /ready fails on every worker and requests get 503.
+
+The workers' metrics live in one fresh directory under <data-dir>/tmp (PROMETHEUS_MULTIPROC_DIR, set
+before any worker is spawned, removed at the end); a dead worker's live gauges are dropped from it
+(`mark_process_dead`), its counters stay in the totals.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import logging
 import multiprocessing
 import os
 import secrets
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from multiprocessing.connection import wait
 from typing import Any
 
 import zmq
+from prometheus_client.multiprocess import mark_process_dead
 
 from voxport.config import Settings
 from voxport.topology import wire
@@ -41,6 +48,15 @@ def default_workers(settings: Settings) -> int:
         if nanovllm_usable()[0]:
             return max(1, min(8, (os.cpu_count() or 1) - 2))
     return 1
+
+
+def _metrics_dir(settings: Settings) -> str:
+    """A fresh, empty directory for the workers' metrics files, named in the environment they inherit."""
+    scratch = settings.data_dir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = tempfile.mkdtemp(prefix="metrics-", dir=scratch)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -67,6 +83,7 @@ class Supervisor:
         self.workers: list[Any] = []
         self.stopping = False
         self.status = 0
+        self.metrics_dir = ""
 
     def _start_host(self) -> Any:
         proc = self.ctx.Process(target=host_main, args=(self.overrides, self.model_dir, self.address),
@@ -93,6 +110,7 @@ class Supervisor:
         notify.setsockopt(zmq.IDENTITY, b"supervisor")
         notify.setsockopt(zmq.LINGER, 0)
         notify.connect(self.address)
+        self.metrics_dir = _metrics_dir(self.settings)
         try:
             self.host = self._start_host()
             self.workers = [self._start_worker(i) for i in range(self.count)]
@@ -101,6 +119,7 @@ class Supervisor:
         finally:
             notify.close(0)
             self.sock.close()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return self.status
 
     def _watch(self, notify: Any) -> None:
@@ -114,6 +133,7 @@ class Supervisor:
                     continue
                 log.warning("worker %d (pid %d) exited with %s", index, proc.pid, proc.exitcode)
                 notify.send(wire.pack(wire.Gone(identity(index, proc.pid))))
+                mark_process_dead(proc.pid, self.metrics_dir)  # its gauges leave the sums
                 if proc.exitcode == FATAL:
                     self.status, self.stopping = FATAL, True
                     return

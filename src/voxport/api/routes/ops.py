@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from voxport.api.auth import require_admin, require_metrics_key
 from voxport.api.deps import CacheDep, MetricsDep, VoicesDep
@@ -44,7 +44,7 @@ async def ready(request: Request) -> Response:
     responses={200: {"description": "Prometheus' text exposition format."}, **errors(401)},
 )  # fmt: skip
 async def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(await metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @admin.post("/reload-voices", responses=errors(400, 503))
