@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,9 +164,15 @@ def remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+SCRATCH_STALE_S = 3600.0  # far past any request's life: only a killed process leaves a file this old
+
+
 def clear_scratch(scratch: Path) -> None:
-    """Remove the scratch files of a process that was killed."""
+    """Remove the scratch files of a process that was killed. Only stale ones: with --workers, the other
+    workers sharing this data dir may be decoding an upload there right now."""
     scratch.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - SCRATCH_STALE_S
     for leftover in scratch.iterdir():
         with contextlib.suppress(OSError):
-            leftover.unlink()
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
