@@ -7,8 +7,9 @@ it (as a continuation prompt with its transcript, or as reference audio); the ge
 chosen here (the package has no stop-length guard of its own and rejects a request that could overrun
 `max_model_len`); and closing a generation's iterator cancels it in the worker.
 
-This module is not exercised by CI (it needs CUDA); the package's model code is, with voxport's checkpoints
-and attention drop-in (tests/test_nanovllm_cpu.py). See docs/benchmarks.md.
+CI runs this module on CPU over the package's own pool and worker loop, with the CUDA worker process and
+model step stood in for (tests/test_nanovllm_serving.py), and the package's model code with voxport's
+checkpoints and attention drop-in (tests/test_nanovllm_cpu.py). See docs/benchmarks.md.
 """
 
 from __future__ import annotations
