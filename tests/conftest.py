@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -135,6 +136,19 @@ class ServerProcess:
         out = self.output()
         self.log.close()
         return out
+
+
+@contextlib.contextmanager
+def tiny_server(tiny_model: Path, data: Path, *extra: str) -> Iterator[ServerProcess]:
+    """A real server on the tiny checkpoint with `data` as its data dir (plus `extra` flags), stopped on
+    exit: what a test module's own server fixture starts."""
+    proc = ServerProcess(["--model", str(tiny_model), "--data-dir", str(data), "--max-length",
+                          str(TEST_MAX_LENGTH), "--design-clip-seconds", "1", *extra])  # fmt: skip
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="session")

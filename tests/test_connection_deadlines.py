@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEST_MAX_LENGTH, ServerProcess
+from tests.conftest import ServerProcess, tiny_server
 from voxport.config import Settings
 
 IDLE_S = Settings.model_fields["connection_idle_s"].default
@@ -22,14 +22,10 @@ BODY_S = 6
 
 @pytest.fixture(scope="module")
 def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data = tmp_path_factory.mktemp("deadlines")
-    proc = ServerProcess(["--model", str(tiny_model), "--data-dir", str(data), "--max-length",
-                          str(TEST_MAX_LENGTH), "--request-body-timeout-s", str(BODY_S)])  # fmt: skip
-    try:
-        proc.wait_ready()
+    with tiny_server(
+        tiny_model, tmp_path_factory.mktemp("deadlines"), "--request-body-timeout-s", str(BODY_S)
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _closed_after(

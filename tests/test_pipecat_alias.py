@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess
+from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess, tiny_server
 
 pytest.importorskip(
     "pipecat.services.openai.tts",
@@ -37,14 +37,8 @@ RATE = 24000  # pipecat's OpenAI rate: what `pcm` gives
 
 @pytest.fixture(scope="module")
 def voxport(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data = tmp_path_factory.mktemp("pipecat-data")
-    proc = ServerProcess(["--model", str(tiny_model), "--data-dir", str(data), "--max-length",
-                          str(TEST_MAX_LENGTH), "--design-clip-seconds", "1"])  # fmt: skip
-    try:
-        proc.wait_ready()
+    with tiny_server(tiny_model, tmp_path_factory.mktemp("pipecat-data")) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 class _Collect(FrameProcessor):

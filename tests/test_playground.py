@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess, make_settings
+from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess, make_settings, tiny_server
 from voxport.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,14 +87,8 @@ def _browser_or_skip():
 
 @pytest.fixture(scope="module")
 def pg_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data = tmp_path_factory.mktemp("playground-data")
-    proc = ServerProcess(["--model", str(tiny_model), "--data-dir", str(data), "--max-length",
-                          str(TEST_MAX_LENGTH), "--design-clip-seconds", "1"])  # fmt: skip
-    try:
-        proc.wait_ready()
+    with tiny_server(tiny_model, tmp_path_factory.mktemp("playground-data")) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _speak(page) -> dict:

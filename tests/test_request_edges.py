@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEST_MAX_LENGTH, ServerProcess
+from tests.conftest import tiny_server
 from tests.test_voices import audio_file
 from voxport.config import Settings
 from voxport.lexicon import MAX_KEY_CHARS, MAX_RESPELLING_CHARS
@@ -32,14 +32,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def api(tiny_model: Path, data: Path) -> Iterator[httpx.Client]:
-    proc = ServerProcess(["--model", str(tiny_model), "--data-dir", str(data), "--max-length",
-                          str(TEST_MAX_LENGTH), "--design-clip-seconds", "1"])  # fmt: skip
-    try:
-        proc.wait_ready()
-        with httpx.Client(base_url=proc.base_url, timeout=120) as client:
-            yield client
-    finally:
-        proc.stop()
+    with tiny_server(tiny_model, data) as proc, httpx.Client(base_url=proc.base_url, timeout=120) as client:
+        yield client
 
 
 def error(response: httpx.Response, status: int) -> dict:

@@ -23,7 +23,7 @@ import pytest
 import soundfile
 from openai.types.audio import speech_create_params
 
-from tests.conftest import TEST_MAX_LENGTH, ServerProcess
+from tests.conftest import TEST_MAX_LENGTH, ServerProcess, tiny_server
 
 SPEECH = {"model": "tts-1", "voice": "alloy", "max_length": 4}
 
@@ -39,15 +39,10 @@ def lexicon(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shaping(
     tiny_model: Path, lexicon: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    data = tmp_path_factory.mktemp("shaping-data")
-    proc = ServerProcess(["--model", str(tiny_model), "--data-dir", str(data), "--max-length",
-                          str(TEST_MAX_LENGTH), "--design-clip-seconds", "1",
-                          "--lexicon-file", str(lexicon)])  # fmt: skip
-    try:
-        proc.wait_ready()
+    with tiny_server(
+        tiny_model, tmp_path_factory.mktemp("shaping-data"), "--lexicon-file", str(lexicon)
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
