@@ -40,6 +40,7 @@ import soundfile
 import torch
 
 from tests.gates import require_module
+from voxport.engine import sdpa_attention
 from voxport.engine.base import (
     SAMPLES_PER_STEP,
     Continuation,
@@ -324,6 +325,14 @@ async def served(tiny_model: Path, vae: AudioVAEV2, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(signal, "signal", main_thread_only)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=0: "CPU stand-in")
+    # The engine's start chooses the attention drop-in's decode kernel for the whole process (and for the
+    # processes it starts, by environment): given back afterwards, so that later tests of the drop-in on
+    # CPU (tests/test_sdpa_attention.py) do not find the Triton kernel chosen, with no GPU under it.
+    monkeypatch.setattr(sdpa_attention, "_decode", sdpa_attention.decode_kernel())
+    if sdpa_attention.DECODE_ENV in os.environ:
+        monkeypatch.setenv(sdpa_attention.DECODE_ENV, os.environ[sdpa_attention.DECODE_ENV])
+    else:
+        monkeypatch.delenv(sdpa_attention.DECODE_ENV, raising=False)
     engine = NanoVllmEngine(str(tiny_model), max_num_seqs=8, max_model_len=MAX_MODEL_LEN, enforce_eager=True)
     await asyncio.wait_for(engine.start(), DEADLINE)
     try:
