@@ -32,13 +32,14 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from voxport.faultlog import OncePerCause
 from voxport.files import TEMP_PREFIX, atomic_write, clear_the_way, discard, lstat_is
+from voxport.singleflight import Across, Produce, coalesce
 from voxport.skipped import SkippedFiles
 
 log = logging.getLogger("voxport.cache")
@@ -129,6 +130,7 @@ class AudioCache:
     stats: CacheStats = field(default_factory=CacheStats)
     memory_bytes: int = 0  # payload bytes of hot entries also kept in memory; 0: none
     skipped: SkippedFiles = field(default_factory=SkippedFiles)  # what start-up found that is no entry
+    across: Across | None = None  # asked by this process's leader: voxport.topology.flight (--workers)
 
     def __post_init__(self) -> None:
         self._index: dict[str, _Entry] = {}
@@ -328,10 +330,13 @@ class AudioCache:
 
     # -- async API --------------------------------------------------------------------------------
 
-    async def get(self, key: str) -> CachedAudio | None:
+    async def peek(self, key: str) -> CachedAudio | None:
+        """An entry, counted as neither hit nor miss (single flight's second look)."""
         found = self._from_memory(key)
-        if found is None:
-            found = await asyncio.to_thread(self._read, key)
+        return found if found is not None else await asyncio.to_thread(self._read, key)
+
+    async def get(self, key: str) -> CachedAudio | None:
+        found = await self.peek(key)
         if found is None:
             self.stats.misses += 1
         else:
@@ -344,28 +349,11 @@ class AudioCache:
         except OSError as exc:  # a full disk costs the cache, never the request
             log.warning("cache write failed: %s", exc)
 
-    async def single_flight(self, key: str, produce: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]:
-        """Run `produce` once per key at a time: concurrent callers with the same key await the
-        first caller's result. Returns (result, True if this caller produced it)."""
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending), False
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            result = await produce()
-        except BaseException as exc:
-            if not future.done():
-                future.set_exception(
-                    exc if isinstance(exc, Exception) else RuntimeError("leader was cancelled")
-                )
-                future.exception()  # retrieved: followers re-raise it, nobody else needs to
-            raise
-        else:
-            future.set_result(result)
-            return result, True
-        finally:
-            self._inflight.pop(key, None)
+    async def single_flight(self, key: str, produce: Produce) -> tuple[Any, bool]:
+        """Run `produce` once per key at a time (voxport.singleflight): in this process, and with
+        `across` (--workers) in every worker. Returns (result, True if this caller produced it)."""
+        across = self.across or _alone
+        return await coalesce(self._inflight, key, lambda: across(key, produce))
 
     async def run_sweeper(self, interval: float) -> None:
         errors = OncePerCause(log)
@@ -375,6 +363,10 @@ class AudioCache:
                 await asyncio.to_thread(self.sweep)
             except Exception as exc:  # the sweeper outlives it and tries again next time
                 errors.report("cache sweep", exc)
+
+
+async def _alone(_key: str, produce: Produce) -> tuple[Any, bool]:
+    return await produce(), True
 
 
 class AudioStore(Protocol):
@@ -391,7 +383,7 @@ class AudioStore(Protocol):
     def bytes(self) -> int: ...
     async def get(self, key: str) -> CachedAudio | None: ...
     async def put(self, key: str, payload: bytes, meta: dict[str, Any]) -> None: ...
-    async def single_flight(self, key: str, produce: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]: ...
+    async def single_flight(self, key: str, produce: Produce) -> tuple[Any, bool]: ...
     def clear(self) -> int: ...
     def load_index(self) -> None: ...
     async def run_sweeper(self, interval: float) -> None: ...

@@ -24,8 +24,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -33,6 +31,7 @@ from redis.exceptions import RedisError
 
 from voxport.cache import CachedAudio, CacheStats, entry_header, read_entry
 from voxport.cluster.redis import SharedRedis
+from voxport.singleflight import Produce, SharedResult, coalesce
 
 log = logging.getLogger("voxport.cache")
 
@@ -50,17 +49,6 @@ _RELEASE = _IF_OURS.format("'del', KEYS[1]")
 def pack(payload: bytes, meta: dict[str, Any]) -> bytes:
     """One Redis value: the disk cache's entry format (voxport.cache), header and payload together."""
     return entry_header(payload, meta) + payload
-
-
-@dataclass
-class SharedResult:
-    """Another replica's result, read back from Redis: what the speech service reads of its own."""
-
-    audio: bytes
-    _meta: dict[str, Any]
-
-    def meta(self) -> dict[str, Any]:
-        return self._meta
 
 
 class RedisAudioCache:
@@ -126,29 +114,12 @@ class RedisAudioCache:
             return
         self.stats.writes += 1
 
-    async def single_flight(self, key: str, produce: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]:
-        """Run `produce` once per key at a time across every replica. Returns (result, True if this
-        caller produced it); a result made elsewhere comes back as a `SharedResult`."""
-        pending = self._inflight.get(key)
-        if pending is not None:  # the same request on this replica: wait for it
-            return await asyncio.shield(pending), False
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            result, produced = await self._across(key, produce)
-        except BaseException as exc:
-            if not future.done():
-                failure = exc if isinstance(exc, Exception) else RuntimeError("leader was cancelled")
-                future.set_exception(failure)
-                future.exception()  # retrieved: followers re-raise it, nobody else needs to
-            raise
-        else:
-            future.set_result(result)
-            return result, produced
-        finally:
-            self._inflight.pop(key, None)
+    async def single_flight(self, key: str, produce: Produce) -> tuple[Any, bool]:
+        """Run `produce` once per key at a time across every replica (voxport.singleflight). Returns
+        (result, True if this caller produced it); a result made elsewhere comes back as a `SharedResult`."""
+        return await coalesce(self._inflight, key, lambda: self._across(key, produce))
 
-    async def _across(self, key: str, produce: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]:
+    async def _across(self, key: str, produce: Produce) -> tuple[Any, bool]:
         lock, token = self.shared.key("lock", key), secrets.token_hex(8)
         deadline = time.monotonic() + self.wait_s
         while self.shared.available:  # away: no coordination, this replica generates
@@ -172,7 +143,7 @@ class RedisAudioCache:
             await asyncio.sleep(_POLL_S)
         return await produce(), True
 
-    async def _hold(self, lock: str, token: str, produce: Callable[[], Awaitable[Any]]) -> Any:
+    async def _hold(self, lock: str, token: str, produce: Produce) -> Any:
         """Produce while holding the lock, renewing its lease; the result is stored (by `produce`)
         before the lock goes, so the others find it when they look."""
         renew = asyncio.create_task(self._renew(lock, token))

@@ -3,8 +3,10 @@ global `Admission`), encodes voice prompts once per key, runs generations, and s
 message per engine step with the new samples of all that worker's streams. It never waits on a socket
 (no send high-water mark): a slow worker only makes its own queue longer; the worker merges what piled up.
 
+It also says which worker produces each cache key (single flight across workers: voxport.topology.flight).
+
 A worker that stops pinging for LOST_S, or that the supervisor reports Gone, loses its streams (cancelled:
-the engine frees their places within one step), its slots and its voice references.
+the engine frees their places within one step), its slots, its voice references and the keys it leads.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from voxport.engine.base import Engine, EngineUnavailable, GenerationStats, Synt
 from voxport.errors import VoxportError
 from voxport.speech.admission import Admission, Slot
 from voxport.topology import wire
+from voxport.topology.flight import Leads
 
 log = logging.getLogger("voxport.topology")
 
@@ -66,6 +69,7 @@ class EngineHost:
         self._tasks: set[asyncio.Task] = set()
         self._sought: dict[int, asyncio.Future[bool]] = {}  # Seek sent to a worker -> its answer
         self._seeks = itertools.count(1)
+        self.leads = Leads(self._send)  # single flight across workers (voxport.topology.flight)
         self.sock: Any = None
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -164,8 +168,11 @@ class EngineHost:
             self._spawn(self._forget(message.key))
         elif isinstance(message, wire.Seek):
             self._spawn(self._seek(identity, message))
-        elif isinstance(message, wire.Sought):
-            self._answered(message)
+        elif isinstance(message, wire.Sought):  # a worker's answer to _seek
+            if (asked := self._sought.get(message.id)) is not None and not asked.done():
+                asked.set_result(message.found)
+        elif isinstance(message, (wire.Claim, wire.Done)):
+            self.leads.handle(identity, message)
 
     def _pong(self) -> wire.Pong:
         ready = self.engine.ready
@@ -176,6 +183,7 @@ class EngineHost:
         """A worker is gone: everything it held is freed now."""
         worker = self.workers.pop(identity, None)
         self.outbox.pop(identity, None)
+        self.leads.drop(identity)
         if worker is None:
             return
         for task in [*worker.waiting.values(), *worker.streams.values()]:
@@ -198,11 +206,6 @@ class EngineHost:
         for token in asked:
             self._sought.pop(token, None)
         self._send(origin, wire.Sought(message.id, any(f.result() for f in done)))
-
-    def _answered(self, message: wire.Sought) -> None:
-        asked = self._sought.get(message.id)
-        if asked is not None and not asked.done():
-            asked.set_result(message.found)
 
     async def _acquire(self, identity: bytes, worker: _Worker, id_: int) -> None:
         try:

@@ -27,11 +27,13 @@ def identity(index: int, pid: int) -> str:
 
 async def _serve(settings: Settings, model_dir: str, address: str, index: int, sock: socket.socket) -> int:
     from voxport.app import create_app
+    from voxport.cache import AudioCache
     from voxport.cli import draining_server
     from voxport.engine.base import EngineError
     from voxport.lexicon import LexiconError
     from voxport.metrics import share
     from voxport.topology.client import HostLink
+    from voxport.topology.flight import Flight
     from voxport.topology.remote import RemoteAdmission, RemoteEngine
     from voxport.voices import VoicesFileError
 
@@ -46,8 +48,11 @@ async def _serve(settings: Settings, model_dir: str, address: str, index: int, s
     except (VoicesFileError, LexiconError, EngineError) as exc:
         log.error("voxport serve: %s", exc)
         return FATAL
-    link.on_seek = app.state.speech.tickets.cancel  # POST /v1/audio/speech/cancel, across workers
-    app.state.speech.elsewhere = link.seek
+    speech = app.state.speech
+    link.on_seek = speech.tickets.cancel  # POST /v1/audio/speech/cancel, across workers
+    speech.elsewhere = link.seek
+    if isinstance(speech.cache, AudioCache):  # the disk cache (with Redis, the shared one coordinates)
+        speech.cache.across = Flight(link, speech.cache.peek, settings.request_timeout_s)
     server = draining_server(app, settings)
     await server.serve(sockets=[sock])
     return 0 if server.started else 3

@@ -1,10 +1,10 @@
 """The wire between workers and the engine host: msgpack headers (msgspec Structs, tagged) on a ZMQ
 ROUTER (host) / DEALER (worker) pair, with audio as one raw float32 frame after the header.
 
-Worker -> host: Ping, Acquire, Release, Generate, Cancel, Encode, Forget; the supervisor sends Gone.
-Host -> worker: Pong, Granted, Refused, Encoded, Failed, and Step: one per engine step per worker, listing
-every stream of that worker that has new samples (or ended), with the samples of all of them concatenated
-in one frame in the listed order.
+Worker -> host: Ping, Acquire, Release, Generate, Cancel, Encode, Forget, Claim, Done; the supervisor sends
+Gone. Host -> worker: Pong, Granted, Refused, Encoded, Failed, Claimed, and Step: one per engine step per
+worker, listing every stream of that worker that has new samples (or ended), with the samples of all of
+them concatenated in one frame in the listed order. Seek and Sought go both ways.
 
 Zero copy: a frame handed to ZMQ with copy=False is a fresh array that nothing writes to again (ZMQ keeps
 the reference until the bytes are out); received frames are copied out of ZMQ (copy=True), so a sample
@@ -83,6 +83,21 @@ class Sought(msgspec.Struct, tag=True):
     found: bool
 
 
+class Claim(msgspec.Struct, tag=True):
+    """Single flight across workers (voxport.topology.flight): may this worker produce cache key `key`?
+    Answered Claimed at once when nobody holds it, else when its holder is Done (or gone)."""
+
+    id: int
+    epoch: str
+    key: str
+
+
+class Done(msgspec.Struct, tag=True):
+    """The holder of `key` finished (its result is in the cache, or it failed)."""
+
+    key: str
+
+
 class Gone(msgspec.Struct, tag=True):
     """From the supervisor: this worker died; free what it held."""
 
@@ -99,6 +114,13 @@ class Pong(msgspec.Struct, tag=True):
     info: EngineInfo | None
     generating: int  # global admission figures
     queued: int
+
+
+class Claimed(msgspec.Struct, tag=True):
+    """`lead`: produce it (and send Done); otherwise the holder finished: look in the cache again."""
+
+    id: int
+    lead: bool
 
 
 class Granted(msgspec.Struct, tag=True):
@@ -140,8 +162,8 @@ class Step(msgspec.Struct, tag=True):
     streams: list[Out]
 
 
-ToHost = Ping | Acquire | Release | Generate | Cancel | Encode | Forget | Gone | Seek | Sought
-ToWorker = Pong | Granted | Refused | Encoded | Failed | Step | Seek | Sought
+ToHost = Ping | Acquire | Release | Generate | Cancel | Encode | Forget | Gone | Seek | Sought | Claim | Done
+ToWorker = Pong | Granted | Refused | Encoded | Failed | Step | Seek | Sought | Claimed
 
 PING_S = 0.25  # how often a worker pings
 # Silence after which either side counts the other as gone, while nothing from it waits unread (an
