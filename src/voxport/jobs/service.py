@@ -67,6 +67,7 @@ class JobService:
         self.dispatcher: WebhookDispatcher | None = None
         self.counts: dict[str, int] = {}
         self.runs = runs
+        self.elsewhere: Callable[[str], Awaitable[bool]] | None = None  # stops a job another worker runs
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -267,7 +268,8 @@ class JobService:
         finished = await self.store.finish(job_id, CANCELLED)
         if finished is None:  # it finished meanwhile
             return job_object(await self._job(job_id, scope))
-        if not self.runner.cancel(job_id):  # not running: nothing will clean its directory up but us
+        if not self.runner.cancel(job_id) and not (self.elsewhere and await self.elsewhere(job_id)):
+            # Not running (here, or in the worker that runs jobs): nothing will clean its directory up but us
             await self.backend.discard(job_id)
         await self._finished(finished)
         return job_object(finished)

@@ -76,6 +76,7 @@ class HostLink:
         self._heard = 0.0
         self._first = asyncio.Event()
         self.on_seek: Callable[[str, str], bool] = lambda _request_id, _viewer: False  # cancels one here
+        self.on_seek_job: Callable[[str], bool] = lambda _job_id: False  # stops a job this worker runs
         self._tasks: list[asyncio.Task] = []
         self.sock: Any = None
 
@@ -122,12 +123,13 @@ class HostLink:
         finally:
             self._waiters.pop(id_, None)
 
-    async def seek(self, request_id: str, viewer: str = "") -> bool:
-        """Cancel a request another worker serves (one `viewer` may see); whether one did."""
+    async def seek(self, request_id: str, viewer: str = "", job: bool = False) -> bool:
+        """Cancel a request another worker serves (one `viewer` may see), or stop the work of a job
+        another worker runs (`job`: cancelled in the store already); whether one did."""
         if not self.up:
             return False
         id_ = self.new_id()
-        reply = await self.call(id_, wire.Seek(id_, request_id, viewer))
+        reply = await self.call(id_, wire.Seek(id_, request_id, viewer, job))
         return isinstance(reply, wire.Sought) and reply.found
 
     def open(self, id_: int, stats: GenerationStats) -> Collector:
@@ -189,6 +191,8 @@ class HostLink:
                             self._streams.pop(out.id, None)
             elif isinstance(message, wire.Pong):
                 self._pong(message)
+            elif isinstance(message, wire.Seek) and message.job:  # a job cancelled elsewhere: run here?
+                self.send(wire.Sought(message.id, self.on_seek_job(message.request_id)))
             elif isinstance(message, wire.Seek):  # another worker's cancel: is the request here?
                 self.send(wire.Sought(message.id, self.on_seek(message.request_id, message.viewer)))
             else:

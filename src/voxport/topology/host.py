@@ -196,12 +196,12 @@ class EngineHost:
                  len(worker.streams), len(worker.slots))  # fmt: skip
 
     async def _seek(self, origin: bytes, message: wire.Seek) -> None:
-        """Ask every other worker to cancel `request_id`; tell the asker whether one did."""
+        """Ask every other worker to cancel `request_id` (or the job); tell the asker whether one did."""
         asked: dict[int, asyncio.Future[bool]] = {}
         for identity in [w for w in self.workers if w != origin]:
             token = next(self._seeks)
             asked[token] = self._sought[token] = asyncio.get_running_loop().create_future()
-            self._send(identity, wire.Seek(token, message.request_id, message.viewer))
+            self._send(identity, wire.Seek(token, message.request_id, message.viewer, message.job))
         done = (await asyncio.wait(asked.values(), timeout=2.0))[0] if asked else set()
         for token in asked:
             self._sought.pop(token, None)

@@ -51,11 +51,24 @@ async def _serve(settings: Settings, model_dir: str, address: str, index: int, s
     speech = app.state.speech
     link.on_seek = speech.tickets.cancel  # POST /v1/audio/speech/cancel, across workers
     speech.elsewhere = link.seek
+    jobs = app.state.jobs
+    link.on_seek_job = jobs.runner.cancel  # a job cancelled through another worker stops here within a step
+    if not settings.redis_url:  # (with Redis, each runner watches the shared store)
+        jobs.elsewhere = functools.partial(_stop_job, link)
     if isinstance(speech.cache, AudioCache):  # the disk cache (with Redis, the shared one coordinates)
         speech.cache.across = Flight(link, speech.cache.peek, settings.request_timeout_s)
     server = draining_server(app, settings)
     await server.serve(sockets=[sock])
     return 0 if server.started else 3
+
+
+async def _stop_job(link: Any, job_id: str) -> bool:
+    """Stop the work of a job (cancelled in the store) that another worker runs; whether one did."""
+    from voxport.engine.base import EngineUnavailable
+
+    with contextlib.suppress(EngineUnavailable):  # the host went away: the runner sees the store at the end
+        return await link.seek(job_id, job=True)
+    return False
 
 
 def worker_main(

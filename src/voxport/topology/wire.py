@@ -76,6 +76,7 @@ class Seek(msgspec.Struct, tag=True):
     id: int
     request_id: str
     viewer: str = ""  # the asker's tenant: another tenant's request is not found (voxport.tenants)
+    job: bool = False  # a speech job's id: the store already says cancelled, its runner's work stops
 
 
 class Sought(msgspec.Struct, tag=True):
