@@ -28,21 +28,28 @@ class SharedResult:
         return self._meta
 
 
+class LeaderLeft(Exception):
+    """The leader stopped without a result of its own (cancelled: its client went away)."""
+
+
 async def coalesce(
     inflight: dict[str, asyncio.Future[Any]], key: str, lead: Callable[[], Awaitable[tuple[Any, bool]]]
 ) -> tuple[Any, bool]:
     """Run `lead` once per key at a time in this process: concurrent callers with the same key await the
-    first caller's result. Returns (result, True if this caller produced it)."""
-    pending = inflight.get(key)
-    if pending is not None:
-        return await asyncio.shield(pending), False
+    first caller's result. Returns (result, True if this caller produced it). A leader that is cancelled
+    (its client left) fails nobody: the first waiter to wake leads in its place."""
+    while (pending := inflight.get(key)) is not None:
+        try:
+            return await asyncio.shield(pending), False
+        except LeaderLeft:
+            continue
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     inflight[key] = future
     try:
         result, produced = await lead()
     except BaseException as exc:
         if not future.done():
-            future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("leader was cancelled"))
+            future.set_exception(exc if isinstance(exc, Exception) else LeaderLeft())
             future.exception()  # retrieved: followers re-raise it, nobody else needs to
         raise
     else:
