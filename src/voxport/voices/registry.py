@@ -56,7 +56,7 @@ class VoiceRegistry:
         self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
         self.aliases = AliasStore(data_dir / "voices" / "aliases.json", self._find)
         self.loaded = False
-        self._stamp, self._rereading = (0, frozenset[str]()), asyncio.Lock()  # the library's, when read
+        self._freshness = library.Freshness(self._library)  # what other workers changed
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -119,11 +119,8 @@ class VoiceRegistry:
         """Take in what other replicas (a shared library) or other workers on this data dir changed."""
         if self.mirror is not None:
             await self.mirror.refresh(self)
-        elif library.stamp(self._library) != self._stamp:  # a stat and a listing, when nothing changed
-            async with self._rereading:  # one re-read at a time: a slower, older one must not win
-                stamp = library.stamp(self._library)
-                self.user, self.quota.sizes = await asyncio.to_thread(library.reread, self._library)
-                self._stamp = stamp
+        elif (fresh := await self._freshness.reread()) is not None:  # one stat, when nothing changed
+            self.user, self.quota.sizes = fresh
             await self.release_unused()
 
     async def release_unused(self) -> None:
