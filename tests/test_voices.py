@@ -23,6 +23,7 @@ from voxport.app import create_app
 from voxport.audio import encode
 from voxport.config import DEFAULT_VOICES_FILE
 from voxport.engine.base import EngineInputError
+from voxport.files import Watched
 from voxport.voices import library
 
 OPENAI_VOICES = [
@@ -552,19 +553,19 @@ def _keep_voice(folder: Path, voice_id: str) -> None:
 
 async def test_the_library_is_read_again_when_another_process_changes_it(tmp_path: Path) -> None:
     folder = tmp_path / "library"
-    fresh = library.Freshness(folder)
-    assert await fresh.reread() == ({}, {})  # the first check reads
-    assert await fresh.reread() is None  # no library, nothing changed
+    fresh = Watched(folder, library.reread)
+    assert await fresh.fresh() == ({}, {})  # the first check reads
+    assert await fresh.fresh() is None  # no library, nothing changed
     _keep_voice(folder, "voice_a")
     long_ago = time.time_ns() - 60 * 10**9
     os.utime(folder, ns=(long_ago, long_ago))
-    assert set((await fresh.reread() or ({}, {}))[0]) == {"voice_a"}
-    assert await fresh.reread() is None  # unchanged: the check is one stat
+    assert set((await fresh.fresh() or ({}, {}))[0]) == {"voice_a"}
+    assert await fresh.fresh() is None  # unchanged: the check is one stat
     _keep_voice(folder, "voice_b")
-    assert set((await fresh.reread() or ({}, {}))[0]) == {"voice_a", "voice_b"}
+    assert set((await fresh.fresh() or ({}, {}))[0]) == {"voice_a", "voice_b"}
     # A change in the same mtime tick as that read (the folder's mtime is coarse): the read saw a fresh
     # mtime, so the next check reads again rather than trust it.
     tick = folder.stat().st_mtime_ns
     _keep_voice(folder, "voice_c")
     os.utime(folder, ns=(tick, tick))
-    assert set((await fresh.reread() or ({}, {}))[0]) == {"voice_a", "voice_b", "voice_c"}
+    assert set((await fresh.fresh() or ({}, {}))[0]) == {"voice_a", "voice_b", "voice_c"}

@@ -1,12 +1,10 @@
 """The user's voice library on disk: one folder per voice (`audio.wav` + `voice.json`), written through a
 staging folder and renamed into place so that a crash never leaves half a voice. Every function here
-does blocking file I/O: the registry calls them in worker threads (but `changed_at`: one stat, the check a
-request makes). `Quota` holds the library's caps in memory, so that checking them and reserving room is
-one step with no await in between."""
+does blocking file I/O: the registry calls them in worker threads. `Quota` holds the library's caps in
+memory, so that checking them and reserving room is one step with no await in between."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -27,53 +25,6 @@ from voxport.skipped import UNREADABLE, SkippedFiles
 from voxport.voices.catalog import Voice
 
 log = logging.getLogger("voxport.voices")
-
-
-# A change within this long of a read may carry the mtime the read saw (a folder's mtime is as coarse as
-# the kernel's tick, a second or two on some filesystems): until then the library is read again.
-RACY_NS = 2_000_000_000
-
-
-def changed_at(library: Path) -> int:
-    """The library folder's mtime, which every voice entering, leaving or being replaced changes (a rename
-    or a removal in the folder): one stat, all a request's check costs when nothing changed."""
-    try:
-        return library.stat().st_mtime_ns
-    except FileNotFoundError:
-        return 0
-
-
-class Freshness:
-    """Whether another process on this data dir (a worker of `--workers N`) has changed the library since
-    this one last read it. The check on the event loop is one stat; a re-read runs in a thread, one at a
-    time, and requests that waited for one are answered by it."""
-
-    def __init__(self, library: Path):
-        self.library = library
-        self.seen: int | None = None  # the folder's mtime at the last read; None: read at the next check
-        self.reads = 0  # re-reads begun
-        self.lock = asyncio.Lock()
-
-    async def reread(self) -> tuple[dict[str, Voice], dict[str, int]] | None:
-        """The library's voices and their sizes, read again; None when nothing changed since the last read."""
-        if self.seen is not None and changed_at(self.library) == self.seen:
-            return None
-        asked = self.reads
-        async with self.lock:
-            if self.reads != asked:  # a read that began after this check took in what it saw
-                return None
-            self.reads += 1
-            self.seen, voices, sizes = await asyncio.to_thread(_reread, self.library)
-        return voices, sizes
-
-
-def _reread(library: Path) -> tuple[int | None, dict[str, Voice], dict[str, int]]:
-    """The voices and their sizes, read again while other processes may be creating voices, and the mtime
-    they were read at (None while a later change could still carry it: RACY_NS)."""
-    checked = time.time_ns()  # before the stat: a change after it gets a later mtime, unless racy
-    mtime = changed_at(library)
-    voices = read(library, sweep=False)
-    return (mtime if checked - mtime > RACY_NS else None), voices, sizes(list(voices.values()))
 
 
 def read(library: Path, skipped: SkippedFiles | None = None, sweep: bool = True) -> dict[str, Voice]:
@@ -103,6 +54,12 @@ def read(library: Path, skipped: SkippedFiles | None = None, sweep: bool = True)
             else:
                 log.warning("skipping unreadable library voice %s: %s", folder.name, exc)
     return voices
+
+
+def reread(library: Path) -> tuple[dict[str, Voice], dict[str, int]]:
+    """The voices and their sizes, read again while other processes may be creating voices."""
+    voices = read(library, sweep=False)
+    return voices, sizes(list(voices.values()))
 
 
 def sizes(voices: list[Voice]) -> dict[str, int]:
