@@ -3,6 +3,7 @@ every speech request field (and what a timed answer carries) in docs/api.md."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,12 @@ _SPEECH_FIELDS = [
 def test_every_speech_field_is_in_the_api_docs(model: str, name: str) -> None:
     text = (ROOT / "docs" / "api.md").read_text()
     assert f"`{name}`" in text or f'"{name}":' in text, f"{model}.{name} is not in docs/api.md"
+
+
+def test_the_suites_ci_runs_against_two_workers_are_the_ones_the_docs_name() -> None:
+    run = (ROOT / ".ci" / "run").read_text().split("VOXPORT_TEST_WORKERS=2 scripts/dev test", 1)[1]
+    in_ci = re.findall(r"tests/test_\w+\.py", run.split("\n#", 1)[0])
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    named = docs.split("The suites run against two workers:", 1)[1].split("(about", 1)[0]
+    assert sorted(in_ci) == sorted(re.findall(r"tests/test_\w+\.py", named))
+    assert all((ROOT / suite).is_file() for suite in in_ci)

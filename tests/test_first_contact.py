@@ -96,7 +96,10 @@ def test_the_api_pages_load_nothing_from_another_host(
     assert not elsewhere, elsewhere
 
 
-_OUR_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: .")
+# With --workers (VOXPORT_TEST_WORKERS=2) a worker's lines name it after the logger: "[worker 1]".
+_OUR_LINE = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+( \[worker \d+\])?: ."
+)
 
 
 def test_start_up_output_is_voxports_own_lines(server: ServerProcess) -> None:

@@ -15,7 +15,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.audio_check import decode
-from tests.conftest import ServerProcess
+from tests.conftest import TEST_WORKERS, ServerProcess
 from tests.webhook_receiver import Receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -26,7 +26,7 @@ def sim_server(data: Path, *extra: str) -> ServerProcess:
     # max_concurrent 2: one job runs at a time (the other slot is the live reserve), so jobs queue.
     return ServerProcess(["--engine", "sim", "--data-dir", str(data), "--max-length", "12",
                           "--sim-step-ms", "1", "--max-concurrent", "2", "--webhook-secret", SECRET,
-                          "--webhook-retry-s", "300", *extra])  # fmt: skip
+                          "--webhook-retry-s", "300", "--workers", TEST_WORKERS, *extra])  # fmt: skip
 
 
 @pytest.fixture(scope="module")

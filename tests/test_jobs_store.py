@@ -3,7 +3,11 @@ result expiry, batches, and the resume bookkeeping (segment files are the truth 
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -150,3 +154,36 @@ def test_segment_files_are_the_resume_point(tmp_path: Path) -> None:
 def test_key_scope_hides_the_key() -> None:
     assert key_scope(None) == "" and key_scope("sk-1") != key_scope("sk-2")
     assert "sk-1" not in key_scope("sk-1")
+
+
+def _open_in_step(root: str, rounds: int, barrier: Any) -> None:
+    """One process of `--workers N` starting: open the store of each round's fresh data dir, all at once."""
+
+    async def open_and_close(path: Path) -> None:
+        store = JobStore(path)
+        await store.open()
+        await store.close()
+
+    failed = 0
+    for i in range(rounds):
+        barrier.wait(120)  # a bound, should a process die: the test fails, never hangs
+        try:
+            asyncio.run(open_and_close(Path(root) / str(i)))
+        except sqlite3.OperationalError:
+            failed += 1  # told at the end: the others must not wait at the barrier for this one
+    raise SystemExit(1 if failed else 0)
+
+
+def test_workers_open_one_new_store_at_once(tmp_path: Path) -> None:
+    """Every worker opens the one jobs.sqlite3 at start; on a fresh data dir they all switch it to WAL at
+    once, which SQLite answers 'database is locked' (no busy wait: it would deadlock) to all but one."""
+    processes, rounds = 4, 30
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(processes)
+    args = (str(tmp_path), rounds, barrier)
+    opened = [ctx.Process(target=_open_in_step, args=args) for _ in range(processes)]
+    for proc in opened:
+        proc.start()
+    for proc in opened:
+        proc.join(300)
+    assert [proc.exitcode for proc in opened] == [0] * processes

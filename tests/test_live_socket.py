@@ -16,7 +16,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import TEST_MAX_LENGTH, ServerProcess
+from tests.conftest import TEST_MAX_LENGTH, TEST_WORKERS, ServerProcess
 from tests.test_telephony import assert_same_speech, decode_g711
 
 KEY = "socket-test-key"
@@ -32,7 +32,7 @@ def live_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     proc = ServerProcess(
         ["--model", str(tiny_model), "--data-dir", str(data), "--max-length", str(TEST_MAX_LENGTH),
          "--design-clip-seconds", "1", "--api-keys", KEY, "--ws-max-contexts", "2",
-         "--ws-idle-timeout-s", str(IDLE_S)]
+         "--ws-idle-timeout-s", str(IDLE_S), "--workers", TEST_WORKERS]
     )  # fmt: skip
     try:
         proc.wait_ready()

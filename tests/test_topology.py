@@ -2,26 +2,38 @@
 
 Speech from both workers (the reference engine on the tiny checkpoint, and the sim engine under many
 connections), a worker killed mid-stream (its slots freed, the other worker's streams finish, a new worker
-in its place), SIGTERM draining both workers, and an engine host killed and restarted."""
+in its place), SIGTERM draining both workers, an engine host killed and restarted, and what is kept on disk
+(library voices, aliases, pronunciation dictionaries) set through one worker and used through the other,
+on HTTP, the speech WebSocket and Wyoming (worker 0's alone)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import os
 import re
 import signal
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+import websockets
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.info import Describe, Info
+from wyoming.tts import Synthesize, SynthesizeVoice
 
 from tests.audio_check import decode
-from tests.conftest import TEST_MAX_LENGTH, ServerProcess
+from tests.conftest import TEST_MAX_LENGTH, ServerProcess, free_port
 from tests.test_voices import audio_file
 
 TIMEOUT = 120
 SPEECH = "/v1/audio/speech"
+SPEECH_LINE = r"request_id=\S+ method=POST route=/v1/audio/speech "
 LONG = "This sentence goes on for quite a while so that the stream lasts. " * 2
 
 
@@ -96,10 +108,91 @@ def stream_pcm(base: str, text: str) -> tuple[int, int, str | None]:
 @pytest.fixture(scope="module")
 def reference2(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("topology-ref")
+    wyoming_port = free_port()
     proc = start(["--model", str(tiny_model), "--data-dir", str(data), "--max-length", str(TEST_MAX_LENGTH),
-                  "--design-clip-seconds", "1", "--max-user-voices", "2"])  # fmt: skip
+                  "--design-clip-seconds", "1", "--max-user-voices", "2",
+                  "--wyoming-port", str(wyoming_port)])  # fmt: skip
+    proc.wyoming_port = wyoming_port  # type: ignore[attr-defined]
     yield proc
     proc.stop()
+
+
+def until_both(proc: ServerProcess, request, pattern: str = SPEECH_LINE) -> None:
+    """`request(i)`, 4 at once, until both workers have logged `pattern` since the call (every request
+    must succeed; it asserts that itself)."""
+    before = Counter(re.findall(rf"\[worker (\d+)\]: {pattern}", log_of(proc)))
+    for round_ in range(10):
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(request, range(4 * round_, 4 * round_ + 4)))
+        now: Counter[str] = Counter()
+        for _ in range(50):  # a socket's line is written as it closes: give the log a moment
+            now = Counter(re.findall(rf"\[worker (\d+)\]: {pattern}", log_of(proc)))
+            if all(now[w] > before[w] for w in ("0", "1")):
+                return
+            time.sleep(0.1)
+    pytest.fail(f"one worker never answered: {dict(before)} -> {dict(now)}")
+
+
+def test_an_alias_and_a_dictionary_set_through_one_worker_hold_on_both(reference2: ServerProcess):
+    base = reference2.base_url
+    alias = httpx.put(base + "/v1/audio/voice_aliases/both-workers", json={"voice": "nova"}, timeout=TIMEOUT)
+    assert alias.status_code == 200, alias.text
+    entries = {"scope": "global", "entries": {"nginx": "engine ex"}}
+    terms = httpx.put(base + "/v1/audio/pronunciation_dictionaries/both-terms", json=entries, timeout=TIMEOUT)
+    assert terms.status_code == 200, terms.text
+
+    def request(i: int) -> None:
+        answer = speak(base, f"Restart nginx {i}.", voice="both-workers", response_format="pcm",
+                       pronunciation_dictionaries=["both-terms"])  # fmt: skip
+        assert answer.status_code == 200 and answer.content, answer.text
+
+    until_both(reference2, request)
+    # Gone from both, once deleted through either.
+    assert httpx.delete(base + "/v1/audio/voice_aliases/both-workers", timeout=TIMEOUT).status_code == 200
+    listed = [httpx.get(base + "/v1/audio/voice_aliases", timeout=10).json() for _ in range(6)]
+    assert not any("both-workers" in str(answers) for answers in listed), listed
+
+
+def test_the_speech_socket_speaks_through_both_workers(reference2: ServerProcess):
+    """The agents' WebSocket, end to end on each worker: a context spoken in full."""
+    url = f"ws://127.0.0.1:{reference2.port}/v1/audio/speech/ws"
+
+    async def one_context(i: int) -> None:
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"context_id": "c", "text": f"Socket number {i}.", "voice": "alloy",
+                                      "response_format": "pcm", "close": True}))  # fmt: skip
+            audio = b""
+            while (event := json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))["type"] != "done":
+                assert event["type"] in ("audio", "segment"), event
+                audio += base64.b64decode(event.get("audio", ""))
+        assert len(audio) > 0 and len(audio) % 2 == 0
+
+    until_both(reference2, lambda i: asyncio.run(one_context(i)), r"socket_id=\S+ route=/v1/audio/speech/ws")
+
+
+def test_wyoming_is_served_once_by_worker_0_and_speaks(reference2: ServerProcess):
+    """One Wyoming server (worker 0's; worker 1 does not bind the port), which knows what was set through
+    either worker."""
+    assert re.findall(r"\[worker (\d+)\]: Wyoming server on tcp://", log_of(reference2)) == ["0"]
+    base = reference2.base_url
+
+    async def session() -> None:
+        async with AsyncTcpClient("127.0.0.1", reference2.wyoming_port) as client:  # type: ignore[attr-defined]
+            for i in range(4):  # through fresh HTTP connections: either worker
+                alias = httpx.put(f"{base}/v1/audio/voice_aliases/wyoming-{i}", json={"voice": "nova"},
+                                  timeout=TIMEOUT)  # fmt: skip
+                assert alias.status_code == 200, alias.text
+                await client.write_event(Describe().event())
+                info = Info.from_event(await asyncio.wait_for(client.read_event(), TIMEOUT))
+                assert f"wyoming-{i}" in [voice.name for voice in info.tts[0].voices]
+            await client.write_event(Synthesize("Hello there.", voice=SynthesizeVoice("wyoming-0")).event())
+            start = AudioStart.from_event(await asyncio.wait_for(client.read_event(), TIMEOUT))
+            audio = b""
+            while not AudioStop.is_type((event := await asyncio.wait_for(client.read_event(), TIMEOUT)).type):
+                audio += AudioChunk.from_event(event).audio
+            assert start.width == 2 and len(audio) > 0
+
+    asyncio.run(session())
 
 
 def test_reference_engine_speaks_through_both_workers(reference2: ServerProcess):

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ from voxport.app import create_app
 from voxport.audio import encode
 from voxport.config import DEFAULT_VOICES_FILE
 from voxport.engine.base import EngineInputError
+from voxport.files import Watched
+from voxport.voices import library
 
 OPENAI_VOICES = [
     "alloy",
@@ -537,3 +540,32 @@ async def test_every_route_checks_the_transcript_and_the_name_alike(tiny_model: 
         unknown = await http.post("/v1/audio/voices", data={"name": "b", "consent": "true", "colour": "red"},
                                   files=sample)  # fmt: skip
         assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_parameter"
+
+
+# -- what other processes on the data dir change (--workers) ------------------------------------------------
+
+
+def _keep_voice(folder: Path, voice_id: str) -> None:
+    """A voice kept as another worker keeps it: staged, then renamed into the library."""
+    meta = {"id": voice_id, "name": voice_id, "key": voice_id, "duration": 0.5, "created": 0}
+    library.commit(library.stage(folder, np.zeros(8000, np.float32), 16000, meta), folder / voice_id)
+
+
+async def test_the_library_is_read_again_when_another_process_changes_it(tmp_path: Path) -> None:
+    folder = tmp_path / "library"
+    fresh = Watched(folder, library.reread)
+    assert await fresh.fresh() == ({}, {})  # the first check reads
+    assert await fresh.fresh() is None  # no library, nothing changed
+    _keep_voice(folder, "voice_a")
+    long_ago = time.time_ns() - 60 * 10**9
+    os.utime(folder, ns=(long_ago, long_ago))
+    assert set((await fresh.fresh() or ({}, {}))[0]) == {"voice_a"}
+    assert await fresh.fresh() is None  # unchanged: the check is one stat
+    _keep_voice(folder, "voice_b")
+    assert set((await fresh.fresh() or ({}, {}))[0]) == {"voice_a", "voice_b"}
+    # A change in the same mtime tick as that read (the folder's mtime is coarse): the read saw a fresh
+    # mtime, so the next check reads again rather than trust it.
+    tick = folder.stat().st_mtime_ns
+    _keep_voice(folder, "voice_c")
+    os.utime(folder, ns=(tick, tick))
+    assert set((await fresh.fresh() or ({}, {}))[0]) == {"voice_a", "voice_b", "voice_c"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, ServerProcess, free_port
+from tests.conftest import STEP_SECONDS, TEST_MAX_LENGTH, TEST_WORKERS, ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -42,14 +44,28 @@ def wyoming(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     port = free_port()
     proc = ServerProcess(
         ["--model", str(tiny_model), "--data-dir", str(data), "--max-length", str(TEST_MAX_LENGTH),
-         "--design-clip-seconds", "1", "--wyoming-port", str(port), "--max-input-chars", str(MAX_CHARS)]
+         "--design-clip-seconds", "1", "--wyoming-port", str(port), "--max-input-chars", str(MAX_CHARS),
+         "--workers", TEST_WORKERS]
     )  # fmt: skip
     proc.wyoming_port = port  # type: ignore[attr-defined]
     try:
         proc.wait_ready()
+        _wait_for_port(port)  # with --workers, /health may answer before worker 0 (Wyoming's) is up
         yield proc
     finally:
         proc.stop()
+
+
+def _wait_for_port(port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 async def _read(client: AsyncTcpClient, timeout: float = 300) -> Event:

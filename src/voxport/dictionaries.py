@@ -30,7 +30,7 @@ from defusedxml.ElementTree import fromstring
 
 from voxport.engine.base import LANGUAGES
 from voxport.errors import VoxportError, invalid
-from voxport.files import atomic_write
+from voxport.files import Watched, atomic_write
 from voxport.lexicon import check_entry
 from voxport.protocol import PronunciationDictionaryParams
 from voxport.protocol.dictionaries import MAX_DICTIONARY_ENTRIES
@@ -122,31 +122,32 @@ def read_pls(text: str) -> tuple[dict[str, str], list[str]]:
     return entries, skipped
 
 
+def _read_all(directory: Path) -> dict[str, Dictionary]:
+    found = {}
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        found[data["name"]] = Dictionary(**data)
+    return found
+
+
 def _not_found(name: str, param: str = "name") -> VoxportError:
     return VoxportError("not_found", f"No pronunciation dictionary '{name}'.", param=param,
                         code="dictionary_not_found")  # fmt: skip
 
 
 class DictionaryStore:
-    """The dictionaries on disk, one JSON file each, read once (lazily) and kept in memory."""
+    """The dictionaries on disk, one JSON file each, kept in memory and read again when the folder changes
+    (another worker of `--workers N` wrote or removed one: one stat tells)."""
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self._items: dict[str, Dictionary] | None = None
-        self._lock = asyncio.Lock()
-
-    def _read_all(self) -> dict[str, Dictionary]:
-        found = {}
-        for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            found[data["name"]] = Dictionary(**data)
-        return found
+        self._items: dict[str, Dictionary] = {}
+        self._fresh = Watched(directory, _read_all)
 
     async def _all(self) -> dict[str, Dictionary]:
-        if self._items is None:
-            async with self._lock:
-                if self._items is None:
-                    self._items = await asyncio.to_thread(self._read_all)
+        fresh = await self._fresh.fresh()
+        if fresh is not None:
+            self._items = fresh
         return self._items
 
     async def put(self, name: str, params: PronunciationDictionaryParams) -> Dictionary:

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from voxport.skipped import SkippedFiles
 
+OPEN_TIMEOUT_S = 30.0  # other processes opening the same file at once (see _open)
+
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -101,12 +103,25 @@ class SQLiteWorker:
         for part in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(part, 0o600)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a finished segment recorded is a finished segment kept
-        db.executescript(_SCHEMA)
-        self._db = db
+        # With --workers N every worker opens it at start. On a new file all switch it to WAL at once, and
+        # SQLite answers all but one "database is locked" at once (waiting could deadlock): try again.
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                # A finished segment recorded is a finished segment kept.
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # on the store's own thread
+                continue
+            self._db = db
+            return
 
     async def open(self) -> None:
         await self._run(self._open)

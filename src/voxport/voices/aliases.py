@@ -2,14 +2,17 @@
 know only OpenAI's voice names (`alloy`, ...) speak with a cloned voice.
 
 Two sources: the `aliases` object of voices.json (re-read with it), and aliases set through the API, kept
-in `<data-dir>/voices/aliases.json` (written atomically; they win over the file's). An alias resolves when
-a voice is looked up, so it follows its voice across re-uploads, and the cache key holds the voice it
-resolved to (by content), never the alias. An alias whose voice is gone resolves to nothing: the name
-then means what it meant without it."""
+in `<data-dir>/voices/aliases.json` (written atomically; they win over the file's). With `--workers N`
+each worker reads that file again when another changed it, and a change is made under a lock file beside
+it, so that two workers' changes never overwrite each other. An alias resolves when a voice is looked up,
+so it follows its voice across re-uploads, and the cache key holds the voice it resolved to (by content),
+never the alias. An alias whose voice is gone resolves to nothing: the name then means what it meant
+without it."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 from collections.abc import Callable
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from voxport.errors import VoxportError
-from voxport.files import atomic_write
+from voxport.files import Watched, atomic_write
 
 if TYPE_CHECKING:
     from voxport.voices.catalog import Voice
@@ -25,6 +28,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxport.voices")
 
 MAX_ALIASES = 1000
+
+
+def _read(path: Path) -> dict[str, str] | None:
+    """The API's aliases on disk (blocking); None, said in the log, when the file cannot be read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.error("voice aliases in %s not read (%s): none are set", path, exc)
+        return None
+    return {str(k): str(v) for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
 
 def file_aliases(voices_file: Path) -> dict[str, str]:
@@ -40,18 +55,13 @@ class AliasStore:
         self.file: dict[str, str] = {}  # from voices.json
         self.set: dict[str, str] = {}  # through the API, persisted
         self._lock = asyncio.Lock()
+        self._fresh = Watched(path, _read)
 
-    def load(self) -> None:
-        """Read the API's aliases (blocking: call it in a worker thread)."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.error("voice aliases in %s not read (%s): none are set", self.path, exc)
-            return
-        if isinstance(data, dict):
-            self.set = {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+    async def refresh(self) -> None:
+        """Take in what other workers on this data dir set or deleted (one stat when nothing changed)."""
+        fresh = await self._fresh.fresh()
+        if fresh is not None:
+            self.set = fresh
 
     def target(self, name: str) -> str | None:
         return self.set.get(name) or self.file.get(name)
@@ -92,23 +102,38 @@ class AliasStore:
         if voice is None:
             message = f"No voice '{target}' (an id, or a library voice's name) to point at."
             raise VoxportError("invalid", message, param="voice", code="voice_not_found")
-        async with self._lock:
-            if name not in self.set and len(self.set) >= MAX_ALIASES:
+
+        def put(aliases: dict[str, str]) -> dict[str, str]:
+            if name not in aliases and len(aliases) >= MAX_ALIASES:
                 raise VoxportError("conflict", f"At most {MAX_ALIASES} voice aliases can be set.",
                                    code="too_many_aliases")  # fmt: skip
-            await self._write({**self.set, name: target})
+            return {**aliases, name: target}
+
+        await self._change(put)
         return voice
 
     async def delete(self, name: str) -> None:
-        async with self._lock:
-            if name not in self.set:
+        def delete(aliases: dict[str, str]) -> dict[str, str]:
+            if name not in aliases:
                 if name in self.file:
                     message = f"The alias '{name}' is set in voices.json; change it there."
                     raise VoxportError("forbidden", message, code="forbidden")
                 raise VoxportError("not_found", f"No voice alias '{name}'.", code="alias_not_found")
-            await self._write({k: v for k, v in self.set.items() if k != name})
+            return {k: v for k, v in aliases.items() if k != name}
 
-    async def _write(self, aliases: dict[str, str]) -> None:
-        data = json.dumps(aliases, ensure_ascii=False, indent=1, sort_keys=True).encode()
-        await asyncio.to_thread(atomic_write, self.path, data)
-        self.set = aliases
+        await self._change(delete)
+
+    async def _change(self, change: Callable[[dict[str, str]], dict[str, str]]) -> None:
+        async with self._lock:
+            self.set = await asyncio.to_thread(self._rewrite, change)
+
+    def _rewrite(self, change: Callable[[dict[str, str]], dict[str, str]]) -> dict[str, str]:
+        """`change` the aliases on disk, as they are now, under the lock file every worker takes; blocking."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f"{self.path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            aliases = change(_read(self.path) or {})
+            atomic_write(
+                self.path, json.dumps(aliases, ensure_ascii=False, indent=1, sort_keys=True).encode()
+            )
+        return aliases

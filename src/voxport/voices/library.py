@@ -27,16 +27,6 @@ from voxport.voices.catalog import Voice
 log = logging.getLogger("voxport.voices")
 
 
-def stamp(library: Path) -> tuple[int, frozenset[str]]:
-    """Changes whenever a voice enters, leaves or is replaced in the library: the folder's mtime and its
-    voices' names (a creation's rename can fall in the same mtime tick as its staging)."""
-    try:
-        names = frozenset(n for n in os.listdir(library) if not n.startswith(TEMP_PREFIX))
-        return library.stat().st_mtime_ns, names
-    except FileNotFoundError:
-        return 0, frozenset()
-
-
 def read(library: Path, skipped: SkippedFiles | None = None, sweep: bool = True) -> dict[str, Voice]:
     """The library's voices; one whose `voice.json` cannot be read is skipped (and told to `skipped`).
     `sweep`: remove creations interrupted by a crash (at start-up only: a re-read

@@ -15,6 +15,7 @@ from voxport.audio import encode
 from voxport.dictionaries import DictionaryStore
 from voxport.engine.base import Engine, VoicePrompt
 from voxport.errors import VoxportError, invalid
+from voxport.files import Watched
 from voxport.lexicon import Lexicon, LexiconError
 from voxport.protocol import VoiceUpload
 from voxport.skipped import SkippedFiles
@@ -56,7 +57,7 @@ class VoiceRegistry:
         self._encoding: dict[str, asyncio.Future[VoicePrompt]] = {}
         self.aliases = AliasStore(data_dir / "voices" / "aliases.json", self._find)
         self.loaded = False
-        self._stamp, self._rereading = (0, frozenset[str]()), asyncio.Lock()  # the library's, when read
+        self._fresh = Watched(self._library, library.reread)  # what other workers on the data dir change
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ class VoiceRegistry:
         self.fingerprint = fingerprint
         self.builtin = await asyncio.to_thread(self.validate_file)
         self.aliases.file = await asyncio.to_thread(file_aliases, self.voices_file)
-        await asyncio.to_thread(self.aliases.load)
+        await self.aliases.refresh()
         self.user = await asyncio.to_thread(library.read, self._library, self.skipped)
         self.quota.sizes = await asyncio.to_thread(library.sizes, list(self.user.values()))
         await self.consents.load()
@@ -119,12 +120,10 @@ class VoiceRegistry:
         """Take in what other replicas (a shared library) or other workers on this data dir changed."""
         if self.mirror is not None:
             await self.mirror.refresh(self)
-        elif library.stamp(self._library) != self._stamp:  # a stat and a listing, when nothing changed
-            async with self._rereading:  # one re-read at a time: a slower, older one must not win
-                stamp = library.stamp(self._library)
-                self.user, self.quota.sizes = await asyncio.to_thread(library.reread, self._library)
-                self._stamp = stamp
+        elif (fresh := await self._fresh.fresh()) is not None:  # one stat, when nothing changed
+            self.user, self.quota.sizes = fresh
             await self.release_unused()
+        await self.aliases.refresh()
 
     async def release_unused(self) -> None:
         live = {v.key for v in self.all()}

@@ -48,6 +48,7 @@ class SpeechHandler(AsyncEventHandler):
 
     async def _handle(self, event: Event) -> bool:
         if Describe.is_type(event.type):
+            await self.speech.voices.refresh()  # what was uploaded through another worker (--workers N)
             await self.write_event(describe(self.speech.voices).event())
         elif Synthesize.is_type(event.type):
             if self.session is None:  # within a streaming session it repeats the chunks' text: ignored
