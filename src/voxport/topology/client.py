@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from voxport.engine.base import EngineInfo, EngineUnavailable, GenerationStats
 from voxport.topology import wire
+from voxport.topology.loopsock import LoopSocket
 
 log = logging.getLogger("voxport.topology")
 
@@ -78,7 +78,8 @@ class HostLink:
         self.on_seek: Callable[[str, str], bool] = lambda _request_id, _viewer: False  # cancels one here
         self.on_seek_job: Callable[[str], bool] = lambda _job_id: False  # stops a job this worker runs
         self._tasks: list[asyncio.Task] = []
-        self.sock: Any = None
+        self.sock: LoopSocket | None = None
+        self._monitor: LoopSocket | None = None
 
     @property
     def ready(self) -> bool:
@@ -86,15 +87,18 @@ class HostLink:
 
     async def start(self) -> None:
         """Connect, and return once the host has answered (its engine may still be loading)."""
-        self.sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, self.identity.encode())
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self.sock.connect(self.address)
-        self._tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._ping()),
-                       asyncio.ensure_future(self._watch(monitor))]  # fmt: skip
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.identity.encode())
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Only EVENT_DISCONNECTED is asked for: the engine host's end closed (it died, or stopped).
+        self._monitor = LoopSocket(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED), self._disconnected)
+        sock.connect(self.address)
+        self.sock = LoopSocket(sock, self._read)
+        self.sock.start()
+        self._monitor.start()
+        self._tasks = [asyncio.ensure_future(self._ping())]
         await self._first.wait()
 
     async def close(self) -> None:
@@ -103,11 +107,13 @@ class HostLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._lost("the worker is stopping")
-        if self.sock is not None:
-            self.sock.close(0)
+        for sock in (self._monitor, self.sock):
+            if sock is not None:
+                sock.close()
 
     def send(self, message: Any) -> None:
-        self.sock.send_multipart([wire.pack(message)])
+        assert self.sock is not None
+        self.sock.send([wire.pack(message)])
 
     def new_id(self) -> int:
         return next(self._ids)
@@ -145,20 +151,15 @@ class HostLink:
         while True:
             self.send(wire.Ping())
             await asyncio.sleep(wire.PING_S)
-            if self.up and time.monotonic() - self._heard > wire.LOST_S and not wire.unread(self.sock):
+            if self.up and time.monotonic() - self._heard > wire.LOST_S and not self.sock.unread():
                 log.warning("the engine host stopped answering: requests fail until it is back")
                 self._lost("the engine host stopped answering")
 
-    async def _watch(self, monitor: Any) -> None:
+    def _disconnected(self, _event: list[memoryview]) -> None:
         """The engine host's end of the connection closed (it died, or stopped): fail at once."""
-        try:
-            while True:
-                await monitor.recv_multipart()  # only EVENT_DISCONNECTED is asked for
-                if self.up:
-                    log.warning("the engine host went away: requests fail until it is back")
-                    self._lost("the engine host went away")
-        finally:
-            monitor.close(0)
+        if self.up:
+            log.warning("the engine host went away: requests fail until it is back")
+            self._lost("the engine host went away")
 
     def _lost(self, why: str) -> None:
         """Everything in flight fails: the host that held it is gone (or this worker is stopping)."""
@@ -171,34 +172,32 @@ class HostLink:
             collector.finish(EngineUnavailable(why))
         self._streams.clear()
 
-    async def _read(self) -> None:
-        while True:
-            header, *frames = await self.sock.recv_multipart()
-            self._heard = time.monotonic()
-            try:
-                message = wire.unpack_to_worker(header)
-            except Exception:  # noqa: BLE001 - never fatal
-                log.warning("dropped a malformed message from the engine host")
-                continue
-            if isinstance(message, wire.Step):
-                for out, samples in zip(
-                    message.streams, wire.split_samples(frames[0], message.streams), strict=True
-                ):
-                    collector = self._streams.get(out.id)
-                    if collector is not None:
-                        collector.put(samples, out)
-                        if out.end:
-                            self._streams.pop(out.id, None)
-            elif isinstance(message, wire.Pong):
-                self._pong(message)
-            elif isinstance(message, wire.Seek) and message.job:  # a job cancelled elsewhere: run here?
-                self.send(wire.Sought(message.id, self.on_seek_job(message.request_id)))
-            elif isinstance(message, wire.Seek):  # another worker's cancel: is the request here?
-                self.send(wire.Sought(message.id, self.on_seek(message.request_id, message.viewer)))
-            else:
-                waiter = self._waiters.get(message.id)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(message)
+    def _read(self, parts: list[memoryview]) -> None:
+        header, *frames = parts
+        self._heard = time.monotonic()
+        try:
+            message = wire.unpack_to_worker(header)
+        except Exception:  # noqa: BLE001 - never fatal
+            log.warning("dropped a malformed message from the engine host")
+            return
+        if isinstance(message, wire.Step):
+            parts = wire.split_samples(frames[0], message.streams)
+            for out, samples in zip(message.streams, parts, strict=True):
+                collector = self._streams.get(out.id)
+                if collector is not None:
+                    collector.put(samples, out)
+                    if out.end:
+                        self._streams.pop(out.id, None)
+        elif isinstance(message, wire.Pong):
+            self._pong(message)
+        elif isinstance(message, wire.Seek) and message.job:  # a job cancelled elsewhere: run here?
+            self.send(wire.Sought(message.id, self.on_seek_job(message.request_id)))
+        elif isinstance(message, wire.Seek):  # another worker's cancel: is the request here?
+            self.send(wire.Sought(message.id, self.on_seek(message.request_id, message.viewer)))
+        else:
+            waiter = self._waiters.get(message.id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message)
 
     def _pong(self, pong: wire.Pong) -> None:
         if self.epoch and pong.epoch != self.epoch and self.up:

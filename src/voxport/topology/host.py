@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from voxport.config import Settings
 from voxport.engine.base import Engine, EngineUnavailable, GenerationStats, SynthesisRequest, VoicePrompt
@@ -29,6 +28,7 @@ from voxport.errors import VoxportError
 from voxport.speech.admission import Admission, Slot
 from voxport.topology import wire
 from voxport.topology.flight import Leads
+from voxport.topology.loopsock import LoopSocket
 
 log = logging.getLogger("voxport.topology")
 
@@ -70,19 +70,19 @@ class EngineHost:
         self._sought: dict[int, asyncio.Future[bool]] = {}  # Seek sent to a worker -> its answer
         self._seeks = itertools.count(1)
         self.leads = Leads(self._send)  # single flight across workers (voxport.topology.flight)
-        self.sock: Any = None
+        self.sock: LoopSocket | None = None
 
     # -- the loop ----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        ctx = zmq.asyncio.Context.instance()
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.SNDHWM, 0)  # never drop, never block: the workers drain at once
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(self.address)
+        sock = zmq.Context.instance().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never drop, never block: the workers drain at once
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(self.address)
+        self.sock = LoopSocket(sock, self._receive)
+        self.sock.start()
         sweeper = self._spawn(self._sweep())
-        receiving = self._spawn(self._receive())
         starting = asyncio.ensure_future(self.engine.start())
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -97,31 +97,30 @@ class EngineHost:
                 log.error("the engine stopped: the engine host exits, to be restarted")
                 raise EngineDied
         finally:
-            for task in (starting, stopping, sweeper, receiving):
+            for task in (starting, stopping, sweeper):
                 task.cancel()
             for worker in list(self.workers):
                 self._drop(worker)
             await self.engine.close()
-            self.sock.close(0)
+            self.sock.close()
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(wire.PING_S)
             now = time.monotonic()
             for identity, worker in list(self.workers.items()):
-                if now - worker.seen > wire.LOST_S and not wire.unread(self.sock):
+                if now - worker.seen > wire.LOST_S and not self.sock.unread():
                     log.warning("worker %s stopped pinging: its streams are cancelled", identity.decode())
                     self._drop(identity)
 
-    async def _receive(self) -> None:
-        while True:
-            identity, header, *_ = await self.sock.recv_multipart()
-            try:
-                message = wire.unpack_to_host(header)
-            except Exception:  # noqa: BLE001 - a malformed message is dropped, never fatal
-                log.warning("dropped a malformed message from %r", identity)
-                continue
-            self._handle(identity, message)
+    def _receive(self, parts: list[memoryview]) -> None:
+        identity, header = bytes(parts[0]), parts[1]
+        try:
+            message = wire.unpack_to_host(header)
+        except Exception:  # noqa: BLE001 - a malformed message is dropped, never fatal
+            log.warning("dropped a malformed message from %r", identity)
+            return
+        self._handle(identity, message)
 
     def _spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -130,8 +129,8 @@ class EngineHost:
         return task
 
     def _send(self, identity: bytes, message: Any, *frames: Any) -> None:
-        # SNDHWM 0: the send completes at once; the future only reports errors (a peer gone is not one).
-        self.sock.send_multipart([identity, wire.pack(message), *frames], copy=not frames)
+        # SNDHWM 0: the send completes at once (a peer gone is not an error: ROUTER drops it).
+        self.sock.send([identity, wire.pack(message), *frames], copy=not frames)
 
     # -- messages ---------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ worker, listing every stream of that worker that has new samples (or ended), wit
 them concatenated in one frame in the listed order. Seek and Sought go both ways.
 
 Zero copy: a frame handed to ZMQ with copy=False is a fresh array that nothing writes to again (ZMQ keeps
-the reference until the bytes are out); received frames are copied out of ZMQ (copy=True), so a sample
-array a worker holds is never a buffer ZMQ can reuse.
+the reference until the bytes are out). Received frames are not copied (voxport.topology.loopsock): a
+sample array a worker holds is a view on a message ZMQ has handed over and never reuses.
 """
 
 from __future__ import annotations
@@ -195,13 +195,6 @@ def raised(failed: Failed) -> Exception:
     return EngineError(failed.message)
 
 
-def unread(sock: Any) -> bool:
-    """Whether messages wait on `sock` (its peer is alive; the reader is behind)."""
-    import zmq
-
-    return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-
-
 def pack(message: Any) -> bytes:
     return _encoder.encode(message)
 
@@ -221,7 +214,7 @@ def samples_frame(chunks: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(c, dtype=np.float32).ravel() for c in chunks])
 
 
-def split_samples(frame: bytes, outs: list[Out]) -> list[np.ndarray]:
+def split_samples(frame: bytes | memoryview, outs: list[Out]) -> list[np.ndarray]:
     """The per-stream sample arrays of a Step, views on the received (owned, immutable) frame."""
     data = np.frombuffer(frame, dtype=np.float32)
     parts, at = [], 0
