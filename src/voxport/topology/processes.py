@@ -94,7 +94,7 @@ def worker_main(
 
 def host_main(overrides: dict[str, Any], model_dir: str, address: str) -> None:
     """The engine host process (spawned by the supervisor)."""
-    import zmq.asyncio
+    import zmq
 
     from voxport.cli import _configure_logging, _keep_writes_in
     from voxport.engine import create_engine
@@ -121,4 +121,4 @@ def host_main(overrides: dict[str, Any], model_dir: str, address: str) -> None:
         log.error("engine host: %s", exc)
         raise SystemExit(FATAL) from None
     with contextlib.suppress(Exception):
-        zmq.asyncio.Context.instance().term()
+        zmq.Context.instance().term()  # the one its sockets (topology/loopsock.py) were made in
