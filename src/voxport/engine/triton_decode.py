@@ -26,8 +26,12 @@ import functools
 import os
 
 import torch
-import triton
-import triton.language as tl
+
+try:  # the `gpu` extra, not a base dependency: imported only where the Triton kernel is chosen
+    import triton
+    import triton.language as tl
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError('the Triton decode kernel needs triton: pip install "voxport[gpu]"') from exc
 
 __all__ = ["paged_decode_attention", "choose_num_splits"]
 

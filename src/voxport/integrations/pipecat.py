@@ -15,10 +15,15 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame, TTSStoppedFrame
-from pipecat.processors.frame_processor import FrameProcessorSetup
-from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import WebsocketTTSService
+try:  # the `pipecat` extra, not a base dependency: only this module imports it
+    from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame, TTSStoppedFrame
+    from pipecat.processors.frame_processor import FrameProcessorSetup
+    from pipecat.services.settings import TTSSettings
+    from pipecat.services.tts_service import WebsocketTTSService
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        'voxport.integrations.pipecat needs pipecat-ai: pip install "voxport[pipecat]"'
+    ) from exc
 from websockets.protocol import State
 
 
