@@ -41,7 +41,7 @@ class Flight:
             epoch, id_ = link.epoch, link.new_id()
             try:
                 reply = await asyncio.wait_for(link.call(id_, wire.Claim(id_, epoch, key)), left)
-            except (EngineUnavailable, TimeoutError):
+            except (EngineUnavailable, asyncio.TimeoutError):  # not TimeoutError itself before 3.11
                 break  # the host is away or the holder is slow: this worker produces
             if not isinstance(reply, wire.Claimed):
                 break  # Failed: the engine host restarted since `epoch`
