@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: a free loopback port, and waiting for a server to answer 200.
-(Imported by name: `python benchmarks/<script>.py` puts this folder on sys.path.)"""
+"""What the benchmark scripts share: a free loopback port, waiting for a server to answer 200, and the bare
+uvicorn app they measure against. (Imported by name: `python benchmarks/<script>.py` puts this folder on
+sys.path.)"""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ import socket
 import time
 
 import httpx
+
+# The baseline the hot-path figures are read against: a bare ASGI app answering 15 bytes of JSON, run by
+# uvicorn as `bare:app` (benchmarks/hotpath.py, benchmarks/workers.py).
+BARE_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"15")]})
+    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+"""
 
 
 def free_port() -> int:

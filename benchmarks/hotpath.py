@@ -31,16 +31,8 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from _local import free_port, wait_ok
+from _local import BARE_APP, free_port, wait_ok
 
-BARE_APP = """
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"15")]})
-    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
-"""
 # voxport on h11 and asyncio's loop, otherwise as `voxport serve` runs it (argv: port, data dir).
 H11_SERVER = """
 import sys, uvicorn

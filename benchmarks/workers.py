@@ -41,19 +41,11 @@ import time
 from pathlib import Path
 
 import httpx
-from _local import free_port, wait_ok
+from _local import BARE_APP, free_port, wait_ok
 
 from voxport.bench.spawn import SpawnedServer, cpu_seconds
 
 TEXT = "The quick brown fox jumps over the lazy dog while the band plays on."
-BARE_APP = """
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"15")]})
-    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
-"""
 HIT_BODY = {"model": "tts-1", "voice": "alloy", "input": "Your table is ready.", "response_format": "mp3",
             "seed": 7, "max_length": 32}  # fmt: skip
 
